@@ -1,0 +1,103 @@
+"""Which file holds which block: lookups by id, file name and label without a full scan.
+
+A scan of `blocks/` parses every file, which is slow with thousands of blocks, so its
+result is kept and reused while `.memstore/catalog.gen` (appended to by every create,
+delete and relabel, in any process) has not grown. Callers verify what they read, and a
+lookup that misses or finds a stale entry rescans, so hand-made files are found too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .blockfile import block_from_file
+from .errors import FileFormatError
+from .models import Block
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CatalogEntry:
+    name: str
+    id: str
+    label: str
+
+
+@dataclass
+class _Snapshot:
+    token: int
+    entries: dict[str, CatalogEntry] = field(default_factory=dict)
+    problems: list[FileFormatError] = field(default_factory=list)
+    by_id: dict[str, str] = field(default_factory=dict)
+    by_label: dict[str, list[str]] = field(default_factory=dict)
+
+
+class Catalog:
+    """A cached map of block files to ids and labels, shared by threads of one process."""
+
+    def __init__(self, blocks_dir: Path, gen_file: Path, committed: Callable[[str], bytes | None]) -> None:
+        self._dir = blocks_dir
+        self._gen = gen_file
+        self._committed = committed
+        self._snapshot: _Snapshot | None = None
+        self._lock = threading.Lock()
+
+    def bump(self) -> None:
+        """Tell every process that the set of blocks or their labels changed."""
+        fd = os.open(self._gen, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, b".")
+        finally:
+            os.close(fd)
+
+    def _token(self) -> int:
+        try:
+            return os.stat(self._gen).st_size
+        except FileNotFoundError:
+            return 0
+
+    def snapshot(self, *, rescan: bool = False) -> _Snapshot:
+        token = self._token()
+        with self._lock:
+            if rescan or self._snapshot is None or self._snapshot.token != token:
+                self._snapshot = self._scan(token)
+            return self._snapshot
+
+    def _scan(self, token: int) -> _Snapshot:
+        snap = _Snapshot(token)
+        for path in sorted(self._dir.glob("*.md")):
+            name = path.name[:-3]
+            rel = f"blocks/{path.name}"
+            try:
+                block = block_from_file(path.read_bytes(), rel, name)
+            except FileFormatError as exc:
+                snap.problems.append(exc)
+                block = self._last_good(rel, name)
+                if block is None:
+                    continue
+            except OSError:
+                continue
+            snap.entries[name] = CatalogEntry(name, block.id, block.label)
+            snap.by_id[block.id] = name
+            snap.by_label.setdefault(block.label, []).append(name)
+        return snap
+
+    def _last_good(self, rel: str, name: str) -> Block | None:
+        """The committed version of a file broken on disk, so lookups still find it."""
+        data = self._committed(rel)
+        try:
+            return block_from_file(data, rel, name) if data is not None else None
+        except FileFormatError:
+            return None
+
+    def name_of_id(self, block_id: str, *, rescan: bool = False) -> str | None:
+        return self.snapshot(rescan=rescan).by_id.get(block_id)
+
+    def names_of_label(self, label: str, *, rescan: bool = False) -> list[str]:
+        return list(self.snapshot(rescan=rescan).by_label.get(label, []))

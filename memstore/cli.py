@@ -1,0 +1,384 @@
+"""`memstore …`: the command line over the core. Errors print one line and exit 1."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from .errors import MemstoreError
+from .models import Actor, Agent, Block, EditResult, HistoryEntry
+from .store import Store
+from .workspace import ENV_WORKSPACE
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def workspace_option(func: F) -> F:
+    """Give a command `--workspace DIR` (default $MEMSTORE_WORKSPACE, else the current folder)."""
+    return click.option(
+        "--workspace", "-w", "workspace", envvar=ENV_WORKSPACE, type=click.Path(file_okay=False),
+        help=f"The workspace folder (default: ${ENV_WORKSPACE}, else the current folder).",
+    )(func)
+
+
+def json_option(func: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(func)
+
+
+def as_option(func: F) -> F:
+    return click.option("--as", "as_agent", metavar="AGENT",
+                        help="Act as this agent: its blocks only, read-only enforced, authored by it.")(func)
+
+
+def handle_errors(func: F) -> F:
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except MemstoreError as exc:
+            click.echo(f"memstore: error: {exc}", err=True)
+            sys.exit(1)
+    return wrapper  # type: ignore[return-value]
+
+
+def _actor(store: Store, as_agent: str | None) -> Actor | None:
+    return store.get_agent(as_agent).actor() if as_agent else None
+
+
+def _emit(data: Any, as_json: bool, text: Callable[[], str]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+    else:
+        click.echo(text())
+
+
+def _block_text(block: Block) -> str:
+    flags = " read-only" if block.read_only else ""
+    head = [f"{block.label}  ({block.id}, {block.path}){flags}",
+            f"{block.chars_current}/{block.limit} characters" + (f", version {block.version[:12]}" if block.version else "")]
+    if block.description:
+        head.append(f"description: {block.description}")
+    if block.metadata:
+        head.append(f"metadata: {json.dumps(block.metadata, ensure_ascii=False, default=str)}")
+    return "\n".join(head) + "\n---\n" + block.value
+
+
+def _agent_text(agent: Agent, store: Store) -> str:
+    labels = []
+    for block_id in agent.blocks:
+        try:
+            labels.append(store.get_block(block_id).label)
+        except MemstoreError:
+            labels.append(f"{block_id} (missing)")
+    lines = [f"{agent.name}  ({agent.id})", f"model: {agent.model}", f"tools: {', '.join(agent.tools) or '-'}",
+             f"blocks: {', '.join(labels) or '-'}"]
+    if agent.description:
+        lines.append(f"description: {agent.description}")
+    return "\n".join(lines) + "\n---\n" + agent.system
+
+
+def _edit_text(result: EditResult) -> str:
+    return f"{result.op} {result.block.label}: committed {result.version[:12]} ({result.block.chars_current}/{result.block.limit} characters)"
+
+
+def _history_text(entries: list[HistoryEntry]) -> str:
+    return "\n".join(f"{e.version[:12]}  {e.date}  {e.author_name:<16} {e.message}" for e in entries)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="memstore")
+def main() -> None:
+    """Shared memory blocks for LLM agents, kept as markdown files in a git repository."""
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@handle_errors
+def init(directory: str) -> None:
+    """Create a new workspace in DIRECTORY (a git repository with its first commit)."""
+    store = Store.init(directory)
+    click.echo(f"Initialized memstore workspace in {store.ws.root}")
+
+
+@main.group()
+def block() -> None:
+    """Create, read, edit and review memory blocks."""
+
+
+@block.command("list")
+@workspace_option
+@json_option
+@handle_errors
+def block_list(workspace: str | None, as_json: bool) -> None:
+    """List blocks (and any file that does not parse)."""
+    store = Store.open(workspace)
+    blocks = store.list_blocks()
+    for problem in store.problems():
+        click.echo(f"warning: {problem}", err=True)
+    _emit([b.model_dump(exclude={"value"}) for b in blocks], as_json, lambda: "\n".join(
+        f"{b.label:<24} {b.chars_current:>6}/{b.limit:<6} {'ro' if b.read_only else 'rw'}  {b.id}  {b.path}"
+        for b in blocks) or "(no blocks)")
+
+
+@block.command("show")
+@click.argument("ref")
+@click.option("--version", "version", help="Show the block as of this commit.")
+@workspace_option
+@json_option
+@handle_errors
+def block_show(ref: str, version: str | None, workspace: str | None, as_json: bool) -> None:
+    """Show a block by id, file name or label."""
+    found = Store.open(workspace).get_block(ref, version)
+    _emit(found.model_dump(), as_json, lambda: _block_text(found))
+
+
+def _read_value(value: str | None, file: Any) -> str:
+    if value is not None and file is not None:
+        raise click.UsageError("give the value as an argument or with --file, not both")
+    return file.read() if file is not None else (value or "")
+
+
+@block.command("create")
+@click.argument("label")
+@click.argument("value", required=False)
+@click.option("--file", "file", type=click.File("r", encoding="utf-8"), help="Read the value from a file ('-': stdin).")
+@click.option("--limit", type=int, help="Character limit of the value (default 20000).")
+@click.option("--read-only", is_flag=True, help="Agents may read but not edit this block.")
+@click.option("--description", help="What the block is for (agents see it).")
+@click.option("--metadata", help="Free-form metadata as a JSON object.")
+@workspace_option
+@json_option
+@handle_errors
+def block_create(label: str, value: str | None, file: Any, limit: int | None, read_only: bool,
+                 description: str | None, metadata: str | None, workspace: str | None, as_json: bool) -> None:
+    """Create a block LABEL with an optional VALUE."""
+    store = Store.open(workspace)
+    created = store.create_block(label, _read_value(value, file), limit=limit, read_only=read_only,
+                                 description=description, metadata=_json_arg(metadata))
+    _emit(created.model_dump(), as_json, lambda: f"created {created.label} ({created.id}) in {created.path}")
+
+
+def _json_arg(raw: str | None) -> Any:
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--metadata") from None
+
+
+@block.command("update")
+@click.argument("ref")
+@click.option("--label")
+@click.option("--description")
+@click.option("--limit", type=int)
+@click.option("--read-only/--writable", "read_only", default=None)
+@click.option("--metadata", help="Replace metadata with this JSON object.")
+@workspace_option
+@json_option
+@handle_errors
+def block_update(ref: str, label: str | None, description: str | None, limit: int | None,
+                 read_only: bool | None, metadata: str | None, workspace: str | None, as_json: bool) -> None:
+    """Change a block's label, description, limit, read-only flag or metadata."""
+    result = Store.open(workspace).update_block(ref, label=label, description=description, limit=limit,
+                                                read_only=read_only, metadata=_json_arg(metadata))
+    _emit(result.model_dump(), as_json, lambda: _edit_text(result))
+
+
+@block.command("delete")
+@click.argument("ref")
+@workspace_option
+@handle_errors
+def block_delete(ref: str, workspace: str | None) -> None:
+    """Delete a block (its history stays in git) and detach it from every agent."""
+    gone = Store.open(workspace).delete_block(ref)
+    click.echo(f"deleted {gone.label} ({gone.id})")
+
+
+def _edit_command(name: str, help_text: str, *params: Callable[[F], F]) -> Callable[[F], F]:
+    def decorate(func: F) -> F:
+        for param in reversed(params):
+            func = param(func)
+        return block.command(name, help=help_text)(json_option(as_option(workspace_option(handle_errors(func)))))
+    return decorate
+
+
+@_edit_command("insert", "Insert TEXT after line --line (0: top; default -1: end).",
+               click.argument("label"), click.argument("text"), click.option("--line", "insert_line", type=int, default=-1))
+def block_insert(label: str, text: str, insert_line: int, workspace: str | None, as_agent: str | None, as_json: bool) -> None:
+    store = Store.open(workspace)
+    result = store.memory_insert(label, text, insert_line, actor=_actor(store, as_agent))
+    _emit(result.model_dump(), as_json, lambda: _edit_text(result))
+
+
+@_edit_command("replace", "Replace the one occurrence of OLD with NEW.",
+               click.argument("label"), click.argument("old"), click.argument("new"))
+def block_replace(label: str, old: str, new: str, workspace: str | None, as_agent: str | None, as_json: bool) -> None:
+    store = Store.open(workspace)
+    result = store.memory_replace(label, old, new, actor=_actor(store, as_agent))
+    _emit(result.model_dump(), as_json, lambda: _edit_text(result))
+
+
+@_edit_command("rethink", "Overwrite the whole value with TEXT.", click.argument("label"), click.argument("text"))
+def block_rethink(label: str, text: str, workspace: str | None, as_agent: str | None, as_json: bool) -> None:
+    store = Store.open(workspace)
+    result = store.memory_rethink(label, text, actor=_actor(store, as_agent))
+    _emit(result.model_dump(), as_json, lambda: _edit_text(result))
+
+
+@_edit_command("append", "Append TEXT on a new line (Letta's core_memory_append).",
+               click.argument("label"), click.argument("text"))
+def block_append(label: str, text: str, workspace: str | None, as_agent: str | None, as_json: bool) -> None:
+    store = Store.open(workspace)
+    result = store.core_memory_append(label, text, actor=_actor(store, as_agent))
+    _emit(result.model_dump(), as_json, lambda: _edit_text(result))
+
+
+@_edit_command("replace-all", "Replace every occurrence of OLD with NEW (Letta's core_memory_replace).",
+               click.argument("label"), click.argument("old"), click.argument("new"))
+def block_replace_all(label: str, old: str, new: str, workspace: str | None, as_agent: str | None, as_json: bool) -> None:
+    store = Store.open(workspace)
+    result = store.core_memory_replace(label, old, new, actor=_actor(store, as_agent))
+    _emit(result.model_dump(), as_json, lambda: _edit_text(result))
+
+
+@block.command("history")
+@click.argument("ref")
+@click.option("-n", "--limit", type=int, default=20, show_default=True)
+@workspace_option
+@json_option
+@handle_errors
+def block_history(ref: str, limit: int, workspace: str | None, as_json: bool) -> None:
+    """List the commits that changed a block, newest first."""
+    entries = Store.open(workspace).block_history(ref, limit)
+    _emit([e.model_dump() for e in entries], as_json, lambda: _history_text(entries))
+
+
+@block.command("diff")
+@click.argument("ref")
+@click.argument("from_version")
+@click.argument("to_version", required=False)
+@workspace_option
+@handle_errors
+def block_diff(ref: str, from_version: str, to_version: str | None, workspace: str | None) -> None:
+    """Show what changed in a block between two versions (default: up to now)."""
+    click.echo(Store.open(workspace).block_diff(ref, from_version, to_version), nl=False)
+
+
+@block.command("revert")
+@click.argument("ref")
+@click.argument("version")
+@workspace_option
+@json_option
+@handle_errors
+def block_revert(ref: str, version: str, workspace: str | None, as_json: bool) -> None:
+    """Make a block as it was at VERSION, in a new commit."""
+    result = Store.open(workspace).revert_block(ref, version)
+    _emit(result.model_dump(), as_json, lambda: _edit_text(result))
+
+
+@block.command("agents")
+@click.argument("ref")
+@workspace_option
+@handle_errors
+def block_agents(ref: str, workspace: str | None) -> None:
+    """List the agents a block is attached to."""
+    agents = Store.open(workspace).block_agents(ref)
+    click.echo("\n".join(f"{a.name}  ({a.id})" for a in agents) or "(attached to no agent)")
+
+
+@main.group()
+def agent() -> None:
+    """Register agents and attach blocks to them."""
+
+
+@agent.command("list")
+@workspace_option
+@json_option
+@handle_errors
+def agent_list(workspace: str | None, as_json: bool) -> None:
+    """List agents."""
+    agents = Store.open(workspace).list_agents()
+    _emit([a.model_dump() for a in agents], as_json, lambda: "\n".join(
+        f"{a.name:<20} {a.model:<28} {len(a.blocks)} block(s)  {a.id}" for a in agents) or "(no agents)")
+
+
+@agent.command("show")
+@click.argument("ref")
+@workspace_option
+@json_option
+@handle_errors
+def agent_show(ref: str, workspace: str | None, as_json: bool) -> None:
+    """Show an agent by name or id."""
+    store = Store.open(workspace)
+    found = store.get_agent(ref)
+    _emit(found.model_dump(), as_json, lambda: _agent_text(found, store))
+
+
+@agent.command("create")
+@click.argument("name")
+@click.option("--model", required=True, help="A litellm model name, e.g. openai/gpt-4o-mini.")
+@click.option("--block", "blocks", multiple=True, help="Attach this block (repeatable).")
+@click.option("--tool", "tools", multiple=True, help="Give this tool (repeatable; default memory_insert, memory_replace).")
+@click.option("--system", help="The system prompt / persona.")
+@click.option("--description")
+@click.option("--api-base", help="A provider base URL for this agent's model.")
+@workspace_option
+@json_option
+@handle_errors
+def agent_create(name: str, model: str, blocks: tuple[str, ...], tools: tuple[str, ...], system: str | None,
+                 description: str | None, api_base: str | None, workspace: str | None, as_json: bool) -> None:
+    """Register agent NAME."""
+    created = Store.open(workspace).create_agent(name, model, block_ids=list(blocks), tools=list(tools) or None,
+                                                 system=system, description=description, api_base=api_base)
+    _emit(created.model_dump(), as_json, lambda: f"created agent {created.name} ({created.id})")
+
+
+@agent.command("delete")
+@click.argument("ref")
+@workspace_option
+@handle_errors
+def agent_delete(ref: str, workspace: str | None) -> None:
+    """Delete an agent (its history stays in git)."""
+    gone = Store.open(workspace).delete_agent(ref)
+    click.echo(f"deleted agent {gone.name} ({gone.id})")
+
+
+@agent.command("attach")
+@click.argument("agent_ref")
+@click.argument("block_ref")
+@workspace_option
+@handle_errors
+def agent_attach(agent_ref: str, block_ref: str, workspace: str | None) -> None:
+    """Attach a block to an agent."""
+    changed = Store.open(workspace).attach_block(agent_ref, block_ref)
+    click.echo(f"{changed.name} now has {len(changed.blocks)} block(s)")
+
+
+@agent.command("detach")
+@click.argument("agent_ref")
+@click.argument("block_ref")
+@workspace_option
+@handle_errors
+def agent_detach(agent_ref: str, block_ref: str, workspace: str | None) -> None:
+    """Detach a block from an agent."""
+    changed = Store.open(workspace).detach_block(agent_ref, block_ref)
+    click.echo(f"{changed.name} now has {len(changed.blocks)} block(s)")
+
+
+@main.command("log")
+@click.argument("ref", required=False)
+@click.option("-n", "--limit", type=int, default=20, show_default=True)
+@workspace_option
+@json_option
+@handle_errors
+def log_command(ref: str | None, limit: int, workspace: str | None, as_json: bool) -> None:
+    """Recent changes: of one block (REF), or of the whole workspace."""
+    store = Store.open(workspace)
+    entries = store.block_history(ref, limit) if ref else store.workspace_history(limit)
+    _emit([e.model_dump() for e in entries], as_json, lambda: _history_text(entries) or "(no history)")

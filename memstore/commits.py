@@ -1,0 +1,158 @@
+"""The one write path: lock a file, recover, adopt hand edits, write atomically, commit.
+
+Every change of a block or agent file goes through `Committer.locked` + `Committer.write`.
+Under the file's lock the current content is read; a pending record left by a writer that
+was killed between writing and committing is finished; an uncommitted hand edit is
+committed first under the person's name; then the new content is written (temp file,
+fsync, rename) and committed on top of the branch under the repository lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import WorkspaceError
+from .gitobjects import Ident, RefMovedError
+from .locks import FairLock
+from .workspace import COMMITTER, Workspace
+
+_REF_RETRIES = 20
+
+
+def blob_id(content: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+
+
+def commit_message(subject: str, trailers: dict[str, str | None]) -> str:
+    """A one-line subject plus `Memstore-*` trailers that tools can parse."""
+    lines = [f"{key}: {value}" for key, value in trailers.items() if value]
+    return f"{subject}\n\n" + "\n".join(lines) + "\n"
+
+
+class Committer:
+    """Serialised, crash-safe writes of workspace files, one commit each."""
+
+    def __init__(self, ws: Workspace) -> None:
+        self.ws = ws
+        self.git = ws.git
+
+    def _lock_path(self, rel: str, suffix: str) -> Path:
+        return self.ws.locks_dir / (rel.replace("/", "__") + suffix)
+
+    @contextmanager
+    def locked(self, rel: str) -> Iterator[bytes | None]:
+        """Hold `rel`'s lock; yield its current content (None: no such file)."""
+        with FairLock(self._lock_path(rel, ".lock")):
+            self.ws.check_state()
+            current = self.read(rel)
+            self._recover(rel, current)
+            yield current
+
+    def read(self, rel: str) -> bytes | None:
+        try:
+            return (self.ws.root / rel).read_bytes()
+        except FileNotFoundError:
+            return None
+        except IsADirectoryError:
+            raise WorkspaceError(f"{rel} is a folder, not a file") from None
+
+    def head_blob(self, rel: str) -> str | None:
+        head = self.git.read_ref(self.git.head_ref())
+        if head is None:
+            return None
+        entry = self.git.entry_at(self.git.commit_tree(head), rel)
+        return entry[1] if entry else None
+
+    def adopt_hand_edit(self, rel: str, current: bytes | None, subject: str, trailers: dict[str, str | None]) -> bool:
+        """Commit an uncommitted change of `rel` as the person's own; True if there was one."""
+        disk = blob_id(current) if current is not None else None
+        if disk == self.head_blob(rel):
+            return False
+        if disk is not None:
+            self.git.write_object(b"blob", current or b"")
+        self._commit(rel, disk, self.ws.person, commit_message(subject, trailers))
+        return True
+
+    def write(self, rel: str, content: bytes | None, current: bytes | None, author: Ident, message: str) -> str | None:
+        """Write `content` (None: delete) and commit it; None if nothing changed."""
+        if content == current:
+            return None
+        new = self.git.write_object(b"blob", content) if content is not None else None
+        old = blob_id(current) if current is not None else None
+        pending = self._lock_path(rel, ".pending")
+        pending.write_text(json.dumps({"old": old, "new": new, "author": [author.name, author.email], "message": message}))
+        target = self.ws.root / rel
+        if content is None:
+            target.unlink(missing_ok=True)
+        else:
+            self._atomic_write(target, content)
+        version = self._commit(rel, new, author, message)
+        pending.unlink(missing_ok=True)
+        return version
+
+    def _atomic_write(self, target: Path, content: bytes) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.ws.tmp_dir / f"{target.name}.{secrets.token_hex(6)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, content)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        os.replace(tmp, target)
+
+    def _commit(self, rel: str, blob: str | None, author: Ident, message: str) -> str:
+        """Commit `rel` = `blob` on top of the branch; safe against any concurrent writer."""
+        marker = self.ws.locks_dir / "repo.pending"
+        with FairLock(self.ws.locks_dir / "repo.lock"):
+            recover = marker.exists()
+            marker.touch()
+            commit = self._publish(rel, blob, author, message, recover)
+            self.git.set_index_entry(rel, blob, self.ws.root / rel, recover=recover)
+            marker.unlink()
+        return commit
+
+    def _publish(self, rel: str, blob: str | None, author: Ident, message: str, recover: bool) -> str:
+        subject = message.split("\n", 1)[0]
+        for _ in range(_REF_RETRIES):
+            ref = self.git.head_ref()
+            parent = self.git.read_ref(ref)
+            root = self.git.commit_tree(parent) if parent else None
+            tree = self.git.with_path(root, rel, blob) or self.git.write_object(b"tree", b"")
+            commit = self.git.make_commit(tree, [parent] if parent else [], author, COMMITTER, message)
+            try:
+                self.git.update_ref(ref, commit, parent, COMMITTER, f"commit: {subject}", recover=recover)
+            except RefMovedError:
+                continue
+            return commit
+        raise WorkspaceError("the branch kept moving while memstore committed; is a git command looping?")
+
+    def _recover(self, rel: str, current: bytes | None) -> None:
+        """Finish an edit whose writer died after writing the file but before committing."""
+        pending = self._lock_path(rel, ".pending")
+        try:
+            record = json.loads(pending.read_text())
+        except FileNotFoundError:
+            return
+        except (ValueError, OSError):
+            pending.unlink(missing_ok=True)
+            return
+        disk = blob_id(current) if current is not None else None
+        if record.get("new") != record.get("old") and disk == record.get("new"):
+            head = self.head_blob(rel)
+            author = Ident(*record["author"])
+            if head == record.get("old"):
+                self._commit(rel, disk, author, record["message"])
+            elif head == disk:
+                with FairLock(self.ws.locks_dir / "repo.lock"):
+                    self.git.set_index_entry(rel, disk, self.ws.root / rel, recover=True)
+        pending.unlink(missing_ok=True)

@@ -1,0 +1,435 @@
+"""Git plumbing on the edit path, in git's own on-disk formats.
+
+GitPython's index path costs several milliseconds an edit, mostly in pure-Python index
+and tree handling. An edit here writes its loose objects directly, rebuilds only the trees
+on the changed path (parsed trees are cached by id), publishes the commit with a
+compare-and-swap of the branch ref under git's own `.lock` protocol, and patches the one
+index entry so `git status` stays truthful. Reads of packed objects go through GitPython.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import secrets
+import struct
+import threading
+import time
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import git
+
+from .errors import WorkspaceError
+
+log = logging.getLogger(__name__)
+
+TREE_MODE = b"40000"
+FILE_MODE = b"100644"
+_BIG_OBJECT = 64 * 1024  # larger loose objects are stored uncompressed; `git gc` packs them
+_LOCK_WAIT = 2.0  # seconds to wait for a git command's own .lock file
+_STALE_AGE = 0.5  # a .lock left by a dead memstore writer is removed once this old
+
+
+class RefMovedError(Exception):
+    """The branch moved between reading it and publishing (a git command ran meanwhile)."""
+
+
+@dataclass(frozen=True)
+class Ident:
+    name: str
+    email: str
+
+    def line(self, when: float, tz_offset: int) -> str:
+        sign = "+" if tz_offset >= 0 else "-"
+        hours, minutes = divmod(abs(tz_offset) // 60, 60)
+        name = "".join(c for c in self.name if c not in "<>\n\r") or "unknown"
+        email = "".join(c for c in self.email if c not in "<>\n\r ")
+        return f"{name} <{email}> {int(when)} {sign}{hours:02d}{minutes:02d}"
+
+
+def local_tz_offset(when: float) -> int:
+    """Seconds east of UTC at `when`."""
+    return time.localtime(when).tm_gmtoff or 0
+
+
+class Tree:
+    """A parsed tree: raw bytes plus where each entry's mode and id sit in them."""
+
+    __slots__ = ("raw", "entries")
+
+    def __init__(self, raw: bytes, entries: dict[bytes, tuple[bytes, int]] | None = None) -> None:
+        self.raw = raw
+        self.entries = entries if entries is not None else _parse_tree(raw)
+
+    def get(self, name: bytes) -> tuple[bytes, str] | None:
+        found = self.entries.get(name)
+        if found is None:
+            return None
+        mode, at = found
+        return mode, self.raw[at : at + 20].hex()
+
+    def with_entry(self, name: bytes, entry: tuple[bytes, str] | None) -> Tree:
+        """A copy with `name` set to (mode, id), or removed when `entry` is None."""
+        old = self.entries.get(name)
+        if entry is not None and old is not None and old[0] == entry[0]:
+            at = old[1]
+            return Tree(self.raw[:at] + bytes.fromhex(entry[1]) + self.raw[at + 20 :], self.entries)
+        items = {n: (m, self.raw[a : a + 20]) for n, (m, a) in self.entries.items()}
+        if entry is None:
+            items.pop(name, None)
+        else:
+            items[name] = (entry[0], bytes.fromhex(entry[1]))
+        order = sorted(items, key=lambda n: n + b"/" if items[n][0] == TREE_MODE else n)
+        return Tree(b"".join(items[n][0] + b" " + n + b"\0" + items[n][1] for n in order))
+
+
+def _parse_tree(raw: bytes) -> dict[bytes, tuple[bytes, int]]:
+    entries: dict[bytes, tuple[bytes, int]] = {}
+    pos, end = 0, len(raw)
+    while pos < end:
+        space = raw.index(b" ", pos)
+        nul = raw.index(b"\0", space)
+        entries[raw[space + 1 : nul]] = (raw[pos:space], nul + 1)
+        pos = nul + 21
+    return entries
+
+
+class GitStore:
+    """Object, ref and index access for one repository; safe to share between threads."""
+
+    def __init__(self, repo: git.Repo) -> None:
+        self.repo = repo
+        self.git_dir = Path(repo.git_dir)
+        self.common_dir = Path(repo.common_dir)
+        self.objects = self.common_dir / "objects"
+        self._trees: OrderedDict[str, Tree] = OrderedDict()
+        self._commit_trees: OrderedDict[str, str] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._odb_lock = threading.Lock()
+        self._index_shape: tuple[int, int, int] | None = None
+        self._index_end = 0
+
+    # -- objects ---------------------------------------------------------------------
+
+    def read_object(self, sha: str) -> tuple[bytes, bytes]:
+        """(type, body) of an object, loose or packed."""
+        try:
+            raw = zlib.decompress((self.objects / sha[:2] / sha[2:]).read_bytes())
+        except FileNotFoundError:
+            with self._odb_lock:
+                try:
+                    stream = self.repo.odb.stream(bytes.fromhex(sha))
+                except (ValueError, git.BadObject, git.BadName) as exc:
+                    raise WorkspaceError(f"git object {sha} is missing: {exc}") from None
+                return stream.type, stream.read()
+        header, _, body = raw.partition(b"\0")
+        return header.split(b" ", 1)[0], body
+
+    def write_object(self, kind: bytes, body: bytes) -> str:
+        data = b"%s %d\0" % (kind, len(body)) + body
+        sha = hashlib.sha1(data).hexdigest()
+        final = self.objects / sha[:2] / sha[2:]
+        if final.exists():
+            return sha
+        final.parent.mkdir(exist_ok=True)
+        tmp = final.parent / f"tmp_obj_{secrets.token_hex(6)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        try:
+            os.write(fd, zlib.compress(data, 1 if len(data) < _BIG_OBJECT else 0))
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+        return sha
+
+    def tree(self, sha: str) -> Tree:
+        with self._cache_lock:
+            cached = self._trees.get(sha)
+            if cached is not None:
+                self._trees.move_to_end(sha)
+                return cached
+        kind, body = self.read_object(sha)
+        if kind != b"tree":
+            raise WorkspaceError(f"git object {sha} is a {kind.decode()}, not a tree")
+        tree = Tree(body)
+        self._remember_tree(sha, tree)
+        return tree
+
+    def _remember_tree(self, sha: str, tree: Tree) -> None:
+        with self._cache_lock:
+            self._trees[sha] = tree
+            while len(self._trees) > 64:
+                self._trees.popitem(last=False)
+
+    def write_tree(self, tree: Tree) -> str:
+        sha = self.write_object(b"tree", tree.raw)
+        self._remember_tree(sha, tree)
+        return sha
+
+    def commit_tree(self, commit: str) -> str:
+        with self._cache_lock:
+            if commit in self._commit_trees:
+                return self._commit_trees[commit]
+        kind, body = self.read_object(commit)
+        if kind != b"commit" or not body.startswith(b"tree "):
+            raise WorkspaceError(f"git object {commit} is not a commit")
+        tree = body[5:45].decode()
+        with self._cache_lock:
+            self._commit_trees[commit] = tree
+            while len(self._commit_trees) > 256:
+                self._commit_trees.popitem(last=False)
+        return tree
+
+    def entry_at(self, tree_sha: str, path: str) -> tuple[bytes, str] | None:
+        """(mode, id) of `path` in the tree `tree_sha`, or None."""
+        parts = path.encode().split(b"/")
+        for part in parts[:-1]:
+            found = self.tree(tree_sha).get(part)
+            if found is None or found[0] != TREE_MODE:
+                return None
+            tree_sha = found[1]
+        return self.tree(tree_sha).get(parts[-1])
+
+    def with_path(self, tree_sha: str | None, path: str, blob: str | None) -> str | None:
+        """Write the trees for `tree_sha` with `path` set to `blob` (None: removed)."""
+        return self._with_parts(tree_sha, path.encode().split(b"/"), blob)
+
+    def _with_parts(self, tree_sha: str | None, parts: list[bytes], blob: str | None) -> str | None:
+        tree = self.tree(tree_sha) if tree_sha else Tree(b"", {})
+        name = parts[0]
+        if len(parts) == 1:
+            entry = (FILE_MODE, blob) if blob else None
+        else:
+            child = tree.get(name)
+            child_sha = child[1] if child and child[0] == TREE_MODE else None
+            new_child = self._with_parts(child_sha, parts[1:], blob)
+            entry = (TREE_MODE, new_child) if new_child else None
+        new = tree.with_entry(name, entry)
+        return self.write_tree(new) if new.entries else None
+
+    def make_commit(
+        self, tree: str, parents: list[str], author: Ident, committer: Ident, message: str
+    ) -> str:
+        now = time.time()
+        tz = local_tz_offset(now)
+        lines = [f"tree {tree}"] + [f"parent {p}" for p in parents]
+        lines += [f"author {author.line(now, tz)}", f"committer {committer.line(now, tz)}", "", message]
+        body = "\n".join(lines)
+        return self.write_object(b"commit", body.encode() if body.endswith("\n") else (body + "\n").encode())
+
+    # -- refs ------------------------------------------------------------------------
+
+    def head_ref(self) -> str:
+        """The branch HEAD points at; refuses a detached HEAD."""
+        content = (self.git_dir / "HEAD").read_text().strip()
+        if not content.startswith("ref: "):
+            raise WorkspaceError(
+                "HEAD is detached: memstore commits to a branch. Run `git switch main` (or your branch) first."
+            )
+        return content[5:]
+
+    def read_ref(self, ref: str) -> str | None:
+        try:
+            value = (self.common_dir / ref).read_text().strip()
+            if value:
+                return value
+        except (FileNotFoundError, IsADirectoryError):
+            pass
+        try:
+            packed = (self.common_dir / "packed-refs").read_text()
+        except FileNotFoundError:
+            return None
+        suffix = f" {ref}"
+        for line in packed.splitlines():
+            if line.endswith(suffix) and not line.startswith(("#", "^")):
+                return line.split(" ", 1)[0]
+        return None
+
+    def update_ref(
+        self, ref: str, new: str, old: str | None, who: Ident, message: str, *, recover: bool = False
+    ) -> None:
+        """Point `ref` at `new` if it still points at `old` (git's lockfile protocol)."""
+        lock = self.common_dir / f"{ref}.lock"
+        fd = self.take_git_lock(lock, recover=recover)
+        if fd is None:
+            raise WorkspaceError(
+                f"{lock} exists: another git command is updating the branch. "
+                "If no git command is running, delete that file."
+            )
+        try:
+            if self.read_ref(ref) != old:
+                raise RefMovedError(ref)
+            os.write(fd, f"{new}\n".encode())
+        except BaseException:
+            os.close(fd)
+            lock.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        os.replace(lock, self.common_dir / ref)
+        now = time.time()
+        line = f"{old or '0' * 40} {new} {who.line(now, local_tz_offset(now))}\t{message}\n".encode()
+        for log_path in (self.common_dir / "logs" / ref, self.git_dir / "logs" / "HEAD"):
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "ab") as handle:
+                handle.write(line)
+
+    def take_git_lock(self, lock: Path, *, recover: bool) -> int | None:
+        """Create git's `X.lock` file; None if a git command kept it past the wait.
+
+        `recover`: the last memstore writer died mid-commit, so a `.lock` older than a
+        moment is its leftover and is removed.
+        """
+        deadline = time.monotonic() + _LOCK_WAIT
+        while True:
+            try:
+                return os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                pass
+            if recover and _age(lock) > _STALE_AGE:
+                log.warning("removing %s left by a writer that died", lock)
+                lock.unlink(missing_ok=True)
+                continue
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.002)
+
+    # -- index -----------------------------------------------------------------------
+
+    def set_index_entry(self, path: str, blob: str | None, work_file: Path, *, recover: bool) -> None:
+        """Make the index entry of `path` match the commit just made (None: remove it)."""
+        lock = self.git_dir / "index.lock"
+        fd = self.take_git_lock(lock, recover=recover)
+        if fd is None:
+            log.warning("index is locked by another git command; `git status` may show %s as changed", path)
+            return
+        try:
+            index = self.git_dir / "index"
+            with open(index, "rb") as handle:
+                data = handle.read()
+                shape = _shape(os.fstat(handle.fileno()))
+            known_end = self._index_end if shape == self._index_shape else None
+            new = patch_index(data, path.encode(), blob, work_file if blob else None, known_end)
+        except (FileNotFoundError, IndexFormatUnsupported):
+            os.close(fd)
+            lock.unlink(missing_ok=True)
+            self._index_via_git(path, blob)
+            return
+        except BaseException:
+            os.close(fd)
+            lock.unlink(missing_ok=True)
+            raise
+        try:
+            os.write(fd, new)
+            shape = _shape(os.fstat(fd))
+        finally:
+            os.close(fd)
+        os.replace(lock, self.git_dir / "index")
+        self._index_shape, self._index_end = shape, len(new) - 20
+
+    def _index_via_git(self, path: str, blob: str | None) -> None:
+        if blob:
+            self.repo.git.update_index("--add", "--cacheinfo", f"100644,{blob},{path}")
+        else:
+            self.repo.git.update_index("--force-remove", "--", path)
+
+
+def _shape(st: os.stat_result) -> tuple[int, int, int]:
+    """What identifies one version of a file for our caches."""
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+class IndexFormatUnsupported(Exception):
+    """An index this module does not patch (version 4, split or sparse index)."""
+
+
+def _index_entry(path: bytes, blob: str, work_file: Path) -> bytes:
+    st = os.stat(work_file)
+    m32 = 0xFFFFFFFF
+    fields = struct.pack(
+        ">10I",
+        int(st.st_ctime) & m32, st.st_ctime_ns % 1_000_000_000,
+        int(st.st_mtime) & m32, st.st_mtime_ns % 1_000_000_000,
+        st.st_dev & m32, st.st_ino & m32, 0o100644, st.st_uid & m32, st.st_gid & m32, st.st_size & m32,
+    )
+    head = fields + bytes.fromhex(blob) + struct.pack(">H", min(len(path), 0xFFF)) + path
+    return head + b"\0" * (8 - len(head) % 8)
+
+
+def _walk_index(data: bytes, version: int, count: int) -> tuple[list[tuple[bytes, int, int]], int]:
+    """[(path, start, end)] of every entry, and where the entries end."""
+    entries, pos = [], 12
+    for _ in range(count):
+        (flags,) = struct.unpack_from(">H", data, pos + 60)
+        head = 64 if version >= 3 and flags & 0x4000 else 62
+        name_end = data.index(b"\0", pos + head)
+        end = pos + ((name_end - pos) // 8 + 1) * 8
+        entries.append((data[pos + head : name_end], pos, end))
+        pos = end
+    return entries, pos
+
+
+def _find_entry(data: bytes, path: bytes) -> tuple[int, int] | None:
+    """Fast path: locate a plain stage-0 entry for `path` by its flags+name bytes."""
+    at = data.find(struct.pack(">H", len(path)) + path + b"\0", 12)
+    if at < 0:
+        return None
+    start = at - 60
+    (mode,) = struct.unpack_from(">I", data, start + 24)
+    if start < 12 or mode >> 12 not in (0o10, 0o12, 0o16) or (start > 12 and data[start - 1] != 0):
+        return None
+    return start, start + ((62 + len(path)) // 8 + 1) * 8
+
+
+def patch_index(
+    data: bytes, path: bytes, blob: str | None, work_file: Path | None, entries_end: int | None = None
+) -> bytes:
+    """Return index bytes with the entry for `path` replaced, added or removed.
+
+    `entries_end`, when known (an index memstore wrote), saves walking every entry.
+    Optional extensions (cache tree, untracked cache, …) are dropped, which git allows and
+    rebuilds; a required extension (split or sparse index) is not patched here.
+    """
+    if data[:4] != b"DIRC":
+        raise IndexFormatUnsupported("not an index")
+    version, count = struct.unpack_from(">II", data, 4)
+    if version not in (2, 3):
+        raise IndexFormatUnsupported(f"index version {version}")
+    new_entry = _index_entry(path, blob, work_file) if blob and work_file else b""
+    found = _find_entry(data, path) if blob and entries_end is not None else None
+    if found is not None and entries_end is not None:
+        start, end = found
+    else:
+        entries, entries_end = _walk_index(data, version, count)
+        match = next(((s, e) for p, s, e in entries if p == path), None)
+        if match is not None:
+            start, end = match
+        else:
+            start = next((s for p, s, _ in entries if p > path), entries_end)
+            end = start
+    _check_extensions(data, entries_end)
+    delta = (1 if new_entry else 0) - (1 if end > start else 0)
+    body = (
+        data[:4] + struct.pack(">II", version, count + delta)
+        + data[12:start] + new_entry + data[end:entries_end]
+    )
+    return body + hashlib.sha1(body).digest()
+
+
+def _check_extensions(data: bytes, pos: int) -> None:
+    end = len(data) - 20
+    while pos + 8 <= end:
+        sig = data[pos : pos + 4]
+        (size,) = struct.unpack_from(">I", data, pos + 4)
+        if not sig[:1].isupper():
+            raise IndexFormatUnsupported(f"required index extension {sig!r}")
+        pos += 8 + size

@@ -1,0 +1,85 @@
+"""Reading the past: a file's history, its content at a version, diffs between versions.
+
+History asks git itself (`git log -- path`), which uses the commit-graph and its
+changed-path Bloom filters when present, so one block's history stays fast in a
+repository of 100k commits; `maintain` keeps that graph current.
+"""
+
+from __future__ import annotations
+
+import subprocess
+
+import git
+
+from .errors import NotFoundError
+from .gitobjects import GitStore
+from .models import HistoryEntry
+
+_FIELDS = ["%H", "%an", "%ae", "%aI", "%s",
+           "%(trailers:key=Memstore-Op,valueonly,separator=%x2C)",
+           "%(trailers:key=Memstore-Agent,valueonly,separator=%x2C)",
+           "%(trailers:key=Memstore-Block,valueonly,separator=%x2C)"]
+_FORMAT = "%x1f".join(_FIELDS) + "%x1e"
+
+
+def file_history(store: GitStore, rel: str, limit: int = 20, block_id: str | None = None) -> list[HistoryEntry]:
+    """Commits that changed `rel`, newest first; stops at the creation of `block_id`."""
+    out = store.repo.git.log(f"-n{limit}", f"--format={_FORMAT}", "--", rel)
+    entries = []
+    for record in out.split("\x1e"):
+        parts = record.strip("\n").split("\x1f")
+        if len(parts) != len(_FIELDS):
+            continue
+        version, name, email, date, subject, op, agent, block = parts
+        entries.append(HistoryEntry(
+            version=version, author_name=name, author_email=email, date=date,
+            op=op or None, agent_id=agent or None, message=subject,
+        ))
+        if block_id and block == block_id and op == "create_block":
+            break
+    return entries
+
+
+def resolve_version(store: GitStore, version: str) -> str:
+    """A full commit id for `version` (a commit id, a prefix, or any git revision)."""
+    if not isinstance(version, str) or not version or version.startswith("-"):
+        raise NotFoundError(f"Version {version!r} is not a commit id.")
+    try:
+        return store.repo.git.rev_parse("--verify", "--quiet", f"{version}^{{commit}}").strip()
+    except git.GitCommandError:
+        raise NotFoundError(f"No version {version!r} in this workspace's history.") from None
+
+
+def content_at(store: GitStore, rel: str, version: str) -> bytes:
+    """The bytes of `rel` as of commit `version`."""
+    commit = resolve_version(store, version)
+    entry = store.entry_at(store.commit_tree(commit), rel)
+    if entry is None:
+        raise NotFoundError(f"{rel} did not exist at version {commit[:12]}.")
+    return store.read_object(entry[1])[1]
+
+
+def last_version(store: GitStore, rel: str) -> str | None:
+    """The commit that last changed `rel`."""
+    out = store.repo.git.log("-n1", "--format=%H", "--", rel).strip()
+    return out or None
+
+
+def diff(store: GitStore, rel: str, from_version: str, to_version: str | None = None) -> str:
+    """A unified diff of `rel` between two versions (to_version None: the file on disk)."""
+    revs = [resolve_version(store, from_version)]
+    if to_version is not None:
+        revs.append(resolve_version(store, to_version))
+    return str(store.repo.git.diff(*revs, "--", rel))
+
+
+def maintain(workdir: str) -> None:
+    """Start git's housekeeping in the background: pack objects, refresh the commit-graph."""
+    script = (
+        "git gc --auto --quiet; "
+        "git commit-graph write --reachable --changed-paths --split --size-multiple=4 2>/dev/null"
+    )
+    subprocess.Popen(  # noqa: S603 - fixed command line
+        ["sh", "-c", script], cwd=workdir, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )

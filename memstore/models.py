@@ -1,0 +1,133 @@
+"""Typed values that cross memstore's boundary: blocks, agents, edit results, history."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field
+
+from .errors import InvalidNameError
+
+DEFAULT_LIMIT = 20_000
+MAX_NAME_LENGTH = 64
+AGENT_EMAIL_DOMAIN = "agents.memstore"
+
+_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+
+
+def validate_name(name: object, kind: str = "label") -> str:
+    """Return `name` if it is safe as a label and a file name, else raise InvalidNameError.
+
+    A name is never a path: no separators, no `..`, no control characters, bounded length.
+    """
+    if not isinstance(name, str):
+        raise InvalidNameError(f"Invalid {kind}: expected text, got {type(name).__name__}.")
+    shown = name if len(name) <= 80 else name[:77] + "..."
+    if not name:
+        raise InvalidNameError(f"Invalid {kind}: it is empty.")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidNameError(f"Invalid {kind} '{shown}': longer than {MAX_NAME_LENGTH} characters.")
+    if any(unicodedata.category(c).startswith("C") for c in name):
+        raise InvalidNameError(f"Invalid {kind} {shown!r}: it contains control characters.")
+    if "/" in name or "\\" in name or ".." in name:
+        raise InvalidNameError(f"Invalid {kind} '{shown}': a {kind} is never a path (no '/', '\\' or '..').")
+    if not _NAME_RE.fullmatch(name):
+        raise InvalidNameError(
+            f"Invalid {kind} '{shown}': use letters, digits, '_', '-' or '.', "
+            "starting with a letter, digit or '_'."
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who makes a change: the commit author, and whether agent rules apply.
+
+    `agent_id` set: labels resolve among that agent's blocks. `is_agent`: read-only binds
+    (agents and MCP hosts); people and administrative calls may edit read-only blocks.
+    """
+
+    name: str
+    email: str
+    agent_id: str | None = None
+    is_agent: bool = False
+
+    @classmethod
+    def agent(cls, name: str, agent_id: str) -> Actor:
+        return cls(name=name, email=f"{agent_id}@{AGENT_EMAIL_DOMAIN}", agent_id=agent_id, is_agent=True)
+
+    @classmethod
+    def host(cls, name: str) -> Actor:
+        """An outside LLM host without a registered agent: read-only still binds it."""
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-").lower() or "host"
+        return cls(name=name, email=f"host-{slug}@{AGENT_EMAIL_DOMAIN}", is_agent=True)
+
+
+class Block(BaseModel):
+    """A memory block as stored in `blocks/<name>.md`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    label: str
+    value: str
+    limit: int = DEFAULT_LIMIT
+    read_only: bool = False
+    description: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field(description="file name without .md; stable for the block's life")
+    version: str | None = Field(default=None, description="commit id of the block's last change")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def chars_current(self) -> int:
+        return len(self.value)
+
+    @property
+    def path(self) -> str:
+        return f"blocks/{self.name}.md"
+
+
+class Agent(BaseModel):
+    """An agent as stored in `agents/<name>.md`: its config and system prompt."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    name: str
+    model: str
+    tools: list[str] = Field(default_factory=list)
+    blocks: list[str] = Field(default_factory=list, description="ids of attached blocks, in order")
+    description: str | None = None
+    system: str = ""
+    api_base: str | None = None
+
+    @property
+    def path(self) -> str:
+        return f"agents/{self.name}.md"
+
+    def actor(self) -> Actor:
+        return Actor.agent(self.name, self.id)
+
+
+class EditResult(BaseModel):
+    """The outcome of one committed change."""
+
+    block: Block
+    version: str = Field(description="the commit this edit made")
+    op: str
+
+
+class HistoryEntry(BaseModel):
+    """One commit that changed a block."""
+
+    version: str
+    author_name: str
+    author_email: str
+    date: str
+    op: str | None = None
+    agent_id: str | None = None
+    message: str

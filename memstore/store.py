@@ -1,0 +1,554 @@
+"""Blocks and agents: create, read, update, delete, the memory edits, history and revert.
+
+`Store` is the one public entry to a workspace; the CLI, the MCP server, the agent
+runtime and the watcher all call it. Every change runs through `Committer`, so it is
+applied to the current file under that file's lock and becomes one commit authored by
+the acting agent or person.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import yaml
+
+from . import edits, history
+from .blockfile import agent_from_file, block_from_file, load_block, render_agent, render_block
+from .catalog import Catalog, CatalogEntry
+from .commits import Committer, blob_id, commit_message
+from .errors import (
+    AmbiguousNameError,
+    ConflictError,
+    FileFormatError,
+    InvalidInputError,
+    LimitExceededError,
+    NotFoundError,
+    ReadOnlyError,
+)
+from .gitobjects import Ident
+from .models import DEFAULT_LIMIT, Actor, Agent, Block, EditResult, HistoryEntry, validate_name
+from .workspace import Workspace, init_workspace, open_workspace
+
+KNOWN_TOOLS = (
+    "memory_insert", "memory_replace", "memory_rethink", "core_memory_append",
+    "core_memory_replace", "conversation_search", "web_search",
+)
+DEFAULT_TOOLS = ["memory_insert", "memory_replace"]
+DEFAULT_SYSTEM = "You are a helpful assistant with a persistent, shared memory."
+MAX_TEXT = 1_000_000  # characters of any one text argument
+_MAINTAIN_EVERY = 500
+
+
+class Store:
+    """A memstore workspace, opened once and shared by threads."""
+
+    def __init__(self, ws: Workspace) -> None:
+        self.ws = ws
+        self.commits = Committer(ws)
+        self.catalog = Catalog(ws.blocks_dir, ws.state_dir / "catalog.gen", self._committed)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str] | None = None) -> Store:
+        return cls(open_workspace(path))
+
+    @classmethod
+    def init(cls, path: str | os.PathLike[str]) -> Store:
+        return cls(init_workspace(path))
+
+    def _committed(self, rel: str) -> bytes | None:
+        blob = self.commits.head_blob(rel)
+        return self.ws.git.read_object(blob)[1] if blob else None
+
+    @property
+    def person(self) -> Actor:
+        return Actor(self.ws.person.name, self.ws.person.email)
+
+    # -- reading blocks ----------------------------------------------------------------
+
+    def list_blocks(self) -> list[Block]:
+        """Every readable block, by file name; unreadable files are in `problems()`."""
+        snap = self.catalog.snapshot(rescan=True)
+        return [b for b in (self._read_block(name) for name in snap.entries) if b is not None]
+
+    def problems(self) -> list[FileFormatError]:
+        """Block files that do not parse, each naming its file and line."""
+        return list(self.catalog.snapshot(rescan=True).problems)
+
+    def get_block(self, ref: str, version: str | None = None, *, actor: Actor | None = None) -> Block:
+        """A block by id, file name or unambiguous label; as of `version` if given."""
+        name = self.resolve_block(ref, actor)
+        rel = f"blocks/{name}.md"
+        if version is not None:
+            data = history.content_at(self.ws.git, rel, version)
+            return block_from_file(data, rel, name).model_copy(
+                update={"version": history.resolve_version(self.ws.git, version)})
+        block = self._read_block(name, strict=True)
+        assert block is not None
+        return block.model_copy(update={"version": history.last_version(self.ws.git, rel)})
+
+    def _read_block(self, name: str, *, strict: bool = False) -> Block | None:
+        rel = f"blocks/{name}.md"
+        data = self.commits.read(rel)
+        if data is None:
+            if strict:
+                raise NotFoundError(f"Block file {rel} no longer exists.")
+            return None
+        try:
+            return block_from_file(data, rel, name)
+        except FileFormatError:
+            if strict:
+                raise
+            return None
+
+    def resolve_block(self, ref: str, actor: Actor | None = None) -> str:
+        """The file name of the block `ref` names: among an agent's blocks when acting as one."""
+        if not isinstance(ref, str) or not ref:
+            raise InvalidInputError("Name a block by its id, file name or label.")
+        if actor is not None and actor.agent_id:
+            return self._resolve_for_agent(ref, actor.agent_id)
+        if ref.startswith("block-"):
+            for rescan in (False, True):
+                name = self.catalog.name_of_id(ref, rescan=rescan)
+                if name and self._verify(name, lambda b: b.id == ref):
+                    return name
+            raise NotFoundError(f"No block with id {ref}.")
+        validate_name(ref, "block name")
+        for rescan in (False, True):
+            names = self.catalog.names_of_label(ref, rescan=rescan)
+            if names and all(self._verify(n, lambda b: b.label == ref) for n in names):
+                break
+        if len(names) > 1:
+            raise AmbiguousNameError(ref, [f"{n} ({self.catalog.snapshot().entries[n].id})" for n in names])
+        if names:
+            return names[0]
+        if (self.ws.blocks_dir / f"{ref}.md").exists():
+            return ref
+        raise NotFoundError(f"No block named '{ref}' (by label or file name). `memstore block list` shows them.")
+
+    def _verify(self, name: str, check: Callable[[Block], bool]) -> bool:
+        block = self._read_block(name)
+        return block is not None and check(block)
+
+    def _resolve_for_agent(self, label: str, agent_id: str) -> str:
+        agent = self.get_agent(agent_id)
+        entries = [e for e in (self._entry_by_id(i) for i in agent.blocks) if e is not None]
+        for entry in entries:
+            if label in (entry.label, entry.id):
+                return entry.name
+        available = ", ".join(e.label for e in entries)
+        raise NotFoundError(f"Block field {label} does not exist (available sections = {available})")
+
+    def _entry_by_id(self, block_id: str) -> CatalogEntry | None:
+        """Where block `block_id` lives, verified against the file (a broken file: as last committed)."""
+        for rescan in (False, True):
+            name = self.catalog.name_of_id(block_id, rescan=rescan)
+            data = self.commits.read(f"blocks/{name}.md") if name else None
+            if name is None or data is None:
+                continue
+            try:
+                block = block_from_file(data, f"blocks/{name}.md", name)
+            except FileFormatError:
+                return self.catalog.snapshot().entries.get(name)
+            if block.id == block_id:
+                return CatalogEntry(name, block.id, block.label)
+        return None
+
+    def _block_by_id(self, block_id: str) -> Block | None:
+        entry = self._entry_by_id(block_id)
+        return self._read_block(entry.name) if entry else None
+
+    # -- changing blocks ---------------------------------------------------------------
+
+    def create_block(
+        self, label: str, value: str = "", *, limit: int | None = None, read_only: bool = False,
+        description: str | None = None, metadata: dict[str, Any] | None = None, actor: Actor | None = None,
+    ) -> Block:
+        """Create a block in `blocks/<label>.md` (or `<label>-2.md`, … when taken)."""
+        validate_name(label)
+        limit = _check_limit_arg(DEFAULT_LIMIT if limit is None else limit)
+        block = Block(
+            id=f"block-{uuid.uuid4()}", label=label, value=_check_text(value, "value"), limit=limit,
+            read_only=_check_bool(read_only, "read_only"), description=_check_optional_text(description),
+            metadata=_check_metadata(metadata), name=label,
+        )
+        edits.check_limit(label, block.value, limit)
+        actor = actor or self.person
+        for n in range(1, 10_000):
+            name = label if n == 1 else f"{label}-{n}"
+            rel = f"blocks/{name}.md"
+            with self.commits.locked(rel) as current:
+                if current is not None or self.commits.head_blob(rel) is not None:
+                    continue
+                block = block.model_copy(update={"name": name})
+                version = self.commits.write(rel, render_block(block), None, _ident(actor),
+                                             self._message("create_block", block, actor))
+            self.catalog.bump()
+            self._after_commit()
+            return block.model_copy(update={"version": version})
+        raise ConflictError(f"Too many blocks are labelled '{label}'.")
+
+    def update_block(
+        self, ref: str, *, label: str | None = None, description: str | None = None, limit: int | None = None,
+        read_only: bool | None = None, metadata: dict[str, Any] | None = None, actor: Actor | None = None,
+    ) -> EditResult:
+        """Change a block's label, description, limit, read-only flag or metadata (not its value)."""
+        changes: dict[str, Any] = {}
+        if label is not None:
+            changes["label"] = validate_name(label)
+        if description is not None:
+            changes["description"] = _check_optional_text(description) or None
+        if limit is not None:
+            changes["limit"] = _check_limit_arg(limit)
+        if read_only is not None:
+            changes["read_only"] = _check_bool(read_only, "read_only")
+        if metadata is not None:
+            changes["metadata"] = _check_metadata(metadata)
+
+        def change(block: Block) -> Block:
+            if "limit" in changes and len(block.value) > changes["limit"]:
+                raise LimitExceededError(block.label, changes["limit"], len(block.value))
+            if changes.get("label", block.label) != block.label:
+                self._check_relabel(block, changes["label"])
+            return block.model_copy(update=changes)
+
+        result = self._change_block(ref, actor or self.person, "update_block", change, enforce_read_only=False)
+        if "label" in changes:
+            self.catalog.bump()
+        return result
+
+    def _check_relabel(self, block: Block, label: str) -> None:
+        for agent in self.list_agents():
+            if block.id not in agent.blocks:
+                continue
+            for other in (self._block_by_id(i) for i in agent.blocks if i != block.id):
+                if other is not None and other.label == label:
+                    raise ConflictError(
+                        f"Agent '{agent.name}' already has a block labelled '{label}' ({other.id}); "
+                        "labels are unique among one agent's blocks."
+                    )
+
+    def delete_block(self, ref: str, *, actor: Actor | None = None) -> Block:
+        """Delete a block (its history stays in git) and detach it from every agent."""
+        actor = actor or self.person
+        name = self.resolve_block(ref, actor)
+        rel = f"blocks/{name}.md"
+        with self.commits.locked(rel) as current:
+            if current is None:
+                raise NotFoundError(f"Block file {rel} no longer exists.")
+            block = block_from_file(current, rel, name)
+            if actor.is_agent and block.read_only:
+                raise ReadOnlyError(block.label)
+            if self._check_hand_edit(rel, current, block):
+                self._adopt_hand_edit(rel, current, block)
+            self.commits.write(rel, None, current, _ident(actor), self._message("delete_block", block, actor))
+        self.catalog.bump()
+        for agent in self.block_agents(block.id):
+            self._change_agent(agent.name, actor, "detach_block",
+                               lambda a: a.model_copy(update={"blocks": [i for i in a.blocks if i != block.id]}),
+                               subject=f"detach_block {agent.name} {block.label}")
+        self._after_commit()
+        return block
+
+    # -- the memory edits ----------------------------------------------------------------
+
+    def memory_insert(self, label: str, new_str: str, insert_line: int = -1, *, actor: Actor | None = None) -> EditResult:
+        """Insert `new_str` after line `insert_line` (0: top, -1: end); additive under concurrency."""
+        _check_text(new_str, "new_str")
+        return self._edit(label, actor, "memory_insert", lambda b: edits.memory_insert(b.value, new_str, insert_line))
+
+    def memory_replace(self, label: str, old_str: str, new_str: str, *, actor: Actor | None = None) -> EditResult:
+        """Replace the one occurrence of `old_str` in the current value."""
+        _check_text(new_str, "new_str")
+        return self._edit(label, actor, "memory_replace",
+                          lambda b: edits.memory_replace(b.value, old_str, new_str, b.label))
+
+    def memory_rethink(self, label: str, new_memory: str, *, actor: Actor | None = None) -> EditResult:
+        """Overwrite the whole value; the old one stays in history."""
+        _check_text(new_memory, "new_memory")
+        return self._edit(label, actor, "memory_rethink", lambda b: edits.memory_rethink(b.value, new_memory))
+
+    def core_memory_append(self, label: str, content: str, *, actor: Actor | None = None) -> EditResult:
+        _check_text(content, "content")
+        return self._edit(label, actor, "core_memory_append", lambda b: edits.core_memory_append(b.value, content))
+
+    def core_memory_replace(
+        self, label: str, old_content: str, new_content: str, *, actor: Actor | None = None
+    ) -> EditResult:
+        _check_text(new_content, "new_content")
+        return self._edit(label, actor, "core_memory_replace",
+                          lambda b: edits.core_memory_replace(b.value, old_content, new_content, b.label))
+
+    def _edit(self, label: str, actor: Actor | None, op: str, new_value: Callable[[Block], str]) -> EditResult:
+        def change(block: Block) -> Block:
+            value = new_value(block)
+            edits.check_limit(block.label, value, block.limit)
+            return block.model_copy(update={"value": value})
+
+        return self._change_block(label, actor or self.person, op, change, enforce_read_only=True)
+
+    def revert_block(self, ref: str, version: str, *, actor: Actor | None = None) -> EditResult:
+        """Make a block as it was at `version`, in a new commit (history is never rewritten)."""
+        actor = actor or self.person
+        name = self.resolve_block(ref, actor)
+        rel = f"blocks/{name}.md"
+        old = block_from_file(history.content_at(self.ws.git, rel, version), rel, name)
+
+        def change(block: Block) -> Block:
+            if old.id != block.id:
+                raise ConflictError(f"{rel} held another block ({old.id}) at version {version}.")
+            return old
+
+        return self._change_block(ref, actor, "revert_block", change, enforce_read_only=True,
+                                  subject_suffix=f" to {version[:12]}")
+
+    def _change_block(
+        self, ref: str, actor: Actor, op: str, change: Callable[[Block], Block], *,
+        enforce_read_only: bool, subject_suffix: str = "",
+    ) -> EditResult:
+        name = self.resolve_block(ref, actor)
+        rel = f"blocks/{name}.md"
+        with self.commits.locked(rel) as current:
+            if current is None:
+                raise NotFoundError(f"Block '{ref}' was deleted (no file {rel}).")
+            block, meta = load_block(current, rel, name)
+            if enforce_read_only and actor.is_agent and block.read_only:
+                raise ReadOnlyError(block.label)
+            hand_edited = self._check_hand_edit(rel, current, block)
+            new = change(block)
+            if hand_edited:
+                self._adopt_hand_edit(rel, current, block)
+            data = render_block(new, meta)
+            message = self._message(op, new, actor, subject_suffix)
+            version = self.commits.write(rel, data, current, _ident(actor), message)
+        self._after_commit()
+        return EditResult(block=new.model_copy(update={"version": version or history.last_version(self.ws.git, rel)}),
+                          version=version or history.last_version(self.ws.git, rel) or "", op=op)
+
+    def _check_hand_edit(self, rel: str, current: bytes, block: Block) -> bool:
+        """True if `rel` has an uncommitted (valid) hand edit; refuse an invalid one."""
+        if self.commits.head_blob(rel) == blob_id(current):
+            return False
+        if len(block.value) > block.limit:
+            raise FileFormatError(
+                rel, None, f"the value is {len(block.value):,} characters, over the block's limit of "
+                f"{block.limit:,}; shorten it or raise `limit` (this hand edit is not committed)")
+        return True
+
+    def _adopt_hand_edit(self, rel: str, current: bytes, block: Block) -> None:
+        """Commit a person's uncommitted edit of `rel` before an edit lands on top of it."""
+        self.commits.adopt_hand_edit(rel, current, f"Hand edit {rel}",
+                                     {"Memstore-Op": "hand_edit", "Memstore-Block": block.id})
+
+    def _message(self, op: str, block: Block | Agent, actor: Actor, suffix: str = "") -> str:
+        name = block.label if isinstance(block, Block) else block.name
+        return commit_message(f"{op} {name}{suffix}", {
+            "Memstore-Op": op,
+            "Memstore-Block": block.id if isinstance(block, Block) else None,
+            "Memstore-Agent": actor.agent_id if isinstance(block, Block) else block.id,
+        })
+
+    def _after_commit(self) -> None:
+        counter = self.ws.state_dir / "commits.count"
+        fd = os.open(counter, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, b".")
+            count = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        if count % _MAINTAIN_EVERY == 0:
+            history.maintain(str(self.ws.root))
+
+    # -- history -------------------------------------------------------------------------
+
+    def block_history(self, ref: str, limit: int = 20) -> list[HistoryEntry]:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidInputError(f"`limit` must be a positive whole number, got {limit!r}.")
+        name = self.resolve_block(ref)
+        block = self._read_block(name)
+        return history.file_history(self.ws.git, f"blocks/{name}.md", limit, block.id if block else None)
+
+    def workspace_history(self, limit: int = 20) -> list[HistoryEntry]:
+        """Recent commits of the whole workspace, newest first."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidInputError(f"`limit` must be a positive whole number, got {limit!r}.")
+        return history.file_history(self.ws.git, ".", limit)
+
+    def block_diff(self, ref: str, from_version: str, to_version: str | None = None) -> str:
+        return history.diff(self.ws.git, f"blocks/{self.resolve_block(ref)}.md", from_version, to_version)
+
+    # -- agents --------------------------------------------------------------------------
+
+    def list_agents(self) -> list[Agent]:
+        return [self._read_agent(p.name[:-3]) for p in sorted(self.ws.agents_dir.glob("*.md"))]
+
+    def get_agent(self, ref: str) -> Agent:
+        """An agent by id or name."""
+        if not isinstance(ref, str) or not ref:
+            raise InvalidInputError("Name an agent by its id or name.")
+        if ref.startswith("agent-"):
+            found = next((a for a in self.list_agents() if a.id == ref), None)
+            if found is None:
+                raise NotFoundError(f"No agent with id {ref}.")
+            return found
+        validate_name(ref, "agent name")
+        if not (self.ws.agents_dir / f"{ref}.md").exists():
+            raise NotFoundError(f"No agent named '{ref}'. `memstore agent list` shows them.")
+        return self._read_agent(ref)
+
+    def _read_agent(self, name: str) -> Agent:
+        rel = f"agents/{name}.md"
+        data = self.commits.read(rel)
+        if data is None:
+            raise NotFoundError(f"No agent named '{name}'.")
+        return agent_from_file(data, rel)
+
+    def create_agent(
+        self, name: str, model: str, *, block_ids: list[str] | None = None, tools: list[str] | None = None,
+        system: str | None = None, description: str | None = None, api_base: str | None = None,
+        actor: Actor | None = None,
+    ) -> Agent:
+        """Register an agent with its model, tools, persona and attached blocks."""
+        validate_name(name, "agent name")
+        if not isinstance(model, str) or not model.strip() or "\n" in model:
+            raise InvalidInputError("`model` must be a model name such as 'openai/gpt-4o-mini'.")
+        blocks = [self.get_block(ref) for ref in (block_ids or [])]
+        _check_unique_labels(name, blocks)
+        agent = Agent(
+            id=f"agent-{uuid.uuid4()}", name=name, model=model.strip(), tools=_check_tools(tools),
+            blocks=list(dict.fromkeys(b.id for b in blocks)), description=_check_optional_text(description),
+            system=_check_text(DEFAULT_SYSTEM if system is None else system, "system"),
+            api_base=_check_optional_text(api_base),
+        )
+        rel = agent.path
+        actor = actor or self.person
+        with self.commits.locked(rel) as current:
+            if current is not None:
+                raise ConflictError(f"An agent named '{name}' already exists.")
+            self.commits.write(rel, render_agent(agent), None, _ident(actor), self._message("create_agent", agent, actor))
+        self._after_commit()
+        return agent
+
+    def delete_agent(self, ref: str, *, actor: Actor | None = None) -> Agent:
+        agent = self.get_agent(ref)
+        actor = actor or self.person
+        with self.commits.locked(agent.path) as current:
+            if current is None:
+                raise NotFoundError(f"No agent named '{agent.name}'.")
+            self.commits.write(agent.path, None, current, _ident(actor), self._message("delete_agent", agent, actor))
+        self._after_commit()
+        return agent
+
+    def attach_block(self, agent_ref: str, block_ref: str, *, actor: Actor | None = None) -> Agent:
+        """Attach a block to an agent; its label must be new among the agent's blocks."""
+        block = self.get_block(block_ref)
+
+        def change(agent: Agent) -> Agent:
+            if block.id in agent.blocks:
+                return agent
+            others = [b for b in (self._block_by_id(i) for i in agent.blocks) if b is not None]
+            _check_unique_labels(agent.name, [*others, block])
+            return agent.model_copy(update={"blocks": [*agent.blocks, block.id]})
+
+        agent = self.get_agent(agent_ref)
+        return self._change_agent(agent.name, actor or self.person, "attach_block", change,
+                                  subject=f"attach_block {agent.name} {block.label}")
+
+    def detach_block(self, agent_ref: str, block_ref: str, *, actor: Actor | None = None) -> Agent:
+        agent = self.get_agent(agent_ref)
+        block_id = block_ref if block_ref.startswith("block-") else self._resolve_for_agent_id(agent, block_ref)
+
+        def change(current: Agent) -> Agent:
+            if block_id not in current.blocks:
+                raise NotFoundError(f"Block {block_ref} is not attached to agent '{current.name}'.")
+            return current.model_copy(update={"blocks": [i for i in current.blocks if i != block_id]})
+
+        return self._change_agent(agent.name, actor or self.person, "detach_block", change,
+                                  subject=f"detach_block {agent.name} {block_ref}")
+
+    def _resolve_for_agent_id(self, agent: Agent, ref: str) -> str:
+        return self.get_block(self._resolve_for_agent(ref, agent.id)).id
+
+    def block_agents(self, block_ref: str) -> list[Agent]:
+        """The agents a block is attached to."""
+        block_id = block_ref if block_ref.startswith("block-") else self.get_block(block_ref).id
+        return [a for a in self.list_agents() if block_id in a.blocks]
+
+    def _change_agent(self, name: str, actor: Actor, op: str, change: Callable[[Agent], Agent], *, subject: str) -> Agent:
+        rel = f"agents/{name}.md"
+        with self.commits.locked(rel) as current:
+            if current is None:
+                raise NotFoundError(f"No agent named '{name}'.")
+            agent = agent_from_file(current, rel)
+            new = change(agent)
+            self.commits.adopt_hand_edit(rel, current, f"Hand edit {rel}", {"Memstore-Op": "hand_edit"})
+            message = commit_message(subject, {"Memstore-Op": op, "Memstore-Agent": actor.agent_id or agent.id})
+            self.commits.write(rel, render_agent(new), current, _ident(actor), message)
+        self._after_commit()
+        return new
+
+
+def _ident(actor: Actor) -> Ident:
+    return Ident(actor.name, actor.email)
+
+
+def _check_unique_labels(agent_name: str, blocks: list[Block]) -> None:
+    seen: dict[str, str] = {}
+    for block in blocks:
+        if block.label in seen and seen[block.label] != block.id:
+            raise ConflictError(
+                f"Agent '{agent_name}' would have two blocks labelled '{block.label}' "
+                f"({seen[block.label]} and {block.id}); a label appears at most once per agent."
+            )
+        seen[block.label] = block.id
+
+
+def _check_text(value: object, name: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidInputError(f"`{name}` must be text, got {type(value).__name__}.")
+    if len(value) > MAX_TEXT:
+        raise InvalidInputError(f"`{name}` is {len(value):,} characters; the most memstore accepts is {MAX_TEXT:,}.")
+    if "\x00" in value:
+        raise InvalidInputError(f"`{name}` contains a NUL character, which a text file cannot hold.")
+    return value
+
+
+def _check_optional_text(value: object) -> str | None:
+    return None if value is None else _check_text(value, "description")
+
+
+def _check_bool(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidInputError(f"`{name}` must be true or false, got {value!r}.")
+    return value
+
+
+def _check_limit_arg(limit: object) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= MAX_TEXT:
+        raise InvalidInputError(f"`limit` must be a whole number from 1 to {MAX_TEXT:,}, got {limit!r}.")
+    return limit
+
+
+def _check_metadata(metadata: object) -> dict[str, Any]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise InvalidInputError(f"`metadata` must be a mapping, got {type(metadata).__name__}.")
+    try:
+        yaml.safe_dump(metadata)
+    except yaml.YAMLError as exc:
+        raise InvalidInputError(f"`metadata` must hold plain values (text, numbers, lists, mappings): {exc}") from None
+    return metadata
+
+
+def _check_tools(tools: list[str] | None) -> list[str]:
+    if tools is None:
+        return list(DEFAULT_TOOLS)
+    if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
+        raise InvalidInputError("`tools` must be a list of tool names.")
+    unknown = [t for t in tools if t not in KNOWN_TOOLS]
+    if unknown:
+        raise InvalidInputError(f"Unknown tool(s) {', '.join(unknown)}; known tools: {', '.join(KNOWN_TOOLS)}.")
+    return list(dict.fromkeys(tools))

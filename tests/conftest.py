@@ -1,0 +1,55 @@
+"""Every test runs hermetic: its own HOME, git identity and workspace."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from memstore import Store
+
+PERSON_NAME = "Pat Person"
+PERSON_EMAIL = "pat@example.com"
+
+
+@pytest.fixture(autouse=True)
+def hermetic_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".gitconfig").write_text(f"[user]\n\tname = {PERSON_NAME}\n\temail = {PERSON_EMAIL}\n")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(home / ".gitconfig"))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    for name in list(os.environ):
+        if name.startswith(("MEMSTORE_", "GIT_AUTHOR_", "GIT_COMMITTER_")) or name in ("GIT_DIR", "GIT_WORK_TREE"):
+            monkeypatch.delenv(name)
+    yield
+
+
+@pytest.fixture
+def ws_path(tmp_path: Path) -> Path:
+    return tmp_path / "ws"
+
+
+@pytest.fixture
+def store(ws_path: Path) -> Store:
+    return Store.init(ws_path)
+
+
+def git(ws: Path, *args: str) -> str:
+    """Run the real git binary in a workspace and return its output."""
+    return subprocess.run(["git", *args], cwd=ws, check=True, capture_output=True, text=True).stdout
+
+
+def commit_count(ws: Path) -> int:
+    return int(git(ws, "rev-list", "--count", "HEAD").strip())
+
+
+def assert_clean_repo(ws: Path) -> None:
+    """fsck is clean and the work tree matches HEAD (nothing uncommitted, index in sync)."""
+    result = subprocess.run(["git", "fsck", "--strict"], cwd=ws, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert git(ws, "status", "--porcelain") == ""

@@ -1,0 +1,371 @@
+"""The store through its public API, checked against the real git repository."""
+
+from __future__ import annotations
+
+import pytest
+
+from memstore import (
+    Actor,
+    AmbiguousNameError,
+    ConflictError,
+    FileFormatError,
+    InvalidInputError,
+    InvalidNameError,
+    LimitExceededError,
+    NotFoundError,
+    ReadOnlyError,
+    ReplaceError,
+    Store,
+    WorkspaceError,
+)
+
+from .conftest import PERSON_EMAIL, PERSON_NAME, assert_clean_repo, commit_count, git
+
+
+def test_init_makes_a_repository_with_one_commit_and_ignores_local_state(store: Store) -> None:
+    root = store.ws.root
+    assert commit_count(root) == 1
+    assert (root / "blocks").is_dir() and (root / "README.md").exists()
+    assert ".memstore/" in (root / ".gitignore").read_text()
+    assert git(root, "log", "-1", "--format=%an <%ae>").strip() == f"{PERSON_NAME} <{PERSON_EMAIL}>"
+    assert_clean_repo(root)
+
+
+def test_init_refuses_a_folder_that_is_not_empty(tmp_path) -> None:
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(WorkspaceError, match="not an empty folder"):
+        Store.init(tmp_path / "full")
+
+
+def test_open_refuses_a_folder_that_is_not_a_workspace(tmp_path) -> None:
+    with pytest.raises(WorkspaceError, match="not a memstore workspace"):
+        Store.open(tmp_path)
+    with pytest.raises(WorkspaceError, match="does not exist"):
+        Store.open(tmp_path / "nope")
+
+
+def test_edits_are_refused_during_a_merge(store: Store) -> None:
+    store.create_block("org", "x")
+    (store.ws.git.git_dir / "MERGE_HEAD").write_text("0" * 40 + "\n")
+    with pytest.raises(WorkspaceError, match="merge is in progress"):
+        store.memory_insert("org", "y")
+
+
+def test_detached_head_is_a_clear_error(store: Store) -> None:
+    store.create_block("org", "x")
+    git(store.ws.root, "checkout", "-q", "--detach")
+    with pytest.raises(WorkspaceError, match="HEAD is detached"):
+        store.memory_insert("org", "y")
+
+
+def test_create_block_writes_one_file_and_one_commit(store: Store) -> None:
+    block = store.create_block("organization", "Organization: Letta", limit=4000, description="Shared",
+                               metadata={"team": ["a", "b"]})
+    assert block.id.startswith("block-") and block.limit == 4000 and block.chars_current == 19
+    assert (store.ws.root / "blocks" / "organization.md").exists()
+    assert commit_count(store.ws.root) == 2
+    assert git(store.ws.root, "show", "--name-only", "--format=", "HEAD").split() == ["blocks/organization.md"]
+    got = store.get_block("organization")
+    assert got.value == "Organization: Letta" and got.metadata == {"team": ["a", "b"]}
+    assert got.version == git(store.ws.root, "rev-parse", "HEAD").strip()
+    assert_clean_repo(store.ws.root)
+
+
+def test_default_limit_is_twenty_thousand(store: Store) -> None:
+    assert store.create_block("x").limit == 20_000
+
+
+def test_second_block_with_same_label_gets_a_numbered_file(store: Store) -> None:
+    first = store.create_block("notes", "one")
+    second = store.create_block("notes", "two")
+    assert (first.name, second.name) == ("notes", "notes-2")
+
+
+def test_block_is_found_by_id_file_name_and_label(store: Store) -> None:
+    block = store.create_block("org", "v")
+    store.update_block("org", label="company")
+    assert store.get_block(block.id).label == "company"
+    assert store.get_block("company").id == block.id
+    assert store.get_block("org").id == block.id  # the file name stays blocks/org.md
+
+
+def test_ambiguous_label_lists_the_candidates(store: Store) -> None:
+    a = store.create_block("notes", "one")
+    b = store.create_block("notes", "two")
+    with pytest.raises(AmbiguousNameError) as err:
+        store.get_block("notes")
+    assert a.id in str(err.value) and b.id in str(err.value)
+
+
+def test_unknown_block_is_not_found(store: Store) -> None:
+    with pytest.raises(NotFoundError):
+        store.get_block("nothing")
+    with pytest.raises(NotFoundError):
+        store.get_block("block-00000000-0000-0000-0000-000000000000")
+
+
+@pytest.mark.parametrize("label", ["../etc/passwd", "/abs", "a/b", "", "x" * 200, "bad\x07"])
+def test_labels_that_could_be_paths_are_refused(store: Store, label: str) -> None:
+    with pytest.raises(InvalidNameError):
+        store.create_block(label)
+    assert commit_count(store.ws.root) == 1
+
+
+def test_value_over_the_limit_is_refused_at_creation(store: Store) -> None:
+    with pytest.raises(LimitExceededError, match=r"Exceeds 5 character limit \(requested 6\)"):
+        store.create_block("x", "123456", limit=5)
+
+
+@pytest.mark.parametrize("bad", [{"limit": 0}, {"limit": -1}, {"limit": True}, {"read_only": "yes"},
+                                 {"metadata": [1]}, {"description": 5}])
+def test_bad_block_arguments_are_refused(store: Store, bad: dict) -> None:
+    with pytest.raises(InvalidInputError):
+        store.create_block("x", **bad)
+
+
+def test_update_block_changes_metadata_in_one_commit(store: Store) -> None:
+    store.create_block("org", "value")
+    before = commit_count(store.ws.root)
+    result = store.update_block("org", description="new", limit=100, read_only=True, metadata={"a": 1})
+    assert (result.block.description, result.block.limit, result.block.read_only) == ("new", 100, True)
+    assert result.block.value == "value"
+    assert commit_count(store.ws.root) == before + 1
+
+
+def test_lowering_the_limit_below_the_value_is_refused(store: Store) -> None:
+    store.create_block("org", "0123456789")
+    with pytest.raises(LimitExceededError):
+        store.update_block("org", limit=5)
+
+
+def test_delete_block_commits_the_deletion_and_detaches_it(store: Store) -> None:
+    block = store.create_block("org", "v")
+    store.create_agent("a1", "openai/gpt-4o-mini", block_ids=[block.id])
+    store.delete_block("org")
+    assert not (store.ws.root / "blocks/org.md").exists()
+    assert store.get_agent("a1").blocks == []
+    assert git(store.ws.root, "log", "-1", "--format=%s").strip() == "detach_block a1 org"
+    assert_clean_repo(store.ws.root)
+
+
+# -- edits ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def agent1(store: Store) -> Actor:
+    org = store.create_block("organization", "Organization: Letta", limit=200)
+    policies = store.create_block("policies", "Be kind.", read_only=True)
+    return store.create_agent("agent1", "openai/gpt-4o-mini", block_ids=[org.id, policies.id]).actor()
+
+
+def test_each_edit_is_one_commit_authored_by_the_agent_with_trailers(store: Store, agent1: Actor) -> None:
+    before = commit_count(store.ws.root)
+    result = store.memory_insert("organization", "agent1: founded 2023", actor=agent1)
+    assert result.block.value == "Organization: Letta\nagent1: founded 2023"
+    assert commit_count(store.ws.root) == before + 1
+    root = store.ws.root
+    assert git(root, "log", "-1", "--format=%an <%ae>").strip() == f"agent1 <{agent1.agent_id}@agents.memstore>"
+    assert git(root, "log", "-1", "--format=%cn").strip() == "memstore"
+    trailers = git(root, "log", "-1", "--format=%(trailers:only,unfold)")
+    assert "Memstore-Op: memory_insert" in trailers
+    assert f"Memstore-Block: {result.block.id}" in trailers
+    assert f"Memstore-Agent: {agent1.agent_id}" in trailers
+    assert git(root, "show", "--name-only", "--format=", "HEAD").split() == ["blocks/organization.md"]
+    assert result.version == git(root, "rev-parse", "HEAD").strip()
+    assert_clean_repo(root)
+
+
+def test_replace_rethink_append_and_replace_all(store: Store, agent1: Actor) -> None:
+    store.memory_replace("organization", "Letta", "Letta Inc", actor=agent1)
+    store.core_memory_append("organization", "x x", actor=agent1)
+    store.core_memory_replace("organization", "x", "y", actor=agent1)
+    assert store.get_block("organization").value == "Organization: Letta Inc\ny y"
+    store.memory_rethink("organization", "fresh", actor=agent1)
+    assert store.get_block("organization").value == "fresh"
+    assert_clean_repo(store.ws.root)
+
+
+def _refused(store: Store, exc: type[Exception], call, match: str) -> None:
+    before = commit_count(store.ws.root)
+    files = {p: p.read_bytes() for p in (store.ws.root / "blocks").glob("*.md")}
+    with pytest.raises(exc, match=match):
+        call()
+    assert commit_count(store.ws.root) == before
+    assert {p: p.read_bytes() for p in (store.ws.root / "blocks").glob("*.md")} == files
+    assert_clean_repo(store.ws.root)
+
+
+def test_read_only_block_refuses_agents_and_writes_nothing(store: Store, agent1: Actor) -> None:
+    _refused(store, ReadOnlyError, lambda: store.memory_insert("policies", "x", actor=agent1),
+             "Error This block is read-only and cannot be edited.")
+    _refused(store, ReadOnlyError, lambda: store.memory_rethink("policies", "x", actor=agent1), "read-only")
+
+
+def test_people_may_edit_read_only_blocks(store: Store, agent1: Actor) -> None:
+    store.memory_insert("policies", "Be brief.")
+    assert store.get_block("policies").value == "Be kind.\nBe brief."
+
+
+def test_hosts_are_bound_by_read_only(store: Store, agent1: Actor) -> None:
+    with pytest.raises(ReadOnlyError):
+        store.memory_insert("policies", "x", actor=Actor.host("Claude Desktop"))
+
+
+def test_over_limit_edit_is_refused_and_writes_nothing(store: Store, agent1: Actor) -> None:
+    _refused(store, LimitExceededError, lambda: store.memory_insert("organization", "x" * 200, actor=agent1),
+             r"Exceeds 200 character limit \(requested 220\)")
+
+
+def test_replace_errors_write_nothing(store: Store, agent1: Actor) -> None:
+    _refused(store, ReplaceError, lambda: store.memory_replace("organization", "Nope", "x", actor=agent1),
+             "did not appear verbatim in memory block with label `organization`")
+    store.memory_insert("organization", "Letta again", actor=agent1)
+    _refused(store, ReplaceError, lambda: store.memory_replace("organization", "Letta", "x", actor=agent1),
+             r"Multiple occurrences of old_str `Letta` in lines \[1, 2\]")
+
+
+def test_invalid_insert_line_writes_nothing(store: Store, agent1: Actor) -> None:
+    _refused(store, Exception, lambda: store.memory_insert("organization", "x", 7, actor=agent1),
+             r"Invalid `insert_line` parameter: 7")
+
+
+def test_agent_cannot_edit_a_block_it_does_not_have(store: Store, agent1: Actor) -> None:
+    store.create_block("secret", "s")
+    _refused(store, NotFoundError, lambda: store.memory_insert("secret", "x", actor=agent1),
+             r"Block field secret does not exist \(available sections = organization, policies\)")
+
+
+def test_huge_and_non_text_arguments_are_refused(store: Store, agent1: Actor) -> None:
+    with pytest.raises(InvalidInputError):
+        store.memory_insert("organization", 5, actor=agent1)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError):
+        store.memory_insert("organization", "x" * 2_000_000, actor=agent1)
+    with pytest.raises(InvalidInputError):
+        store.memory_insert("organization", "nul\x00", actor=agent1)
+
+
+def test_unicode_values_round_trip_through_the_store(store: Store) -> None:
+    value = "  emoji 🧠, RTL עברית, combining é, CJK 記憶\r\ntrailing spaces  \n\n"
+    store.create_block("uni", value)
+    assert store.get_block("uni").value == value
+    store.memory_insert("uni", "ß")
+    assert store.get_block("uni").value == value + "\nß"
+
+
+# -- hand edits ----------------------------------------------------------------------------
+
+
+def test_uncommitted_hand_edit_is_committed_first_under_the_persons_name(store: Store, agent1: Actor) -> None:
+    path = store.ws.root / "blocks" / "organization.md"
+    path.write_bytes(path.read_bytes().replace(b"Organization: Letta", b"Organization: Letta (by hand)"))
+    before = commit_count(store.ws.root)
+    store.memory_insert("organization", "agent1: note", actor=agent1)
+    assert commit_count(store.ws.root) == before + 2
+    authors = git(store.ws.root, "log", "-2", "--format=%an|%s").strip().splitlines()
+    assert authors == ["agent1|memory_insert organization", f"{PERSON_NAME}|Hand edit blocks/organization.md"]
+    assert "(by hand)" in git(store.ws.root, "show", "HEAD~1:blocks/organization.md")
+    assert store.get_block("organization").value == "Organization: Letta (by hand)\nagent1: note"
+    assert_clean_repo(store.ws.root)
+
+
+def test_broken_hand_edit_blocks_the_edit_and_is_left_alone(store: Store, agent1: Actor) -> None:
+    path = store.ws.root / "blocks" / "organization.md"
+    broken = path.read_bytes().replace(b"limit: 200", b"limit: [oops")
+    path.write_bytes(broken)
+    before = commit_count(store.ws.root)
+    with pytest.raises(FileFormatError, match="blocks/organization.md, line"):
+        store.memory_insert("organization", "x", actor=agent1)
+    assert path.read_bytes() == broken
+    assert commit_count(store.ws.root) == before
+    assert [str(p) for p in store.problems()][0].startswith("blocks/organization.md")
+
+
+def test_hand_edit_over_the_limit_is_not_committed(store: Store, agent1: Actor) -> None:
+    path = store.ws.root / "blocks" / "organization.md"
+    path.write_bytes(path.read_bytes() + b"y" * 300)
+    with pytest.raises(FileFormatError, match="over the block's limit"):
+        store.memory_insert("organization", "x", actor=agent1)
+
+
+# -- agents --------------------------------------------------------------------------------
+
+
+def test_agents_registry(store: Store) -> None:
+    org = store.create_block("org", "v")
+    a1 = store.create_agent("agent1", "openai/gpt-4o-mini", block_ids=[org.id], description="d")
+    a2 = store.create_agent("agent2", "openai/gpt-4o-mini")
+    assert a1.tools == ["memory_insert", "memory_replace"]
+    assert [a.name for a in store.list_agents()] == ["agent1", "agent2"]
+    assert store.get_agent(a1.id).name == "agent1"
+    store.attach_block("agent2", "org")
+    assert [a.name for a in store.block_agents("org")] == ["agent1", "agent2"]
+    store.detach_block("agent1", "org")
+    assert [a.name for a in store.block_agents(org.id)] == ["agent2"]
+    store.delete_agent("agent2")
+    assert [a.name for a in store.list_agents()] == ["agent1"]
+    assert_clean_repo(store.ws.root)
+
+
+def test_attaching_a_second_block_with_the_same_label_is_refused(store: Store) -> None:
+    first = store.create_block("notes", "one")
+    second = store.create_block("notes", "two")
+    store.create_agent("a", "m/x", block_ids=[first.id])
+    before = commit_count(store.ws.root)
+    with pytest.raises(ConflictError, match="two blocks labelled 'notes'"):
+        store.attach_block("a", second.id)
+    with pytest.raises(ConflictError):
+        store.create_agent("b", "m/x", block_ids=[first.id, second.id])
+    assert commit_count(store.ws.root) == before
+
+
+def test_relabel_that_clashes_within_an_agent_is_refused(store: Store) -> None:
+    a = store.create_block("a", "1")
+    b = store.create_block("b", "2")
+    store.create_agent("ag", "m/x", block_ids=[a.id, b.id])
+    with pytest.raises(ConflictError):
+        store.update_block("b", label="a")
+
+
+def test_duplicate_agent_name_and_bad_tools_are_refused(store: Store) -> None:
+    store.create_agent("a", "m/x")
+    with pytest.raises(ConflictError):
+        store.create_agent("a", "m/x")
+    with pytest.raises(InvalidInputError, match="Unknown tool"):
+        store.create_agent("b", "m/x", tools=["rm_rf"])
+    with pytest.raises(InvalidInputError):
+        store.create_agent("c", "")
+
+
+# -- history -------------------------------------------------------------------------------
+
+
+def test_history_value_at_version_diff_and_revert(store: Store, agent1: Actor) -> None:
+    first = store.memory_insert("organization", "one", actor=agent1)
+    second = store.memory_insert("organization", "two", actor=agent1)
+    entries = store.block_history("organization")
+    assert [e.op for e in entries] == ["memory_insert", "memory_insert", "create_block"]
+    assert entries[0].version == second.version and entries[0].author_name == "agent1"
+    assert entries[0].agent_id == agent1.agent_id
+    assert store.get_block("organization", version=first.version).value == "Organization: Letta\none"
+    assert "+two" in store.block_diff("organization", first.version, second.version)
+    reverted = store.revert_block("organization", first.version[:10])
+    assert reverted.block.value == "Organization: Letta\none"
+    assert store.block_history("organization", limit=1)[0].op == "revert_block"
+    assert commit_count(store.ws.root) > 0 and len(store.block_history("organization")) == 4
+    assert_clean_repo(store.ws.root)
+
+
+def test_unknown_version_is_not_found(store: Store, agent1: Actor) -> None:
+    with pytest.raises(NotFoundError):
+        store.get_block("organization", version="deadbeef")
+    with pytest.raises(NotFoundError):
+        store.block_diff("organization", "--output=/tmp/x")
+
+
+def test_history_stops_at_the_blocks_creation(store: Store) -> None:
+    old = store.create_block("notes", "old")
+    store.delete_block(old.id)
+    new = store.create_block("notes", "new")
+    assert new.name == "notes"
+    assert [e.op for e in store.block_history(new.id)] == ["create_block"]
