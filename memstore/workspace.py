@@ -9,6 +9,7 @@ from __future__ import annotations
 import getpass
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,7 +105,19 @@ def open_workspace(path: str | os.PathLike[str] | None = None) -> Workspace:
     ws = Workspace(root=root, git=store, person=person_ident(repo))
     for folder in (ws.locks_dir, ws.tmp_dir, ws.agents_dir):
         folder.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temp_files(ws.tmp_dir)
     return ws
+
+
+def _remove_stale_temp_files(folder: Path, age: float = 3600) -> None:
+    """Temp files of writers that were killed mid-write; a live writer renames its own in ms."""
+    cutoff = time.time() - age
+    for entry in os.scandir(folder):
+        try:
+            if entry.stat().st_mtime < cutoff:
+                os.unlink(entry.path)
+        except FileNotFoundError:
+            pass
 
 
 def person_ident(repo: git.Repo | None = None) -> Ident:

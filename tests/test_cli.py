@@ -1,0 +1,107 @@
+"""The command line end to end: real workspace, real git, readable output, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from memstore.cli import main
+
+from .conftest import assert_clean_repo, git
+
+
+@pytest.fixture
+def run(ws_path: Path):
+    runner = CliRunner()
+
+    def invoke(*args: str, code: int = 0, input: str | None = None) -> str:
+        result = runner.invoke(main, list(args), input=input, env={"MEMSTORE_WORKSPACE": str(ws_path)})
+        assert result.exit_code == code, result.output
+        return result.output
+
+    invoke("init", str(ws_path))
+    return invoke
+
+
+def test_cli_tutorial_flow(run, ws_path: Path) -> None:
+    out = run("block", "create", "organization", "Organization: Letta", "--limit", "4000",
+              "--description", "Shared information between all agents.")
+    assert out.startswith("created organization (block-")
+    run("block", "create", "policies", "Be kind.", "--read-only")
+    assert "created agent agent1" in run("agent", "create", "agent1", "--model", "openai/gpt-4o-mini",
+                                         "--block", "organization")
+    run("agent", "create", "agent2", "--model", "openai/gpt-4o-mini")
+    run("agent", "attach", "agent2", "organization")
+    run("agent", "attach", "agent2", "policies")
+    assert "memory_insert organization: committed" in run(
+        "block", "insert", "organization", "agent1: Letta is in SF.", "--as", "agent1")
+    run("block", "insert", "organization", "agent2: Letta builds agents.", "--as", "agent2")
+    shown = run("block", "show", "organization")
+    assert shown.endswith("Organization: Letta\nagent1: Letta is in SF.\nagent2: Letta builds agents.\n")
+    refused = run("block", "insert", "policies", "x", "--as", "agent2", code=1)
+    assert refused.strip().startswith("memstore: error: Error This block is read-only and cannot be edited.")
+    assert len(refused.strip().splitlines()) == 1
+    log = run("log", "organization")
+    assert [line.split()[2] for line in log.splitlines()] == ["agent2", "agent1", "Pat"]
+    assert [line.split()[0] for line in run("block", "agents", "organization").splitlines()] == ["agent1", "agent2"]
+    listed = json.loads(run("block", "list", "--json"))
+    assert sorted(b["label"] for b in listed) == ["organization", "policies"]
+    assert_clean_repo(ws_path)
+
+
+def test_cli_history_diff_revert_update_delete(run, ws_path: Path) -> None:
+    run("block", "create", "notes", "one")
+    first = json.loads(run("block", "insert", "notes", "two", "--json"))["version"]
+    run("block", "replace", "notes", "two", "three")
+    assert "-two\n+three" in run("block", "diff", "notes", first)
+    run("block", "revert", "notes", first[:8])
+    assert run("block", "show", "notes").endswith("---\none\ntwo\n")
+    history = json.loads(run("block", "history", "notes", "--json"))
+    assert [h["op"] for h in history] == ["revert_block", "memory_replace", "memory_insert", "create_block"]
+    run("block", "update", "notes", "--description", "My notes", "--limit", "100", "--read-only")
+    assert json.loads(run("block", "show", "notes", "--json"))["read_only"] is True
+    run("block", "rethink", "notes", "all new")
+    run("block", "append", "notes", "more")
+    run("block", "replace-all", "notes", "e", "E")
+    assert run("block", "show", "notes").endswith("---\nall nEw\nmorE\n")
+    run("block", "delete", "notes")
+    assert "(no blocks)" in run("block", "list")
+    assert_clean_repo(ws_path)
+
+
+def test_cli_errors_are_one_line_with_exit_code_one(run, tmp_path: Path) -> None:
+    for args in (["block", "show", "nope"], ["block", "create", "../etc"], ["block", "create", "x", "--limit", "0"],
+                 ["agent", "show", "ghost"], ["block", "show", "x", "-w", str(tmp_path / "nowhere")],
+                 ["block", "insert", "nope", "x", "--as", "ghost"]):
+        out = run(*args, code=1)
+        assert out.startswith("memstore: error: ") and len(out.strip().splitlines()) == 1, out
+        assert "Traceback" not in out
+
+
+def test_cli_reports_a_hand_broken_file_with_its_line(run, ws_path: Path) -> None:
+    run("block", "create", "org", "v")
+    path = ws_path / "blocks" / "org.md"
+    path.write_text(path.read_text().replace("limit: 20000", "limit: [20000"))
+    assert "blocks/org.md, line" in run("block", "show", "org", code=1)
+
+
+def test_cli_value_from_stdin_keeps_unicode(run, ws_path: Path) -> None:
+    run("block", "create", "uni", "--file", "-", input="héllo 🧠\nwörld")
+    assert json.loads(run("block", "show", "uni", "--json"))["value"] == "héllo 🧠\nwörld"
+
+
+def test_memstore_command_runs_as_a_real_process(tmp_path: Path) -> None:
+    ws = tmp_path / "real"
+    exe = [str(Path(sys.executable).parent / "memstore")]
+    subprocess.run([*exe, "init", str(ws)], check=True, capture_output=True)
+    done = subprocess.run([*exe, "block", "create", "org", "hello", "--workspace", str(ws)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and "created org" in done.stdout
+    bad = subprocess.run([*exe, "block", "show", "org", "--workspace", str(tmp_path)], capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stderr.startswith("memstore: error:") and "Traceback" not in bad.stderr
+    assert git(ws, "log", "-1", "--format=%s").strip() == "create_block org"

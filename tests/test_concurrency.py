@@ -1,0 +1,95 @@
+"""Many real OS processes writing one workspace: nothing lost, one commit per edit, clean repo."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from memstore import Store
+
+from .conftest import assert_clean_repo, git
+
+ROOT = Path(__file__).resolve().parent.parent
+WRITERS, EDITS = 8, 100
+OTHER_WRITERS, OTHER_EDITS = 2, 50
+
+
+def _worker(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tests.workers", *args], cwd=ROOT, text=True, **kwargs)
+
+
+def _added_lines_by_author(ws: Path) -> list[tuple[str, list[str]]]:
+    """(author, lines added to blocks) for every commit, newest first."""
+    out = git(ws, "log", "--format=\x1e%an", "-p", "--", "blocks/")
+    commits = []
+    for chunk in out.split("\x1e")[1:]:
+        author, _, patch = chunk.partition("\n")
+        added = [line[1:] for line in patch.splitlines() if line.startswith("+") and not line.startswith("+++")]
+        commits.append((author, added))
+    return commits
+
+
+def test_parallel_inserts_from_many_processes_are_all_kept(store: Store, tmp_path: Path) -> None:
+    shared = store.create_block("shared", "", limit=100_000)
+    for n in range(WRITERS):
+        store.create_agent(f"ag{n}", "openai/gpt-4o-mini", block_ids=[shared.id])
+    for n in range(OTHER_WRITERS):
+        other = store.create_block(f"other{n}", "", limit=100_000)
+        store.create_agent(f"solo{n}", "openai/gpt-4o-mini", block_ids=[other.id])
+    go = tmp_path / "go"
+    ws = str(store.ws.root)
+    procs = [_worker("insert", ws, f"ag{n}", "shared", str(EDITS), f"p{n}", str(go)) for n in range(WRITERS)]
+    procs += [_worker("insert", ws, f"solo{n}", f"other{n}", str(OTHER_EDITS), f"o{n}", str(go))
+              for n in range(OTHER_WRITERS)]
+    go.touch()
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0
+
+    lines = store.get_block("shared").value.split("\n")
+    expected = {f"p{n}-{i}" for n in range(WRITERS) for i in range(EDITS)}
+    assert sorted(lines) == sorted(expected)  # every line present exactly once
+    for n in range(OTHER_WRITERS):
+        assert store.get_block(f"other{n}").value.split("\n") == [f"o{n}-{i}" for i in range(OTHER_EDITS)]
+
+    edits = [(a, added) for a, added in _added_lines_by_author(store.ws.root) if a.startswith(("ag", "solo"))]
+    assert len(edits) == WRITERS * EDITS + OTHER_WRITERS * OTHER_EDITS  # one commit per edit
+    for author, added in edits:
+        assert len(added) == 1
+        match = re.fullmatch(r"([po])(\d+)-\d+", added[0])
+        assert match, added
+        assert author == ("ag" if match[1] == "p" else "solo") + match[2]  # the right author
+    files_per_commit = git(store.ws.root, "log", "--format=%x1e", "--name-only", "-n", "900").split("\x1e")[1:]
+    assert all(len(chunk.split()) == 1 for chunk in files_per_commit)
+    assert_clean_repo(store.ws.root)
+
+
+def test_racing_replaces_of_the_same_text_have_exactly_one_winner(store: Store) -> None:
+    race = store.create_block("race", "token-0")
+    for name in ("alice", "bob"):
+        store.create_agent(name, "openai/gpt-4o-mini", block_ids=[race.id])
+    ws = str(store.ws.root)
+    procs = [_worker("serve", ws, name, stdin=subprocess.PIPE, stdout=subprocess.PIPE) for name in ("alice", "bob")]
+    try:
+        for proc in procs:
+            assert proc.stdout.readline().strip() == "ready"
+        for rnd in range(10):
+            for proc, name in zip(procs, ("alice", "bob")):
+                proc.stdin.write(f"replace race token-{rnd} {name}-{rnd}\n")
+            for proc in procs:
+                proc.stdin.flush()
+            answers = sorted(proc.stdout.readline().strip() for proc in procs)
+            assert answers[1] == "ok", answers
+            assert answers[0] == (
+                f"error No replacement was performed, old_str `token-{rnd}` did not appear verbatim "
+                "in memory block with label `race`."
+            )
+            value = store.get_block("race").value
+            assert value in (f"alice-{rnd}", f"bob-{rnd}")
+            store.memory_rethink("race", f"token-{rnd + 1}")
+    finally:
+        for proc in procs:
+            proc.stdin.close()
+            proc.wait(timeout=30)
+    assert_clean_repo(store.ws.root)

@@ -1,0 +1,47 @@
+"""A writer killed with SIGKILL at any moment leaves nothing half-done that hurts the next one."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from memstore import Store
+
+from .conftest import assert_clean_repo, git
+
+ROOT = Path(__file__).resolve().parent.parent
+ROUNDS = 12
+
+
+def test_killing_writers_loses_no_committed_edit_and_blocks_no_one(store: Store) -> None:
+    block = store.create_block("crash", "", limit=200_000)
+    agent = store.create_agent("victim", "openai/gpt-4o-mini", block_ids=[block.id])
+    rng = random.Random(1234)
+    confirmed: list[str] = []
+    for rnd in range(ROUNDS):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.workers", "forever", str(store.ws.root), "victim", "crash", f"r{rnd}"],
+            cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        )
+        assert proc.stdout is not None
+        first = proc.stdout.readline().strip()  # it is writing now
+        assert first == "0"
+        time.sleep(rng.uniform(0, 0.03))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        confirmed += [f"r{rnd}-{line.strip()}" for line in [first, *proc.stdout.read().splitlines()]]
+        proc.stdout.close()
+        # the next writer is not blocked, and sees everything confirmed so far
+        store.memory_insert("crash", f"after-{rnd}", actor=agent.actor())
+        value = store.get_block("crash").value.split("\n")
+        assert set(confirmed) <= set(value)
+        assert len(value) == len(set(value))
+
+    assert_clean_repo(store.ws.root)
+    authors = set(git(store.ws.root, "log", "--format=%an", "--", "blocks/crash.md").split("\n")) - {""}
+    assert authors <= {"victim", "Pat Person"}  # never a killed agent's write passed off as a hand edit
+    assert "Hand edit" not in git(store.ws.root, "log", "--format=%s")

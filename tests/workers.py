@@ -1,0 +1,57 @@
+"""Writer processes for the concurrency and crash tests: `python -m tests.workers CMD …`.
+
+`insert WS AGENT LABEL COUNT PREFIX GO`: wait for the file GO, then insert COUNT lines.
+`serve WS AGENT`: read `replace LABEL OLD NEW` lines on stdin, answer `ok` or `error …`.
+`forever WS AGENT LABEL PREFIX`: insert lines until killed, printing each index once committed.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from memstore import MemstoreError, Store
+
+
+def _wait_for(go: Path) -> None:
+    deadline = time.monotonic() + 60
+    while not go.exists():
+        if time.monotonic() > deadline:
+            raise SystemExit("gave up waiting for the start signal")
+        time.sleep(0.001)
+
+
+def insert(ws: str, agent: str, label: str, count: str, prefix: str, go: str) -> None:
+    store = Store.open(ws)
+    actor = store.get_agent(agent).actor()
+    _wait_for(Path(go))
+    for i in range(int(count)):
+        store.memory_insert(label, f"{prefix}-{i}", actor=actor)
+
+
+def serve(ws: str, agent: str) -> None:
+    store = Store.open(ws)
+    actor = store.get_agent(agent).actor()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        _, label, old, new = line.split()
+        try:
+            store.memory_replace(label, old, new, actor=actor)
+            print("ok", flush=True)
+        except MemstoreError as exc:
+            print(f"error {exc}", flush=True)
+
+
+def forever(ws: str, agent: str, label: str, prefix: str) -> None:
+    store = Store.open(ws)
+    actor = store.get_agent(agent).actor()
+    i = 0
+    while True:
+        store.memory_insert(label, f"{prefix}-{i}", actor=actor)
+        print(i, flush=True)
+        i += 1
+
+
+if __name__ == "__main__":
+    {"insert": insert, "serve": serve, "forever": forever}[sys.argv[1]](*sys.argv[2:])
