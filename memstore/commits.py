@@ -86,14 +86,15 @@ class Committer:
         new = self.git.write_object(b"blob", content) if content is not None else None
         old = blob_id(current) if current is not None else None
         pending = self._lock_path(rel, ".pending")
-        pending.write_text(json.dumps({"old": old, "new": new, "author": [author.name, author.email], "message": message}))
+        record = {"old": old, "new": new, "author": [author.name, author.email], "message": message}
+        _overwrite(pending, json.dumps(record).encode())
         target = self.ws.root / rel
         if content is None:
             target.unlink(missing_ok=True)
         else:
             self._atomic_write(target, content)
         version = self._commit(rel, new, author, message)
-        pending.unlink(missing_ok=True)
+        _overwrite(pending, b"")
         return version
 
     def _atomic_write(self, target: Path, content: bytes) -> None:
@@ -114,11 +115,11 @@ class Committer:
         """Commit `rel` = `blob` on top of the branch; safe against any concurrent writer."""
         marker = self.ws.locks_dir / "repo.pending"
         with FairLock(self.ws.locks_dir / "repo.lock"):
-            recover = marker.exists()
-            marker.touch()
+            recover = _read(marker) != b""
+            _overwrite(marker, b"1")
             commit = self._publish(rel, blob, author, message, recover)
             self.git.set_index_entry(rel, blob, self.ws.root / rel, recover=recover)
-            marker.unlink()
+            _overwrite(marker, b"")
         return commit
 
     def _publish(self, rel: str, blob: str | None, author: Ident, message: str, recover: bool) -> str:
@@ -139,12 +140,13 @@ class Committer:
     def _recover(self, rel: str, current: bytes | None) -> None:
         """Finish an edit whose writer died after writing the file but before committing."""
         pending = self._lock_path(rel, ".pending")
-        try:
-            record = json.loads(pending.read_text())
-        except FileNotFoundError:
+        raw = _read(pending)
+        if not raw:
             return
-        except (ValueError, OSError):
-            pending.unlink(missing_ok=True)
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            _overwrite(pending, b"")
             return
         disk = blob_id(current) if current is not None else None
         if record.get("new") != record.get("old") and disk == record.get("new"):
@@ -155,4 +157,21 @@ class Committer:
             elif head == disk:
                 with FairLock(self.ws.locks_dir / "repo.lock"):
                     self.git.set_index_entry(rel, disk, self.ws.root / rel, recover=True)
-        pending.unlink(missing_ok=True)
+        _overwrite(pending, b"")
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
+def _overwrite(path: Path, data: bytes) -> None:
+    """Replace a small state file's content in place (creating files is slow on some disks)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)

@@ -1,17 +1,20 @@
-"""Cross-process locks that are fair and survive crashes.
+"""Cross-process locks that are fair and survive crashes, without creating files per use.
 
 A plain flock is unfair: a process that releases it and asks again at once usually wins,
-so one writer can starve for seconds. `FairLock` queues waiters in arrival order: each
-waiter holds a flock on its own ticket file and waits on its predecessor's; the kernel
-releases every flock of a dead process, so a crash never blocks the queue. Mutual
-exclusion itself comes from a `filelock.FileLock`, so a waiter that died in the queue can
-perturb the order but never let two holders in.
+so one writer can starve for seconds. `FairLock` queues waiters in arrival order with
+Linux open-file-description byte-range locks in one persistent queue file: a waiter takes
+ticket n, holds a lock on byte n and waits for the lock on byte n-1; the kernel drops the
+locks of a process that dies, so a crash never blocks the queue. Mutual exclusion itself
+comes from a `filelock.FileLock`, so a waiter that died in the queue can perturb the order
+but never let two holders in. Creating files is slow on some disks; nothing here creates
+a file after the first use.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import struct
 from pathlib import Path
 from types import TracebackType
 
@@ -21,6 +24,13 @@ from filelock import Timeout as FileLockTimeout
 from .errors import LockTimeoutError
 
 DEFAULT_TIMEOUT = 60.0
+_TICKETS = 1 << 20  # ticket n is the lock on byte _TICKETS + n; bytes 0-7 hold the counter
+
+
+def _byte_lock(fd: int, offset: int, *, kind: int = fcntl.F_WRLCK, wait: bool = True) -> None:
+    """Lock (or with F_UNLCK, unlock) one byte with an open-file-description lock."""
+    flock = struct.pack("hhqqi4x", kind, os.SEEK_SET, offset, 1, 0)
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLKW if wait else fcntl.F_OFD_SETLK, flock)
 
 
 class FairLock:
@@ -29,30 +39,43 @@ class FairLock:
     def __init__(self, path: Path, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.path = path
         self.timeout = timeout
-        self._queue = path.parent / f"{path.name}.q"
+        self._queue_path = path.parent / f"{path.name}.queue"
         self._mutex = FileLock(str(path), timeout=timeout, poll_interval=0.001, thread_local=False)
-        self._ticket_fd: int | None = None
+        self._queue_fd: int | None = None
 
     def acquire(self) -> None:
-        ticket_fd, number = self._join_queue()
+        fd = os.open(self._queue_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            self._wait_for(number - 1)
+            ticket = self._take_ticket(fd)
+            if ticket > 1:
+                _byte_lock(fd, _TICKETS + ticket - 1)  # returns once our predecessor is gone
+                _byte_lock(fd, _TICKETS + ticket - 1, kind=fcntl.F_UNLCK)
             self._mutex.acquire()
         except FileLockTimeout:
-            os.close(ticket_fd)
-            raise LockTimeoutError(
-                f"{self.path.name} stayed locked by another process for {self.timeout:.0f}s"
-            ) from None
+            os.close(fd)
+            raise LockTimeoutError(f"{self.path.name} stayed locked by another process for {self.timeout:.0f}s") from None
         except BaseException:
-            os.close(ticket_fd)
+            os.close(fd)
             raise
-        self._ticket_fd = ticket_fd
+        self._queue_fd = fd
+
+    def _take_ticket(self, fd: int) -> int:
+        """Draw the next ticket number and hold its byte."""
+        _byte_lock(fd, 0)
+        try:
+            raw = os.pread(fd, 8, 0)
+            ticket = (struct.unpack("<Q", raw)[0] if len(raw) == 8 else 0) + 1
+            os.pwrite(fd, struct.pack("<Q", ticket), 0)
+            _byte_lock(fd, _TICKETS + ticket, wait=False)
+        finally:
+            _byte_lock(fd, 0, kind=fcntl.F_UNLCK)
+        return ticket
 
     def release(self) -> None:
         self._mutex.release()
-        if self._ticket_fd is not None:
-            os.close(self._ticket_fd)  # lets the next ticket in
-            self._ticket_fd = None
+        if self._queue_fd is not None:
+            os.close(self._queue_fd)  # drops our ticket: the next waiter goes
+            self._queue_fd = None
 
     def __enter__(self) -> FairLock:
         self.acquire()
@@ -62,31 +85,3 @@ class FairLock:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.release()
-
-    def _join_queue(self) -> tuple[int, int]:
-        """Take the next ticket; return our flocked ticket file and its number."""
-        self._queue.mkdir(parents=True, exist_ok=True)
-        tail_fd = os.open(self._queue / "tail", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(tail_fd, fcntl.LOCK_EX)
-            raw = os.pread(tail_fd, 32, 0).strip(b"\0 \n")
-            number = int(raw) + 1 if raw.isdigit() else 1
-            ticket_fd = os.open(self._queue / str(number), os.O_RDWR | os.O_CREAT, 0o644)
-            fcntl.flock(ticket_fd, fcntl.LOCK_EX)
-            os.pwrite(tail_fd, b"%020d" % number, 0)
-        finally:
-            os.close(tail_fd)
-        return ticket_fd, number
-
-    def _wait_for(self, number: int) -> None:
-        """Block until ticket `number` is released (by its holder, or by the kernel on death)."""
-        path = self._queue / str(number)
-        try:
-            fd = os.open(path, os.O_RDWR)
-        except FileNotFoundError:
-            return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            path.unlink(missing_ok=True)
-        finally:
-            os.close(fd)

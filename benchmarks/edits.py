@@ -1,0 +1,254 @@
+"""Edit, concurrency and history figures for memstore, all measured in one run.
+
+    python benchmarks/edits.py            # full run (a few minutes: builds a 100k-commit repo)
+    python benchmarks/edits.py --quick    # smaller counts, for a smoke run
+
+Prints memstore's single-writer edit latency beside two references made in the same run on
+the same machine: the naive GitPython path (`repo.index.add` + `repo.index.commit`) and the
+fastest raw commit this script can make (objects written directly plus a ref update).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import git
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from memstore import Store  # noqa: E402
+from memstore.gitobjects import GitStore, Ident  # noqa: E402
+
+WHO = Ident("bench", "bench@example.com")
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f} ms"
+
+
+def timed(n: int, step) -> list[float]:
+    out = []
+    for i in range(n):
+        start = time.perf_counter()
+        step(i)
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def line(name: str, lat: list[float]) -> str:
+    return (f"  {name:<44} p50 {ms(pct(lat, 50)):>10}  p95 {ms(pct(lat, 95)):>10}  "
+            f"{len(lat) / sum(lat):8.0f} edits/s")
+
+
+# -- single writer --------------------------------------------------------------------------
+
+def bench_memstore(root: Path, n: int) -> list[float]:
+    store = Store.init(root / "memstore")
+    block = store.create_block("organization", "Organization: Letta", limit=1_000_000)
+    actor = store.create_agent("agent1", "openai/gpt-4o-mini", block_ids=[block.id]).actor()
+    store.memory_insert("organization", "warm-up", actor=actor)
+    return timed(n, lambda i: store.memory_insert("organization", f"agent1: fact {i}", actor=actor))
+
+
+def bench_gitpython(root: Path, n: int) -> list[float]:
+    repo = git.Repo.init(root / "naive", initial_branch="main")
+    path = Path(repo.working_tree_dir) / "blocks" / "organization.md"
+    path.parent.mkdir()
+    path.write_text("---\nlabel: organization\n---\nOrganization: Letta\n")
+    repo.index.add(["blocks/organization.md"])
+    repo.index.commit("init")
+    actor = git.Actor("agent1", "agent1@agents.memstore")
+
+    def step(i: int) -> None:
+        with open(path, "a") as handle:
+            handle.write(f"agent1: fact {i}\n")
+        repo.index.add(["blocks/organization.md"])
+        repo.index.commit(f"memory_insert organization {i}", author=actor, committer=actor)
+
+    return timed(n, step)
+
+
+def bench_raw(root: Path, n: int) -> list[float]:
+    repo = git.Repo.init(root / "raw", initial_branch="main")
+    (Path(repo.working_tree_dir) / "x").write_text("x")
+    repo.index.add(["x"])
+    repo.index.commit("init")
+    store = GitStore(repo)
+    ref_path = store.common_dir / "refs" / "heads" / "main"
+    state = {"head": store.read_ref("refs/heads/main"), "value": b"Organization: Letta\n"}
+
+    def step(i: int) -> None:
+        state["value"] += b"agent1: fact %d\n" % i
+        blob = store.write_object(b"blob", state["value"])
+        tree = store.with_path(store.commit_tree(state["head"]), "blocks/organization.md", blob)
+        commit = store.make_commit(tree, [state["head"]], WHO, WHO, f"edit {i}\n")
+        tmp = ref_path.with_suffix(".lock")
+        tmp.write_text(commit + "\n")
+        os.replace(tmp, ref_path)
+        state["head"] = commit
+
+    return timed(n, step)
+
+
+# -- many writers ---------------------------------------------------------------------------
+
+def worker(ws: str, agent: str, label: str, count: int, go: str, out: str) -> None:
+    store = Store.open(ws)
+    actor = store.get_agent(agent).actor()
+    while not Path(go).exists():
+        time.sleep(0.0005)
+    lat, starts = [], []
+    for i in range(count):
+        start = time.perf_counter()
+        starts.append(time.time())
+        store.memory_insert(label, f"{agent}-{i}", actor=actor)
+        lat.append(time.perf_counter() - start)
+    Path(out).write_text(json.dumps({"lat": lat, "start": starts[0], "end": time.time()}))
+
+
+def bench_writers(root: Path, writers: int, count: int, shared: bool) -> dict[str, float]:
+    store = Store.init(root)
+    labels = ["shared"] if shared else [f"b{n}" for n in range(writers)]
+    ids = {label: store.create_block(label, "", limit=1_000_000).id for label in labels}
+    for n in range(writers):
+        store.create_agent(f"w{n}", "m/x", block_ids=[ids[labels[0 if shared else n]]])
+    go = root / ".memstore" / "go"
+    procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(root), f"w{n}",
+                               labels[0 if shared else n], str(count), str(go), str(root / f".memstore/out{n}")])
+             for n in range(writers)]
+    time.sleep(1.0)  # let every worker import and open the store
+    go.touch()
+    for proc in procs:
+        proc.wait()
+    results = [json.loads((root / f".memstore/out{n}").read_text()) for n in range(writers)]
+    lat = [x for r in results for x in r["lat"]]
+    span = max(r["end"] for r in results) - min(r["start"] for r in results)
+    values = "\n".join(store.get_block(label).value for label in labels).split("\n")
+    expected = {f"w{n}-{i}" for n in range(writers) for i in range(count)}
+    lost = len(expected - set(values))
+    commits = int(subprocess.run(["git", "rev-list", "--count", "HEAD", "--author=agents.memstore"], cwd=root,
+                                 capture_output=True, text=True).stdout)
+    return {"rate": len(lat) / span, "p50": pct(lat, 50), "p99": pct(lat, 99), "max": max(lat), "lost": lost,
+            "missing_commits": writers * count - commits}
+
+
+# -- history and size -----------------------------------------------------------------------
+
+def block_file(n: int, value: str) -> str:
+    return (f"---\nid: block-00000000-0000-0000-0000-{n:012d}\nlabel: b{n}\ndescription: null\nlimit: 100000\n"
+            f"read_only: false\nmetadata: {{}}\n---\n{value}\n")
+
+
+def fast_import(root: Path, commits: int, blocks: int) -> None:
+    """Build a workspace with `blocks` blocks and `commits` commits through git fast-import."""
+    Store.init(root)
+    proc = subprocess.Popen(["git", "fast-import", "--quiet"], cwd=root, stdin=subprocess.PIPE)
+    write = proc.stdin.write
+    rng = random.Random(7)
+    when = 1_700_000_000
+
+    def commit(files: dict[str, str], msg: str) -> None:
+        nonlocal when
+        when += 1
+        write(f"commit refs/heads/main\ncommitter bench <bench@example.com> {when} +0000\n".encode())
+        data = msg.encode()
+        write(b"data %d\n%s\n" % (len(data), data))
+        if when == 1_700_000_001:
+            write(b"from refs/heads/main^0\n")
+        for path, text in files.items():
+            raw = text.encode()
+            write(b"M 100644 inline %s\ndata %d\n%s\n" % (path.encode(), len(raw), raw))
+
+    commit({f"blocks/b{n}.md": block_file(n, "start") for n in range(blocks)}, "create blocks")
+    for i in range(commits - 1):
+        n = rng.randrange(blocks)
+        commit({f"blocks/b{n}.md": block_file(n, f"edit {i}")}, f"memory_insert b{n}")
+    proc.stdin.close()
+    proc.wait()
+    subprocess.run(["git", "reset", "-q", "--hard"], cwd=root, check=True)
+
+
+def bench_history(root: Path, commits: int, blocks: int, runs: int = 20) -> tuple[float, float]:
+    fast_import(root, commits, blocks)
+    store = Store.open(root)
+    store.block_history("b1", 20)
+
+    def measure() -> float:
+        return statistics.median(timed(runs, lambda i: store.block_history("b1", 20)))
+
+    plain = measure()
+    subprocess.run(["git", "commit-graph", "write", "--reachable", "--changed-paths"], cwd=root, check=True,
+                   capture_output=True)
+    return plain, measure()
+
+
+def bench_blocks(root: Path, blocks: int, n: int) -> list[float]:
+    fast_import(root, 1, blocks)
+    store = Store.open(root)
+    labels = [f"b{i}" for i in range(blocks)]
+    rng = random.Random(3)
+    store.memory_insert(labels[0], "warm-up")
+    return timed(n, lambda i: store.memory_insert(rng.choice(labels), f"fact {i}"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller counts")
+    args = parser.parse_args()
+    n = 200 if args.quick else 1000
+    per_writer = 50 if args.quick else 200
+    big_history = 10_000 if args.quick else 100_000
+    with tempfile.TemporaryDirectory(prefix="memstore-bench-") as tmp:
+        root = Path(tmp)
+        print(f"memstore edit benchmark ({'quick' if args.quick else 'full'}), python {sys.version.split()[0]}, "
+              f"{os.cpu_count()} cores")
+        print(f"\nSingle writer, {n} memory_insert edits into one block:")
+        mem, naive, raw = bench_memstore(root, n), bench_gitpython(root, n), bench_raw(root, n)
+        for name, lat in (("memstore (lock+read+validate+write+commit)", mem),
+                          ("naive GitPython (index.add + index.commit)", naive),
+                          ("raw commit (objects + ref update)", raw)):
+            print(line(name, lat))
+        print(f"  memstore p50 / naive p50 = {pct(mem, 50) / pct(naive, 50):.2f}  (goal <= 0.50);  "
+              f"memstore p50 / raw p50 = {pct(mem, 50) / pct(raw, 50):.2f}")
+
+        for shared in (True, False):
+            where = "one block" if shared else "8 blocks"
+            r = bench_writers(root / f"writers-{where[0]}", 8, per_writer, shared)
+            print(f"\n8 writer processes x {per_writer} edits on {where}:")
+            print(f"  {r['rate']:.0f} edits/s (goal >= 250)   p50 {ms(r['p50'])}   p99 {ms(r['p99'])}   "
+                  f"max {ms(r['max'])}   p99/p50 {r['p99'] / r['p50']:.1f} (goal <= 10)")
+            print(f"  lost updates: {r['lost']}   edits without a commit: {r['missing_commits']}")
+
+        print("\nblock_history(limit=20), one block among 200, median of 20 calls:")
+        for commits in (1000, big_history):
+            plain, graph = bench_history(root / f"history-{commits}", commits, 200)
+            print(f"  {commits:>7} commits: {ms(plain)} without commit-graph, {ms(graph)} with "
+                  "commit-graph + changed-path filters (goal <= 100 ms)")
+
+        print(f"\nEdit latency by workspace size, {n // 2} edits by label into random blocks:")
+        small = bench_blocks(root / "blocks-10", 10, n // 2)
+        large = bench_blocks(root / "blocks-10000", 10_000, n // 2)
+        print(line("10 blocks", small))
+        print(line("10,000 blocks", large))
+        print(f"  10,000 / 10 p50 = {pct(large, 50) / pct(small, 50):.2f}  (goal <= 2.0)")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        worker(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6], sys.argv[7])
+    else:
+        main()
