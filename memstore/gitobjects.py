@@ -110,8 +110,7 @@ class GitStore:
         self._commit_trees: OrderedDict[str, str] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._odb_lock = threading.Lock()
-        self._index_shape: tuple[int, int, int] | None = None
-        self._index_end = 0
+        self._index: tuple[tuple[int, int, int], bytearray] | None = None  # the index we last wrote
 
     # -- objects ---------------------------------------------------------------------
 
@@ -130,16 +129,22 @@ class GitStore:
         return header.split(b" ", 1)[0], body
 
     def write_object(self, kind: bytes, body: bytes) -> str:
-        data = b"%s %d\0" % (kind, len(body)) + body
-        sha = hashlib.sha1(data).hexdigest()
+        header = b"%s %d\0" % (kind, len(body))
+        digest = hashlib.sha1(header)
+        digest.update(body)
+        sha = digest.hexdigest()
         final = self.objects / sha[:2] / sha[2:]
         if final.exists():
             return sha
-        final.parent.mkdir(exist_ok=True)
+        data = _deflate(header, body)
         tmp = final.parent / f"tmp_obj_{secrets.token_hex(6)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
         try:
-            os.write(fd, zlib.compress(data, 1 if len(data) < _BIG_OBJECT else 0))
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        except FileNotFoundError:
+            final.parent.mkdir(exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        try:
+            os.write(fd, data)
         finally:
             os.close(fd)
         os.replace(tmp, final)
@@ -305,12 +310,13 @@ class GitStore:
         if fd is None:
             log.warning("index is locked by another git command; `git status` may show %s as changed", path)
             return
+        cached, self._index = self._index, None
         try:
             index = self.git_dir / "index"
-            with open(index, "rb") as handle:
-                data = handle.read()
-                shape = _shape(os.fstat(handle.fileno()))
-            known_end = self._index_end if shape == self._index_shape else None
+            if cached is not None and cached[0] == _shape(os.stat(index)):
+                data, known_end = cached[1], len(cached[1]) - 20  # ours: no extensions
+            else:
+                data, known_end = bytearray(index.read_bytes()), None
             new = patch_index(data, path.encode(), blob, work_file if blob else None, known_end)
         except (FileNotFoundError, IndexFormatUnsupported):
             os.close(fd)
@@ -327,13 +333,31 @@ class GitStore:
         finally:
             os.close(fd)
         os.replace(lock, self.git_dir / "index")
-        self._index_shape, self._index_end = shape, len(new) - 20
+        self._index = (shape, new)
 
     def _index_via_git(self, path: str, blob: str | None) -> None:
         if blob:
             self.repo.git.update_index("--add", "--cacheinfo", f"100644,{blob},{path}")
         else:
             self.repo.git.update_index("--force-remove", "--", path)
+
+
+def _deflate(header: bytes, body: bytes) -> bytes:
+    """A loose object's zlib stream: fast compression, or stored blocks for big objects.
+
+    Big trees (thousands of blocks) change on every edit; compressing them costs
+    milliseconds, and `git gc` packs them with deltas later anyway.
+    """
+    if len(body) < _BIG_OBJECT:
+        return zlib.compress(header + body, 1)
+    data = memoryview(header + body)
+    parts = [b"\x78\x01"]  # zlib header: deflate, 32K window, no dictionary
+    for start in range(0, len(data), 0xFFFF):
+        chunk = data[start : start + 0xFFFF]
+        final = start + 0xFFFF >= len(data)
+        parts += [struct.pack("<BHH", final, len(chunk), len(chunk) ^ 0xFFFF), chunk]
+    parts.append(struct.pack(">I", zlib.adler32(data)))
+    return b"".join(parts)
 
 
 def _shape(st: os.stat_result) -> tuple[int, int, int]:
@@ -391,9 +415,9 @@ def _find_entry(data: bytes, path: bytes) -> tuple[int, int] | None:
 
 
 def patch_index(
-    data: bytes, path: bytes, blob: str | None, work_file: Path | None, entries_end: int | None = None
-) -> bytes:
-    """Return index bytes with the entry for `path` replaced, added or removed.
+    data: bytearray, path: bytes, blob: str | None, work_file: Path | None, entries_end: int | None = None
+) -> bytearray:
+    """Index bytes with the entry for `path` replaced, added or removed (in place when it can).
 
     `entries_end`, when known (an index memstore wrote), saves walking every entry.
     Optional extensions (cache tree, untracked cache, …) are dropped, which git allows and
@@ -417,12 +441,17 @@ def patch_index(
             start = next((s for p, s, _ in entries if p > path), entries_end)
             end = start
     _check_extensions(data, entries_end)
-    delta = (1 if new_entry else 0) - (1 if end > start else 0)
-    body = (
-        data[:4] + struct.pack(">II", version, count + delta)
-        + data[12:start] + new_entry + data[end:entries_end]
-    )
-    return body + hashlib.sha1(body).digest()
+    if len(new_entry) == end - start:  # the common case: one entry changes in place
+        out = data if entries_end + 20 == len(data) else data[: entries_end + 20]
+        out[start:end] = new_entry
+    else:
+        delta = (1 if new_entry else 0) - (1 if end > start else 0)
+        out = bytearray(data[:4] + struct.pack(">II", version, count + delta) + data[12:start] + new_entry
+                        + data[end:entries_end] + bytes(20))
+    with memoryview(out) as view:
+        digest = hashlib.sha1(view[:-20]).digest()
+    out[-20:] = digest
+    return out
 
 
 def _check_extensions(data: bytes, pos: int) -> None:
