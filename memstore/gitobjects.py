@@ -77,7 +77,8 @@ class Tree:
         old = self.entries.get(name)
         if entry is not None and old is not None and old[0] == entry[0]:
             at = old[1]
-            return Tree(self.raw[:at] + bytes.fromhex(entry[1]) + self.raw[at + 20 :], self.entries)
+            with memoryview(self.raw) as raw:
+                return Tree(b"".join((raw[:at], bytes.fromhex(entry[1]), raw[at + 20 :])), self.entries)
         items = {n: (m, self.raw[a : a + 20]) for n, (m, a) in self.entries.items()}
         if entry is None:
             items.pop(name, None)
@@ -136,7 +137,7 @@ class GitStore:
         final = self.objects / sha[:2] / sha[2:]
         if final.exists():
             return sha
-        data = _deflate(header, body)
+        parts = _deflate(header, body)
         tmp = final.parent / f"tmp_obj_{secrets.token_hex(6)}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
@@ -144,7 +145,7 @@ class GitStore:
             final.parent.mkdir(exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
         try:
-            os.write(fd, data)
+            _write_all(fd, parts)
         finally:
             os.close(fd)
         os.replace(tmp, final)
@@ -342,22 +343,31 @@ class GitStore:
             self.repo.git.update_index("--force-remove", "--", path)
 
 
-def _deflate(header: bytes, body: bytes) -> bytes:
-    """A loose object's zlib stream: fast compression, or stored blocks for big objects.
+def _deflate(header: bytes, body: bytes) -> list[bytes | memoryview]:
+    """A loose object's zlib stream, in pieces: fast compression, or stored blocks when big.
 
     Big trees (thousands of blocks) change on every edit; compressing them costs
     milliseconds, and `git gc` packs them with deltas later anyway.
     """
     if len(body) < _BIG_OBJECT:
-        return zlib.compress(header + body, 1)
-    data = memoryview(header + body)
-    parts = [b"\x78\x01"]  # zlib header: deflate, 32K window, no dictionary
-    for start in range(0, len(data), 0xFFFF):
-        chunk = data[start : start + 0xFFFF]
-        final = start + 0xFFFF >= len(data)
-        parts += [struct.pack("<BHH", final, len(chunk), len(chunk) ^ 0xFFFF), chunk]
-    parts.append(struct.pack(">I", zlib.adler32(data)))
-    return b"".join(parts)
+        return [zlib.compress(header + body, 1)]
+    view = memoryview(body)
+    parts: list[bytes | memoryview] = [b"\x78\x01"]  # zlib header: deflate, 32K window
+    first = 0xFFFF - len(header)  # the first stored block carries the object header too
+    chunks = [view[:first]] + [view[at : at + 0xFFFF] for at in range(first, len(body), 0xFFFF)]
+    for n, chunk in enumerate(chunks):
+        size = len(chunk) + (len(header) if n == 0 else 0)
+        parts.append(struct.pack("<BHH", n == len(chunks) - 1, size, size ^ 0xFFFF))
+        parts += [header, chunk] if n == 0 else [chunk]
+    parts.append(struct.pack(">I", zlib.adler32(body, zlib.adler32(header))))
+    return parts
+
+
+def _write_all(fd: int, parts: list[bytes | memoryview]) -> None:
+    for part in parts:
+        view = memoryview(part)
+        while view:
+            view = view[os.write(fd, view) :]
 
 
 def _shape(st: os.stat_result) -> tuple[int, int, int]:
