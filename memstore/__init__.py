@@ -17,7 +17,8 @@ from .errors import (
     WorkspaceError,
 )
 from .models import DEFAULT_LIMIT, Actor, Agent, Block, EditResult, HistoryEntry, validate_name
-from .store import KNOWN_TOOLS, Store
+from .store import Store
+from .validation import KNOWN_TOOLS
 
 __version__ = "0.1.0"
 

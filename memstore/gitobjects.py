@@ -24,6 +24,7 @@ from pathlib import Path
 import git
 
 from .errors import WorkspaceError
+from .gitindex import IndexFormatUnsupported, patch_index
 
 log = logging.getLogger(__name__)
 
@@ -380,95 +381,3 @@ def _age(path: Path) -> float:
         return time.time() - path.stat().st_mtime
     except FileNotFoundError:
         return 0.0
-
-
-class IndexFormatUnsupported(Exception):
-    """An index this module does not patch (version 4, split or sparse index)."""
-
-
-def _index_entry(path: bytes, blob: str, work_file: Path) -> bytes:
-    st = os.stat(work_file)
-    m32 = 0xFFFFFFFF
-    fields = struct.pack(
-        ">10I",
-        int(st.st_ctime) & m32, st.st_ctime_ns % 1_000_000_000,
-        int(st.st_mtime) & m32, st.st_mtime_ns % 1_000_000_000,
-        st.st_dev & m32, st.st_ino & m32, 0o100644, st.st_uid & m32, st.st_gid & m32, st.st_size & m32,
-    )
-    head = fields + bytes.fromhex(blob) + struct.pack(">H", min(len(path), 0xFFF)) + path
-    return head + b"\0" * (8 - len(head) % 8)
-
-
-def _walk_index(data: bytes, version: int, count: int) -> tuple[list[tuple[bytes, int, int]], int]:
-    """[(path, start, end)] of every entry, and where the entries end."""
-    entries, pos = [], 12
-    for _ in range(count):
-        (flags,) = struct.unpack_from(">H", data, pos + 60)
-        head = 64 if version >= 3 and flags & 0x4000 else 62
-        name_end = data.index(b"\0", pos + head)
-        end = pos + ((name_end - pos) // 8 + 1) * 8
-        entries.append((data[pos + head : name_end], pos, end))
-        pos = end
-    return entries, pos
-
-
-def _find_entry(data: bytes, path: bytes) -> tuple[int, int] | None:
-    """Fast path: locate a plain stage-0 entry for `path` by its flags+name bytes."""
-    at = data.find(struct.pack(">H", len(path)) + path + b"\0", 12)
-    if at < 0:
-        return None
-    start = at - 60
-    (mode,) = struct.unpack_from(">I", data, start + 24)
-    if start < 12 or mode >> 12 not in (0o10, 0o12, 0o16) or (start > 12 and data[start - 1] != 0):
-        return None
-    return start, start + ((62 + len(path)) // 8 + 1) * 8
-
-
-def patch_index(
-    data: bytearray, path: bytes, blob: str | None, work_file: Path | None, entries_end: int | None = None
-) -> bytearray:
-    """Index bytes with the entry for `path` replaced, added or removed (in place when it can).
-
-    `entries_end`, when known (an index memstore wrote), saves walking every entry.
-    Optional extensions (cache tree, untracked cache, …) are dropped, which git allows and
-    rebuilds; a required extension (split or sparse index) is not patched here.
-    """
-    if data[:4] != b"DIRC":
-        raise IndexFormatUnsupported("not an index")
-    version, count = struct.unpack_from(">II", data, 4)
-    if version not in (2, 3):
-        raise IndexFormatUnsupported(f"index version {version}")
-    new_entry = _index_entry(path, blob, work_file) if blob and work_file else b""
-    found = _find_entry(data, path) if blob and entries_end is not None else None
-    if found is not None and entries_end is not None:
-        start, end = found
-    else:
-        entries, entries_end = _walk_index(data, version, count)
-        match = next(((s, e) for p, s, e in entries if p == path), None)
-        if match is not None:
-            start, end = match
-        else:
-            start = next((s for p, s, _ in entries if p > path), entries_end)
-            end = start
-    _check_extensions(data, entries_end)
-    if len(new_entry) == end - start:  # the common case: one entry changes in place
-        out = data if entries_end + 20 == len(data) else data[: entries_end + 20]
-        out[start:end] = new_entry
-    else:
-        delta = (1 if new_entry else 0) - (1 if end > start else 0)
-        out = bytearray(data[:4] + struct.pack(">II", version, count + delta) + data[12:start] + new_entry
-                        + data[end:entries_end] + bytes(20))
-    with memoryview(out) as view:
-        digest = hashlib.sha1(view[:-20]).digest()
-    out[-20:] = digest
-    return out
-
-
-def _check_extensions(data: bytes, pos: int) -> None:
-    end = len(data) - 20
-    while pos + 8 <= end:
-        sig = data[pos : pos + 4]
-        (size,) = struct.unpack_from(">I", data, pos + 4)
-        if not sig[:1].isupper():
-            raise IndexFormatUnsupported(f"required index extension {sig!r}")
-        pos += 8 + size

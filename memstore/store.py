@@ -13,8 +13,6 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import yaml
-
 from . import edits, history
 from .blockfile import agent_from_file, block_from_file, load_block, render_agent, render_block
 from .catalog import Catalog, CatalogEntry
@@ -30,15 +28,19 @@ from .errors import (
 )
 from .gitobjects import Ident
 from .models import DEFAULT_LIMIT, Actor, Agent, Block, EditResult, HistoryEntry, validate_name
+from .validation import (
+    check_bool,
+    check_count,
+    check_limit_arg,
+    check_metadata,
+    check_optional_text,
+    check_text,
+    check_tools,
+    check_unique_labels,
+)
 from .workspace import Workspace, init_workspace, open_workspace
 
-KNOWN_TOOLS = (
-    "memory_insert", "memory_replace", "memory_rethink", "core_memory_append",
-    "core_memory_replace", "conversation_search", "web_search",
-)
-DEFAULT_TOOLS = ["memory_insert", "memory_replace"]
 DEFAULT_SYSTEM = "You are a helpful assistant with a persistent, shared memory."
-MAX_TEXT = 1_000_000  # characters of any one text argument
 _MAINTAIN_EVERY = 500
 
 
@@ -168,11 +170,11 @@ class Store:
     ) -> Block:
         """Create a block in `blocks/<label>.md` (or `<label>-2.md`, … when taken)."""
         validate_name(label)
-        limit = _check_limit_arg(DEFAULT_LIMIT if limit is None else limit)
+        limit = check_limit_arg(DEFAULT_LIMIT if limit is None else limit)
         block = Block(
-            id=f"block-{uuid.uuid4()}", label=label, value=_check_text(value, "value"), limit=limit,
-            read_only=_check_bool(read_only, "read_only"), description=_check_optional_text(description),
-            metadata=_check_metadata(metadata), name=label,
+            id=f"block-{uuid.uuid4()}", label=label, value=check_text(value, "value"), limit=limit,
+            read_only=check_bool(read_only, "read_only"), description=check_optional_text(description),
+            metadata=check_metadata(metadata), name=label,
         )
         edits.check_limit(label, block.value, limit)
         actor = actor or self.person
@@ -199,13 +201,13 @@ class Store:
         if label is not None:
             changes["label"] = validate_name(label)
         if description is not None:
-            changes["description"] = _check_optional_text(description) or None
+            changes["description"] = check_optional_text(description) or None
         if limit is not None:
-            changes["limit"] = _check_limit_arg(limit)
+            changes["limit"] = check_limit_arg(limit)
         if read_only is not None:
-            changes["read_only"] = _check_bool(read_only, "read_only")
+            changes["read_only"] = check_bool(read_only, "read_only")
         if metadata is not None:
-            changes["metadata"] = _check_metadata(metadata)
+            changes["metadata"] = check_metadata(metadata)
 
         def change(block: Block) -> Block:
             if "limit" in changes and len(block.value) > changes["limit"]:
@@ -256,28 +258,28 @@ class Store:
 
     def memory_insert(self, label: str, new_str: str, insert_line: int = -1, *, actor: Actor | None = None) -> EditResult:
         """Insert `new_str` after line `insert_line` (0: top, -1: end); additive under concurrency."""
-        _check_text(new_str, "new_str")
+        check_text(new_str, "new_str")
         return self._edit(label, actor, "memory_insert", lambda b: edits.memory_insert(b.value, new_str, insert_line))
 
     def memory_replace(self, label: str, old_str: str, new_str: str, *, actor: Actor | None = None) -> EditResult:
         """Replace the one occurrence of `old_str` in the current value."""
-        _check_text(new_str, "new_str")
+        check_text(new_str, "new_str")
         return self._edit(label, actor, "memory_replace",
                           lambda b: edits.memory_replace(b.value, old_str, new_str, b.label))
 
     def memory_rethink(self, label: str, new_memory: str, *, actor: Actor | None = None) -> EditResult:
         """Overwrite the whole value; the old one stays in history."""
-        _check_text(new_memory, "new_memory")
+        check_text(new_memory, "new_memory")
         return self._edit(label, actor, "memory_rethink", lambda b: edits.memory_rethink(b.value, new_memory))
 
     def core_memory_append(self, label: str, content: str, *, actor: Actor | None = None) -> EditResult:
-        _check_text(content, "content")
+        check_text(content, "content")
         return self._edit(label, actor, "core_memory_append", lambda b: edits.core_memory_append(b.value, content))
 
     def core_memory_replace(
         self, label: str, old_content: str, new_content: str, *, actor: Actor | None = None
     ) -> EditResult:
-        _check_text(new_content, "new_content")
+        check_text(new_content, "new_content")
         return self._edit(label, actor, "core_memory_replace",
                           lambda b: edits.core_memory_replace(b.value, old_content, new_content, b.label))
 
@@ -364,16 +366,14 @@ class Store:
     # -- history -------------------------------------------------------------------------
 
     def block_history(self, ref: str, limit: int = 20) -> list[HistoryEntry]:
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise InvalidInputError(f"`limit` must be a positive whole number, got {limit!r}.")
+        check_count(limit, "limit")
         name = self.resolve_block(ref)
         block = self._read_block(name)
         return history.file_history(self.ws.git, f"blocks/{name}.md", limit, block.id if block else None)
 
     def workspace_history(self, limit: int = 20) -> list[HistoryEntry]:
         """Recent commits of the whole workspace, newest first."""
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise InvalidInputError(f"`limit` must be a positive whole number, got {limit!r}.")
+        check_count(limit, "limit")
         return history.file_history(self.ws.git, ".", limit)
 
     def block_diff(self, ref: str, from_version: str, to_version: str | None = None) -> str:
@@ -415,12 +415,12 @@ class Store:
         if not isinstance(model, str) or not model.strip() or "\n" in model:
             raise InvalidInputError("`model` must be a model name such as 'openai/gpt-4o-mini'.")
         blocks = [self.get_block(ref) for ref in (block_ids or [])]
-        _check_unique_labels(name, blocks)
+        check_unique_labels(name, blocks)
         agent = Agent(
-            id=f"agent-{uuid.uuid4()}", name=name, model=model.strip(), tools=_check_tools(tools),
-            blocks=list(dict.fromkeys(b.id for b in blocks)), description=_check_optional_text(description),
-            system=_check_text(DEFAULT_SYSTEM if system is None else system, "system"),
-            api_base=_check_optional_text(api_base),
+            id=f"agent-{uuid.uuid4()}", name=name, model=model.strip(), tools=check_tools(tools),
+            blocks=list(dict.fromkeys(b.id for b in blocks)), description=check_optional_text(description),
+            system=check_text(DEFAULT_SYSTEM if system is None else system, "system"),
+            api_base=check_optional_text(api_base),
         )
         rel = agent.path
         actor = actor or self.person
@@ -449,7 +449,7 @@ class Store:
             if block.id in agent.blocks:
                 return agent
             others = [b for b in (self._block_by_id(i) for i in agent.blocks) if b is not None]
-            _check_unique_labels(agent.name, [*others, block])
+            check_unique_labels(agent.name, [*others, block])
             return agent.model_copy(update={"blocks": [*agent.blocks, block.id]})
 
         agent = self.get_agent(agent_ref)
@@ -494,61 +494,3 @@ def _ident(actor: Actor) -> Ident:
     return Ident(actor.name, actor.email)
 
 
-def _check_unique_labels(agent_name: str, blocks: list[Block]) -> None:
-    seen: dict[str, str] = {}
-    for block in blocks:
-        if block.label in seen and seen[block.label] != block.id:
-            raise ConflictError(
-                f"Agent '{agent_name}' would have two blocks labelled '{block.label}' "
-                f"({seen[block.label]} and {block.id}); a label appears at most once per agent."
-            )
-        seen[block.label] = block.id
-
-
-def _check_text(value: object, name: str) -> str:
-    if not isinstance(value, str):
-        raise InvalidInputError(f"`{name}` must be text, got {type(value).__name__}.")
-    if len(value) > MAX_TEXT:
-        raise InvalidInputError(f"`{name}` is {len(value):,} characters; the most memstore accepts is {MAX_TEXT:,}.")
-    if "\x00" in value:
-        raise InvalidInputError(f"`{name}` contains a NUL character, which a text file cannot hold.")
-    return value
-
-
-def _check_optional_text(value: object) -> str | None:
-    return None if value is None else _check_text(value, "description")
-
-
-def _check_bool(value: object, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise InvalidInputError(f"`{name}` must be true or false, got {value!r}.")
-    return value
-
-
-def _check_limit_arg(limit: object) -> int:
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= MAX_TEXT:
-        raise InvalidInputError(f"`limit` must be a whole number from 1 to {MAX_TEXT:,}, got {limit!r}.")
-    return limit
-
-
-def _check_metadata(metadata: object) -> dict[str, Any]:
-    if metadata is None:
-        return {}
-    if not isinstance(metadata, dict):
-        raise InvalidInputError(f"`metadata` must be a mapping, got {type(metadata).__name__}.")
-    try:
-        yaml.safe_dump(metadata)
-    except yaml.YAMLError as exc:
-        raise InvalidInputError(f"`metadata` must hold plain values (text, numbers, lists, mappings): {exc}") from None
-    return metadata
-
-
-def _check_tools(tools: list[str] | None) -> list[str]:
-    if tools is None:
-        return list(DEFAULT_TOOLS)
-    if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
-        raise InvalidInputError("`tools` must be a list of tool names.")
-    unknown = [t for t in tools if t not in KNOWN_TOOLS]
-    if unknown:
-        raise InvalidInputError(f"Unknown tool(s) {', '.join(unknown)}; known tools: {', '.join(KNOWN_TOOLS)}.")
-    return list(dict.fromkeys(tools))
