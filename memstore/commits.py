@@ -13,7 +13,9 @@ import hashlib
 import json
 import os
 import secrets
-from collections.abc import Iterator
+import struct
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -38,9 +40,11 @@ def commit_message(subject: str, trailers: dict[str, str | None]) -> str:
 class Committer:
     """Serialised, crash-safe writes of workspace files, one commit each."""
 
-    def __init__(self, ws: Workspace) -> None:
+    def __init__(self, ws: Workspace, on_commit: Callable[[int], None] | None = None) -> None:
         self.ws = ws
         self.git = ws.git
+        self._on_commit = on_commit
+        self._held = threading.local()  # rel -> the FairLock this thread holds for it
 
     def _lock_path(self, rel: str, suffix: str) -> Path:
         return self.ws.locks_dir / (rel.replace("/", "__") + suffix)
@@ -48,11 +52,17 @@ class Committer:
     @contextmanager
     def locked(self, rel: str) -> Iterator[bytes | None]:
         """Hold `rel`'s lock; yield its current content (None: no such file)."""
-        with FairLock(self._lock_path(rel, ".lock")):
-            self.ws.check_state()
-            current = self.read(rel)
-            self._recover(rel, current)
-            yield current
+        lock = FairLock(self._lock_path(rel, ".lock"))
+        held = self._held.__dict__.setdefault("locks", {})
+        with lock:
+            held[rel] = lock
+            try:
+                self.ws.check_state()
+                current = self.read(rel)
+                self._recover(rel, current, lock)
+                yield current
+            finally:
+                del held[rel]
 
     def read(self, rel: str) -> bytes | None:
         try:
@@ -85,16 +95,16 @@ class Committer:
             return None
         new = self.git.write_object(b"blob", content) if content is not None else None
         old = blob_id(current) if current is not None else None
-        pending = self._lock_path(rel, ".pending")
+        lock: FairLock = self._held.locks[rel]  # callers hold `locked(rel)`
         record = {"old": old, "new": new, "author": [author.name, author.email], "message": message}
-        _overwrite(pending, json.dumps(record).encode())
+        lock.write_state(json.dumps(record).encode())
         target = self.ws.root / rel
         if content is None:
             target.unlink(missing_ok=True)
         else:
             self._atomic_write(target, content)
         version = self._commit(rel, new, author, message)
-        _overwrite(pending, b"")
+        lock.write_state(b"")
         return version
 
     def _atomic_write(self, target: Path, content: bytes) -> None:
@@ -113,13 +123,14 @@ class Committer:
 
     def _commit(self, rel: str, blob: str | None, author: Ident, message: str) -> str:
         """Commit `rel` = `blob` on top of the branch; safe against any concurrent writer."""
-        marker = self.ws.locks_dir / "repo.pending"
-        with FairLock(self.ws.locks_dir / "repo.lock"):
-            recover = _read(marker) != b""
-            _overwrite(marker, b"1")
-            commit = self._publish(rel, blob, author, message, recover)
-            self.git.set_index_entry(rel, blob, self.ws.root / rel, recover=recover)
-            _overwrite(marker, b"")
+        with FairLock(self.ws.locks_dir / "repo.lock") as lock:
+            busy, count = _repo_state(lock.read_state())
+            lock.write_state(struct.pack("<BQ", 1, count))
+            commit = self._publish(rel, blob, author, message, recover=busy)
+            self.git.set_index_entry(rel, blob, self.ws.root / rel, recover=busy)
+            lock.write_state(struct.pack("<BQ", 0, count + 1))
+        if self._on_commit is not None:
+            self._on_commit(count + 1)
         return commit
 
     def _publish(self, rel: str, blob: str | None, author: Ident, message: str, recover: bool) -> str:
@@ -137,16 +148,15 @@ class Committer:
             return commit
         raise WorkspaceError("the branch kept moving while memstore committed; is a git command looping?")
 
-    def _recover(self, rel: str, current: bytes | None) -> None:
+    def _recover(self, rel: str, current: bytes | None, lock: FairLock) -> None:
         """Finish an edit whose writer died after writing the file but before committing."""
-        pending = self._lock_path(rel, ".pending")
-        raw = _read(pending)
+        raw = lock.read_state()
         if not raw:
             return
         try:
             record = json.loads(raw)
         except ValueError:
-            _overwrite(pending, b"")
+            lock.write_state(b"")
             return
         disk = blob_id(current) if current is not None else None
         if record.get("new") != record.get("old") and disk == record.get("new"):
@@ -157,21 +167,12 @@ class Committer:
             elif head == disk:
                 with FairLock(self.ws.locks_dir / "repo.lock"):
                     self.git.set_index_entry(rel, disk, self.ws.root / rel, recover=True)
-        _overwrite(pending, b"")
+        lock.write_state(b"")
 
 
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return b""
-
-
-def _overwrite(path: Path, data: bytes) -> None:
-    """Replace a small state file's content in place (creating files is slow on some disks)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        os.pwrite(fd, data, 0)
-        os.ftruncate(fd, len(data))
-    finally:
-        os.close(fd)
+def _repo_state(raw: bytes) -> tuple[bool, int]:
+    """(did the last holder die mid-commit, commits made so far) from the repository lock."""
+    if len(raw) != struct.calcsize("<BQ"):
+        return bool(raw), 0
+    busy, count = struct.unpack("<BQ", raw)
+    return bool(busy), count

@@ -25,6 +25,7 @@ from .errors import LockTimeoutError
 
 DEFAULT_TIMEOUT = 60.0
 _TICKETS = 1 << 20  # ticket n is the lock on byte _TICKETS + n; bytes 0-7 hold the counter
+_STATE = 64  # the holder's state record: a 4-byte length, then the bytes
 
 
 def _byte_lock(fd: int, offset: int, *, kind: int = fcntl.F_WRLCK, wait: bool = True) -> None:
@@ -70,6 +71,23 @@ class FairLock:
         finally:
             _byte_lock(fd, 0, kind=fcntl.F_UNLCK)
         return ticket
+
+    def read_state(self) -> bytes:
+        """The state record the last holder left (empty if it finished cleanly)."""
+        assert self._queue_fd is not None, "read_state needs the lock held"
+        head = os.pread(self._queue_fd, 4, _STATE)
+        size = struct.unpack("<I", head)[0] if len(head) == 4 else 0
+        return os.pread(self._queue_fd, size, _STATE + 4) if size else b""
+
+    def write_state(self, data: bytes) -> None:
+        """Record state for the next holder, e.g. an edit in progress that a crash would cut short.
+
+        Kept in the queue file, which is already open: no file is created or opened for it.
+        """
+        assert self._queue_fd is not None, "write_state needs the lock held"
+        if data:
+            os.pwrite(self._queue_fd, data, _STATE + 4)
+        os.pwrite(self._queue_fd, struct.pack("<I", len(data)), _STATE)
 
     def release(self) -> None:
         self._mutex.release()

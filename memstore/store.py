@@ -49,7 +49,7 @@ class Store:
 
     def __init__(self, ws: Workspace) -> None:
         self.ws = ws
-        self.commits = Committer(ws)
+        self.commits = Committer(ws, on_commit=self._after_commit)
         self.catalog = Catalog(ws.blocks_dir, ws.state_dir / "catalog.gen", self._committed)
 
     @classmethod
@@ -188,7 +188,6 @@ class Store:
                 version = self.commits.write(rel, render_block(block), None, _ident(actor),
                                              self._message("create_block", block, actor))
             self.catalog.bump()
-            self._after_commit()
             return block.model_copy(update={"version": version})
         raise ConflictError(f"Too many blocks are labelled '{label}'.")
 
@@ -251,7 +250,6 @@ class Store:
             self._change_agent(agent.name, actor, "detach_block",
                                lambda a: a.model_copy(update={"blocks": [i for i in a.blocks if i != block.id]}),
                                subject=f"detach_block {agent.name} {block.label}")
-        self._after_commit()
         return block
 
     # -- the memory edits ----------------------------------------------------------------
@@ -325,7 +323,6 @@ class Store:
             data = render_block(new, meta)
             message = self._message(op, new, actor, subject_suffix)
             version = self.commits.write(rel, data, current, _ident(actor), message)
-        self._after_commit()
         return EditResult(block=new.model_copy(update={"version": version or history.last_version(self.ws.git, rel)}),
                           version=version or history.last_version(self.ws.git, rel) or "", op=op)
 
@@ -352,14 +349,8 @@ class Store:
             "Memstore-Agent": actor.agent_id if isinstance(block, Block) else block.id,
         })
 
-    def _after_commit(self) -> None:
-        counter = self.ws.state_dir / "commits.count"
-        fd = os.open(counter, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, b".")
-            count = os.fstat(fd).st_size
-        finally:
-            os.close(fd)
+    def _after_commit(self, count: int) -> None:
+        """Every so many commits, let git pack objects and refresh its commit-graph."""
         if count % _MAINTAIN_EVERY == 0:
             history.maintain(str(self.ws.root))
 
@@ -428,7 +419,6 @@ class Store:
             if current is not None:
                 raise ConflictError(f"An agent named '{name}' already exists.")
             self.commits.write(rel, render_agent(agent), None, _ident(actor), self._message("create_agent", agent, actor))
-        self._after_commit()
         return agent
 
     def delete_agent(self, ref: str, *, actor: Actor | None = None) -> Agent:
@@ -438,7 +428,6 @@ class Store:
             if current is None:
                 raise NotFoundError(f"No agent named '{agent.name}'.")
             self.commits.write(agent.path, None, current, _ident(actor), self._message("delete_agent", agent, actor))
-        self._after_commit()
         return agent
 
     def attach_block(self, agent_ref: str, block_ref: str, *, actor: Actor | None = None) -> Agent:
@@ -486,7 +475,6 @@ class Store:
             self.commits.adopt_hand_edit(rel, current, f"Hand edit {rel}", {"Memstore-Op": "hand_edit"})
             message = commit_message(subject, {"Memstore-Op": op, "Memstore-Agent": actor.agent_id or agent.id})
             self.commits.write(rel, render_agent(new), current, _ident(actor), message)
-        self._after_commit()
         return new
 
 
