@@ -46,13 +46,13 @@ class Committer:
         self._on_commit = on_commit
         self._held = threading.local()  # rel -> the FairLock this thread holds for it
 
-    def _lock_path(self, rel: str, suffix: str) -> Path:
-        return self.ws.locks_dir / (rel.replace("/", "__") + suffix)
+    def _lock_path(self, rel: str) -> Path:
+        return self.ws.locks_dir / (rel.replace("/", "__") + ".lock")
 
     @contextmanager
     def locked(self, rel: str) -> Iterator[bytes | None]:
         """Hold `rel`'s lock; yield its current content (None: no such file)."""
-        lock = FairLock(self._lock_path(rel, ".lock"))
+        lock = FairLock(self._lock_path(rel))
         held = self._held.__dict__.setdefault("locks", {})
         with lock:
             held[rel] = lock
@@ -79,15 +79,14 @@ class Committer:
         entry = self.git.entry_at(self.git.commit_tree(head), rel)
         return entry[1] if entry else None
 
-    def adopt_hand_edit(self, rel: str, current: bytes | None, subject: str, trailers: dict[str, str | None]) -> bool:
-        """Commit an uncommitted change of `rel` as the person's own; True if there was one."""
-        disk = blob_id(current) if current is not None else None
-        if disk == self.head_blob(rel):
-            return False
-        if disk is not None:
-            self.git.write_object(b"blob", current or b"")
+    def hand_edited(self, rel: str, current: bytes | None) -> bool:
+        """True if `rel` on disk differs from its last commit (a person changed it)."""
+        return (blob_id(current) if current is not None else None) != self.head_blob(rel)
+
+    def adopt_hand_edit(self, rel: str, current: bytes | None, subject: str, trailers: dict[str, str | None]) -> None:
+        """Commit the person's uncommitted change of `rel` under their name (see `hand_edited`)."""
+        disk = self.git.write_object(b"blob", current) if current is not None else None
         self._commit(rel, disk, self.ws.person, commit_message(subject, trailers))
-        return True
 
     def write(self, rel: str, content: bytes | None, current: bytes | None, author: Ident, message: str) -> str | None:
         """Write `content` (None: delete) and commit it; None if nothing changed."""

@@ -338,7 +338,10 @@ class GitStore:
         self._index = (shape, new)
 
     def _index_via_git(self, path: str, blob: str | None) -> None:
-        if blob:
+        """Let git update an index we do not patch; rebuild a missing one from HEAD."""
+        if not (self.git_dir / "index").exists():
+            self.repo.git.read_tree("HEAD")
+        elif blob:
             self.repo.git.update_index("--add", "--cacheinfo", f"100644,{blob},{path}")
         else:
             self.repo.git.update_index("--force-remove", "--", path)

@@ -16,7 +16,7 @@ from typing import Any
 from . import edits, history
 from .blockfile import agent_from_file, block_from_file, load_block, render_agent, render_block
 from .catalog import Catalog, CatalogEntry
-from .commits import Committer, blob_id, commit_message
+from .commits import Committer, commit_message
 from .errors import (
     AmbiguousNameError,
     ConflictError,
@@ -323,12 +323,12 @@ class Store:
             data = render_block(new, meta)
             message = self._message(op, new, actor, subject_suffix)
             version = self.commits.write(rel, data, current, _ident(actor), message)
-        return EditResult(block=new.model_copy(update={"version": version or history.last_version(self.ws.git, rel)}),
-                          version=version or history.last_version(self.ws.git, rel) or "", op=op)
+        version = version or history.last_version(self.ws.git, rel) or ""
+        return EditResult(block=new.model_copy(update={"version": version}), version=version, op=op)
 
     def _check_hand_edit(self, rel: str, current: bytes, block: Block) -> bool:
         """True if `rel` has an uncommitted (valid) hand edit; refuse an invalid one."""
-        if self.commits.head_blob(rel) == blob_id(current):
+        if not self.commits.hand_edited(rel, current):
             return False
         if len(block.value) > block.limit:
             raise FileFormatError(
@@ -472,7 +472,8 @@ class Store:
                 raise NotFoundError(f"No agent named '{name}'.")
             agent = agent_from_file(current, rel)
             new = change(agent)
-            self.commits.adopt_hand_edit(rel, current, f"Hand edit {rel}", {"Memstore-Op": "hand_edit"})
+            if self.commits.hand_edited(rel, current):
+                self.commits.adopt_hand_edit(rel, current, f"Hand edit {rel}", {"Memstore-Op": "hand_edit"})
             message = commit_message(subject, {"Memstore-Op": op, "Memstore-Agent": actor.agent_id or agent.id})
             self.commits.write(rel, render_agent(new), current, _ident(actor), message)
         return new

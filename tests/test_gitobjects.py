@@ -49,3 +49,11 @@ def test_a_repository_with_packed_objects_and_refs_still_takes_edits(store: Stor
     fresh.memory_insert("a", "2")
     assert fresh.get_block("a").value == "1\n2"
     assert_clean_repo(store.ws.root)
+
+
+def test_a_missing_index_is_rebuilt_from_head_not_emptied(store: Store) -> None:
+    store.create_block("a", "1")
+    store.create_block("b", "2")
+    (store.ws.git.git_dir / "index").unlink()
+    store.memory_insert("a", "more")
+    assert_clean_repo(store.ws.root)  # b.md and the template files are still tracked in the index
