@@ -9,6 +9,7 @@
     ├── AmbiguousNameError      a label shared by several blocks (lists the candidates)
     ├── ConflictError           a name or label that is already taken
     ├── LockTimeoutError        another process held a lock for too long
+    ├── NotAllowedError         an agent asked for a change only people and admins may make
     └── EditError               a memory edit refused with nothing written (Letta's wording)
         ├── ReadOnlyError
         ├── LimitExceededError
@@ -68,6 +69,10 @@ class ConflictError(MemstoreError):
 
 class LockTimeoutError(MemstoreError, TimeoutError):
     """A lock stayed held by another process past the timeout."""
+
+
+class NotAllowedError(MemstoreError, PermissionError):
+    """An agent (or MCP host) asked for a change reserved to people and admins."""
 
 
 class EditError(MemstoreError):

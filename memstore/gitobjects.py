@@ -190,6 +190,14 @@ class GitStore:
                 self._commit_trees.popitem(last=False)
         return tree
 
+    def commit_parents(self, commit: str) -> list[str]:
+        """The parent commit ids of `commit`."""
+        kind, body = self.read_object(commit)
+        if kind != b"commit":
+            raise WorkspaceError(f"git object {commit} is not a commit")
+        header = body.split(b"\n\n", 1)[0]
+        return [line[7:47].decode() for line in header.split(b"\n") if line.startswith(b"parent ")]
+
     def entry_at(self, tree_sha: str, path: str) -> tuple[bytes, str] | None:
         """(mode, id) of `path` in the tree `tree_sha`, or None."""
         parts = path.encode().split(b"/")

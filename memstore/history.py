@@ -8,6 +8,7 @@ repository of 100k commits; `maintain` keeps that graph current.
 from __future__ import annotations
 
 import subprocess
+import threading
 
 import git
 
@@ -63,6 +64,53 @@ def last_version(store: GitStore, rel: str) -> str | None:
     """The commit that last changed `rel`."""
     out = store.repo.git.log("-n1", "--format=%H", "--", rel).strip()
     return out or None
+
+
+class LastChange:
+    """The commit that last changed each file, caught up from HEAD instead of asking git log.
+
+    Reading a block reports its version; `git log -1 -- path` costs a process per read.
+    This remembers (head, version) per file and, when HEAD has moved, walks back from the
+    new HEAD to the remembered one: a few tree lookups per new commit, cached trees.
+    """
+
+    def __init__(self, store: GitStore, max_walk: int = 256) -> None:
+        self.store = store
+        self.max_walk = max_walk
+        self._known: dict[str, tuple[str, str | None]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, rel: str) -> str | None:
+        head = self.store.read_ref(self.store.head_ref())
+        if head is None:
+            return None
+        with self._lock:
+            known = self._known.get(rel)
+        version = self._catch_up(rel, head, known) if known else _UNKNOWN
+        if version is _UNKNOWN:
+            version = last_version(self.store, rel)
+        with self._lock:
+            self._known[rel] = (head, version)
+        return version
+
+    def _catch_up(self, rel: str, head: str, known: tuple[str, str | None]) -> str | None | object:
+        seen, version = known
+        commit = head
+        for _ in range(self.max_walk):
+            if commit == seen:
+                return version
+            parents = self.store.commit_parents(commit)
+            if len(parents) != 1:
+                return _UNKNOWN  # a root or a merge: let git answer
+            parent = parents[0]
+            here = self.store.entry_at(self.store.commit_tree(commit), rel)
+            if here != self.store.entry_at(self.store.commit_tree(parent), rel):
+                return commit
+            commit = parent
+        return _UNKNOWN
+
+
+_UNKNOWN = object()
 
 
 def diff(store: GitStore, rel: str, from_version: str, to_version: str | None = None) -> str:

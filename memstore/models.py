@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,12 +49,14 @@ class Actor:
 
     `agent_id` set: labels resolve among that agent's blocks. `is_agent`: read-only binds
     (agents and MCP hosts); people and administrative calls may edit read-only blocks.
+    `admin`: an agent that may still change a block's `read_only` flag and `limit`.
     """
 
     name: str
     email: str
     agent_id: str | None = None
     is_agent: bool = False
+    admin: bool = False
 
     @classmethod
     def agent(cls, name: str, agent_id: str) -> Actor:
@@ -62,8 +65,13 @@ class Actor:
     @classmethod
     def host(cls, name: str) -> Actor:
         """An outside LLM host without a registered agent: read-only still binds it."""
+        name = re.sub(r"[<>\x00-\x1f\x7f]+", " ", name).strip()[:MAX_NAME_LENGTH] or "mcp-host"
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-").lower() or "host"
         return cls(name=name, email=f"host-{slug}@{AGENT_EMAIL_DOMAIN}", is_agent=True)
+
+    def with_admin(self, admin: bool = True) -> Actor:
+        """This actor, allowed (or not) to change `read_only` and `limit`."""
+        return dataclasses.replace(self, admin=admin)
 
 
 class Block(BaseModel):

@@ -23,10 +23,12 @@ from .errors import (
     FileFormatError,
     InvalidInputError,
     LimitExceededError,
+    NotAllowedError,
     NotFoundError,
     ReadOnlyError,
 )
 from .gitobjects import Ident
+from .prompt import render_memory_blocks
 from .models import DEFAULT_LIMIT, Actor, Agent, Block, EditResult, HistoryEntry, validate_name
 from .validation import (
     check_bool,
@@ -50,6 +52,7 @@ class Store:
     def __init__(self, ws: Workspace) -> None:
         self.ws = ws
         self.commits = Committer(ws, on_commit=self._after_commit)
+        self.last_change = history.LastChange(ws.git)
         self.catalog = Catalog(ws.blocks_dir, ws.state_dir / "catalog.gen", self._committed)
 
     @classmethod
@@ -89,7 +92,7 @@ class Store:
                 update={"version": history.resolve_version(self.ws.git, version)})
         block = self._read_block(name, strict=True)
         assert block is not None
-        return block.model_copy(update={"version": history.last_version(self.ws.git, rel)})
+        return block.model_copy(update={"version": self.last_change.get(rel)})
 
     def _read_block(self, name: str, *, strict: bool = False) -> Block | None:
         rel = f"blocks/{name}.md"
@@ -135,11 +138,14 @@ class Store:
         return block is not None and check(block)
 
     def _resolve_for_agent(self, label: str, agent_id: str) -> str:
-        agent = self.get_agent(agent_id)
+        return self._agent_entry(self.get_agent(agent_id), label).name
+
+    def _agent_entry(self, agent: Agent, label: str) -> CatalogEntry:
+        """The attached block `label` (or id) names, with Letta's error when there is none."""
         entries = [e for e in (self._entry_by_id(i) for i in agent.blocks) if e is not None]
         for entry in entries:
             if label in (entry.label, entry.id):
-                return entry.name
+                return entry
         available = ", ".join(e.label for e in entries)
         raise NotFoundError(f"Block field {label} does not exist (available sections = {available})")
 
@@ -208,14 +214,17 @@ class Store:
         if metadata is not None:
             changes["metadata"] = check_metadata(metadata)
 
+        actor = actor or self.person
+
         def change(block: Block) -> Block:
+            _check_policy_change(actor, block, changes)
             if "limit" in changes and len(block.value) > changes["limit"]:
                 raise LimitExceededError(block.label, changes["limit"], len(block.value))
             if changes.get("label", block.label) != block.label:
                 self._check_relabel(block, changes["label"])
             return block.model_copy(update=changes)
 
-        result = self._change_block(ref, actor or self.person, "update_block", change, enforce_read_only=False)
+        result = self._change_block(ref, actor, "update_block", change, enforce_read_only=False)
         if "label" in changes:
             self.catalog.bump()
         return result
@@ -458,7 +467,16 @@ class Store:
                                   subject=f"detach_block {agent.name} {block_ref}")
 
     def _resolve_for_agent_id(self, agent: Agent, ref: str) -> str:
-        return self.get_block(self._resolve_for_agent(ref, agent.id)).id
+        return self._agent_entry(agent, ref).id
+
+    def agent_blocks(self, agent_ref: str) -> list[Block]:
+        """The blocks attached to an agent, in its order (the files as they are now)."""
+        agent = self.get_agent(agent_ref)
+        return [b for b in (self._block_by_id(i) for i in agent.blocks) if b is not None]
+
+    def memory_context(self, agent_ref: str) -> str:
+        """An agent's blocks in Letta's `<memory_blocks>` format, read from disk now."""
+        return render_memory_blocks(self.agent_blocks(agent_ref))
 
     def block_agents(self, block_ref: str) -> list[Agent]:
         """The agents a block is attached to."""
@@ -477,6 +495,18 @@ class Store:
             message = commit_message(subject, {"Memstore-Op": op, "Memstore-Agent": actor.agent_id or agent.id})
             self.commits.write(rel, render_agent(new), current, _ident(actor), message)
         return new
+
+
+def _check_policy_change(actor: Actor, block: Block, changes: dict[str, Any]) -> None:
+    """Refuse an agent's change of `read_only` or `limit`: a policy block must stay locked."""
+    if not actor.is_agent or actor.admin:
+        return
+    for key in ("read_only", "limit"):
+        if key in changes and changes[key] != getattr(block, key):
+            raise NotAllowedError(
+                f"Changing `{key}` of block '{block.label}' is not allowed for agent '{actor.name}': "
+                "only a person or an admin may change a block's read_only flag or limit."
+            )
 
 
 def _ident(actor: Actor) -> Ident:

@@ -53,3 +53,8 @@ def assert_clean_repo(ws: Path) -> None:
     result = subprocess.run(["git", "fsck", "--strict"], cwd=ws, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert git(ws, "status", "--porcelain") == ""
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"

@@ -1,0 +1,45 @@
+"""The `memstore` command: the core's CLI plus `memstore serve`.
+
+The console script points here so that `memstore/` never refers to the MCP layer; the MCP
+SDK itself is imported only when `serve` runs, so other commands start fast.
+"""
+
+from __future__ import annotations
+
+import click
+
+from memstore.cli import handle_errors, main, workspace_option
+from memstore.store import Store
+
+ENV_TOKEN = "MEMSTORE_TOKEN"
+
+
+@main.command("serve")
+@click.option("--http", "use_http", is_flag=True, help="Serve streamable HTTP at /mcp instead of stdio.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (with --http).")
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on (with --http; 0 picks a free one).")
+@click.option("--token", envvar=ENV_TOKEN, metavar="SECRET",
+              help=f"Bearer token HTTP clients must send (default: ${ENV_TOKEN}); required beyond loopback.")
+@click.option("--as", "as_agent", metavar="AGENT",
+              help="Act as this agent: its blocks only, its read-only rules, commits authored by it.")
+@click.option("--admin", is_flag=True, help="Let the host change blocks' read_only flag and limit.")
+@workspace_option
+@handle_errors
+def serve(use_http: bool, host: str, port: int, token: str | None, as_agent: str | None, admin: bool,
+          workspace: str | None) -> None:
+    """Run the MCP server on this workspace (stdio unless --http)."""
+    from .run import check_http_options, serve_http, serve_stdio
+    from .server import ServerConfig
+
+    if use_http:
+        check_http_options(host, token)
+    store = Store.open(workspace)
+    config = ServerConfig(as_agent=as_agent, admin=admin)
+    if use_http:
+        serve_http(store, config, host=host, port=port, token=token)
+    else:
+        serve_stdio(store, config)
+
+
+__all__ = ["main", "serve"]

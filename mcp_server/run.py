@@ -1,0 +1,107 @@
+"""Running the server: stdio for hosts that launch it, streamable HTTP with a bearer token."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import socket
+import sys
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import anyio
+
+from memstore import MemstoreError, Store
+
+from .server import MemstoreServer, ServerConfig
+
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
+
+MCP_PATH = "/mcp"
+
+
+class ServeError(MemstoreError):
+    """The server cannot start as asked (a public address without a token, a taken port)."""
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and `localhost`: addresses no other machine can reach."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_http_options(host: str, token: str | None) -> None:
+    """Refuse to listen beyond loopback without a bearer token."""
+    if token is not None and not token.strip():
+        raise ServeError("The bearer token is empty; pass a real secret with --token or MEMSTORE_TOKEN.")
+    if not is_loopback(host) and not token:
+        raise ServeError(
+            f"Refusing to listen on {host} without a bearer token: anyone who can reach it could edit "
+            "memory. Pass --token SECRET (or set MEMSTORE_TOKEN), or bind 127.0.0.1."
+        )
+
+
+class BearerAuth:
+    """ASGI middleware: every HTTP request must carry `Authorization: Bearer <token>`, else 401."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[Any], Awaitable[None]]) -> None:
+        if scope["type"] == "http" and not self._authorized(scope):
+            body = json.dumps({"error": "unauthorized",
+                               "error_description": "missing or wrong bearer token"}).encode()
+            await send({"type": "http.response.start", "status": 401, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                (b"www-authenticate", b'Bearer realm="memstore"')]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
+
+    def _authorized(self, scope: Scope) -> bool:
+        given = dict(scope.get("headers") or []).get(b"authorization", b"")
+        return hmac.compare_digest(given, self.expected)
+
+
+def serve_stdio(store: Store, config: ServerConfig) -> None:
+    """Serve one host over stdin/stdout until it closes the pipe."""
+    MemstoreServer(store, config).run("stdio")
+
+
+def serve_http(store: Store, config: ServerConfig, *, host: str, port: int, token: str | None) -> None:
+    """Serve streamable HTTP at /mcp; port 0 picks a free port (printed on stderr)."""
+    import uvicorn
+
+    check_http_options(host, token)
+    server = MemstoreServer(store, config)
+    app: ASGIApp = server.streamable_http_app(streamable_http_path=MCP_PATH, host=host)
+    if token:
+        app = BearerAuth(app, token)
+    sock = _listen(host, port)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"memstore: serving MCP on http://{shown}:{sock.getsockname()[1]}{MCP_PATH}"
+          f"{' (bearer token required)' if token else ''}", file=sys.stderr, flush=True)
+    config_ = uvicorn.Config(app, log_level="warning", lifespan="on")
+    anyio.run(lambda: uvicorn.Server(config_).serve(sockets=[sock]))
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        raise ServeError(f"Cannot listen on {host}:{port}: {exc.strerror}.") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock

@@ -1,0 +1,308 @@
+"""memstore's MCP server: every tool and resource is a few lines that call the core.
+
+The server holds one `Store`. Who edits is decided per request: the agent given with
+`--as`, or else the host's client name from the MCP handshake. Either way the caller is
+an agent to the core, so read-only blocks bind it; `--admin` alone lets it change a
+block's `read_only` flag or `limit`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
+from mcp.types import Resource as MCPResource
+from mcp.types import ToolAnnotations
+from pydantic import Field
+
+import memstore
+from memstore import Actor, Agent, Block, EditResult, HistoryEntry, MemstoreError, Store
+from memstore.blockfile import render_agent, render_block
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+DEFAULT_HOST_NAME = "mcp-host"
+BLOCK_URI = "memstore://blocks/{name}"
+AGENT_URI = "memstore://agents/{name}"
+
+INSTRUCTIONS = """\
+memstore is shared memory: blocks of text that several agents and people read and edit.
+Every edit is a git commit authored by you. Use memory_insert to add lines (additive,
+safe alongside other writers), memory_replace to change text that occurs exactly once,
+memory_rethink to rewrite a whole block. Read-only blocks are policies: read, never edit.
+"""
+
+BlockRef = Annotated[str, Field(description="A block's id (block-…), file name or unambiguous label.")]
+AgentRef = Annotated[str, Field(description="An agent's id (agent-…) or name.")]
+Label = Annotated[str, Field(description="The label of the memory block to edit.")]
+Version = Annotated[str, Field(description="A commit id (as given by block_history) or a prefix of one.")]
+
+READ = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+ADD = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
+CHANGE = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False)
+SET = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How `memstore serve` was started: whom edits are attributed to, and admin rights."""
+
+    as_agent: str | None = None
+    admin: bool = False
+
+
+def core_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn a core error into a tool error that carries its message to the client."""
+
+    @functools.wraps(fn)
+    def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except MemstoreError as exc:
+            raise ToolError(str(exc)) from None
+
+    return call
+
+
+class MemstoreServer(MCPServer[Any]):
+    """An MCP server over one memstore workspace."""
+
+    def __init__(self, store: Store, config: ServerConfig | None = None) -> None:
+        super().__init__("memstore", version=memstore.__version__, instructions=INSTRUCTIONS, log_level="WARNING")
+        self.store = store
+        self.config = config or ServerConfig()
+        self._agent_actor = store.get_agent(self.config.as_agent).actor() if self.config.as_agent else None
+        _register_block_tools(self)
+        _register_edit_tools(self)
+        _register_history_tools(self)
+        _register_agent_tools(self)
+        _register_resources(self)
+
+    def actor(self, ctx: Context | None) -> Actor:
+        """The agent this request acts as: `--as AGENT`, else the host named in the handshake."""
+        actor = self._agent_actor or Actor.host(_client_name(ctx))
+        return actor.with_admin(self.config.admin)
+
+    async def list_resources(self) -> list[MCPResource]:
+        """The static resources plus one per block and one per agent, as they are now."""
+        found = await super().list_resources()
+        found += [MCPResource(uri=BLOCK_URI.format(name=b.name), name=b.name, title=b.label,
+                              description=b.description, mime_type="text/markdown")
+                  for b in self.store.list_blocks()]
+        found += [MCPResource(uri=AGENT_URI.format(name=a.name), name=f"agent {a.name}", title=a.name,
+                              description=a.description, mime_type="text/markdown")
+                  for a in self.store.list_agents()]
+        return found
+
+
+def _client_name(ctx: Context | None) -> str:
+    try:
+        params = ctx.session.client_params if ctx is not None else None
+    except (AttributeError, ValueError):  # no request in flight
+        return DEFAULT_HOST_NAME
+    info = getattr(params, "client_info", None)
+    return getattr(info, "name", None) or DEFAULT_HOST_NAME
+
+
+def _register_block_tools(server: MemstoreServer) -> None:
+    store = server.store
+
+    @server.tool(annotations=READ)
+    @core_errors
+    def list_blocks() -> list[Block]:
+        """List every memory block in the workspace (id, label, value, limit, read_only, …)."""
+        return store.list_blocks()
+
+    @server.tool(annotations=READ)
+    @core_errors
+    def get_block(block: BlockRef, ctx: Context, version: Version | None = None) -> Block:
+        """Read one memory block, as it is now or as of an earlier version."""
+        return store.get_block(block, version, actor=server.actor(ctx))
+
+    @server.tool(annotations=ADD)
+    @core_errors
+    def create_block(
+        label: str, ctx: Context, value: str = "", limit: int | None = None, read_only: bool = False,
+        description: str | None = None, metadata: dict[str, Any] | None = None,
+    ) -> Block:
+        """Create a memory block (default limit 20,000 characters). Attach it to agents with attach_block."""
+        return store.create_block(label, value, limit=limit, read_only=read_only, description=description,
+                                  metadata=metadata, actor=server.actor(ctx))
+
+    @server.tool(annotations=SET)
+    @core_errors
+    def update_block(
+        block: BlockRef, ctx: Context, label: str | None = None, description: str | None = None,
+        limit: int | None = None, read_only: bool | None = None, metadata: dict[str, Any] | None = None,
+    ) -> EditResult:
+        """Change a block's label, description or metadata (read_only and limit need an admin server)."""
+        return store.update_block(block, label=label, description=description, limit=limit, read_only=read_only,
+                                  metadata=metadata, actor=server.actor(ctx))
+
+    @server.tool(annotations=CHANGE)
+    @core_errors
+    def delete_block(block: BlockRef, ctx: Context) -> Block:
+        """Delete a block and detach it from every agent; its history stays in git."""
+        return store.delete_block(block, actor=server.actor(ctx))
+
+    @server.tool(annotations=READ)
+    @core_errors
+    def list_block_agents(block: BlockRef) -> list[Agent]:
+        """List the agents a block is attached to."""
+        return store.block_agents(block)
+
+
+def _register_edit_tools(server: MemstoreServer) -> None:
+    store = server.store
+
+    @server.tool(annotations=ADD)
+    @core_errors
+    def memory_insert(
+        label: Label, new_str: Annotated[str, Field(description="The text to insert.")], ctx: Context,
+        insert_line: Annotated[int, Field(description="Insert after this line: 0 for the top, -1 for the end.")] = -1,
+    ) -> EditResult:
+        """Insert text into a memory block after a given line. Additive: other writers' text is never lost."""
+        return store.memory_insert(label, new_str, insert_line, actor=server.actor(ctx))
+
+    @server.tool(annotations=CHANGE)
+    @core_errors
+    def memory_replace(
+        label: Label, old_str: Annotated[str, Field(description="Text that occurs exactly once in the block.")],
+        new_str: Annotated[str, Field(description="The text to put in its place (may be empty).")], ctx: Context,
+    ) -> EditResult:
+        """Replace text that occurs exactly once in a memory block; refused if it is missing or repeated."""
+        return store.memory_replace(label, old_str, new_str, actor=server.actor(ctx))
+
+    @server.tool(annotations=SET)
+    @core_errors
+    def memory_rethink(
+        label: Label, new_memory: Annotated[str, Field(description="The block's whole new value.")], ctx: Context,
+    ) -> EditResult:
+        """Rewrite a memory block's whole value (the old value stays in its history)."""
+        return store.memory_rethink(label, new_memory, actor=server.actor(ctx))
+
+    @server.tool(annotations=ADD)
+    @core_errors
+    def core_memory_append(label: Label, content: str, ctx: Context) -> EditResult:
+        """Append text to a memory block on a new line (Letta's older tool)."""
+        return store.core_memory_append(label, content, actor=server.actor(ctx))
+
+    @server.tool(annotations=CHANGE)
+    @core_errors
+    def core_memory_replace(label: Label, old_content: str, new_content: str, ctx: Context) -> EditResult:
+        """Replace every occurrence of old_content in a memory block (Letta's older tool)."""
+        return store.core_memory_replace(label, old_content, new_content, actor=server.actor(ctx))
+
+
+def _register_history_tools(server: MemstoreServer) -> None:
+    store = server.store
+
+    @server.tool(annotations=READ)
+    @core_errors
+    def block_history(block: BlockRef, limit: Annotated[int, Field(ge=1, le=1000)] = 20) -> list[HistoryEntry]:
+        """A block's changes, newest first: version (commit id), author, date, operation, message."""
+        return store.block_history(block, limit)
+
+    @server.tool(annotations=READ)
+    @core_errors
+    def block_diff(block: BlockRef, from_version: Version, to_version: Version | None = None) -> str:
+        """A unified diff of a block between two versions (to_version omitted: the block as it is now)."""
+        return store.block_diff(block, from_version, to_version) or "(no changes)"
+
+    @server.tool(annotations=SET)
+    @core_errors
+    def revert_block(block: BlockRef, version: Version, ctx: Context) -> EditResult:
+        """Set a block back to its value at an earlier version, as a new commit."""
+        return store.revert_block(block, version, actor=server.actor(ctx))
+
+
+def _register_agent_tools(server: MemstoreServer) -> None:
+    store = server.store
+
+    @server.tool(annotations=READ)
+    @core_errors
+    def list_agents() -> list[Agent]:
+        """List the registered agents, with their models, tools and attached block ids."""
+        return store.list_agents()
+
+    @server.tool(annotations=READ)
+    @core_errors
+    def get_agent(agent: AgentRef) -> Agent:
+        """Read one agent: model, tools, attached block ids, persona."""
+        return store.get_agent(agent)
+
+    @server.tool(annotations=ADD)
+    @core_errors
+    def create_agent(
+        name: str, model: Annotated[str, Field(description="A litellm model name, e.g. openai/gpt-4o-mini.")],
+        ctx: Context, block_ids: list[str] | None = None, tools: list[str] | None = None,
+        system: str | None = None, description: str | None = None,
+    ) -> Agent:
+        """Register a built-in agent with its model, tools, persona and attached blocks."""
+        return store.create_agent(name, model, block_ids=block_ids, tools=tools, system=system,
+                                  description=description, actor=server.actor(ctx))
+
+    @server.tool(annotations=CHANGE)
+    @core_errors
+    def delete_agent(agent: AgentRef, ctx: Context) -> Agent:
+        """Delete an agent (its blocks stay)."""
+        return store.delete_agent(agent, actor=server.actor(ctx))
+
+    @server.tool(annotations=SET)
+    @core_errors
+    def attach_block(agent: AgentRef, block: BlockRef, ctx: Context) -> Agent:
+        """Attach a block to an agent; its label must not clash with the agent's other blocks."""
+        return store.attach_block(agent, block, actor=server.actor(ctx))
+
+    @server.tool(annotations=SET)
+    @core_errors
+    def detach_block(agent: AgentRef, block: BlockRef, ctx: Context) -> Agent:
+        """Detach a block from an agent (the block itself stays)."""
+        return store.detach_block(agent, block, actor=server.actor(ctx))
+
+    @server.tool(annotations=ADD)
+    def send_message(agent: AgentRef, message: str) -> str:
+        """Send a message to a built-in agent and return its reply."""
+        raise ToolError(_NO_RUNTIME)
+
+    @server.tool(annotations=READ)
+    def list_messages(agent: AgentRef, limit: Annotated[int, Field(ge=1, le=1000)] = 50) -> str:
+        """Read a built-in agent's conversation, newest last."""
+        raise ToolError(_NO_RUNTIME)
+
+
+_NO_RUNTIME = (
+    "memstore's built-in agent runtime is not part of this version yet, so agents cannot be "
+    "messaged; their memory blocks can still be read and edited with the other tools."
+)
+
+
+def _register_resources(server: MemstoreServer) -> None:
+    store = server.store
+
+    @server.resource(BLOCK_URI, mime_type="text/markdown", description="A memory block file: front matter and value.")
+    def block_resource(name: str) -> str:
+        return _resource(lambda: render_block(store.get_block(name)).decode())
+
+    @server.resource(AGENT_URI, mime_type="text/markdown", description="An agent file: settings and persona.")
+    def agent_resource(name: str) -> str:
+        return _resource(lambda: render_agent(store.get_agent(name)).decode())
+
+    @server.prompt(name="memory_context", description="An agent's memory blocks in Letta's <memory_blocks> format.")
+    def memory_context(agent: str) -> str:
+        try:
+            return store.memory_context(agent)
+        except MemstoreError as exc:
+            raise ValueError(str(exc)) from None
+
+
+def _resource(read: Callable[[], str]) -> str:
+    try:
+        return read()
+    except MemstoreError as exc:
+        raise ResourceNotFoundError(str(exc)) from None
