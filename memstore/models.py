@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import unicodedata
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 

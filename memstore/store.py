@@ -28,8 +28,8 @@ from .errors import (
     ReadOnlyError,
 )
 from .gitobjects import Ident
-from .prompt import render_memory_blocks
 from .models import DEFAULT_LIMIT, Actor, Agent, Block, EditResult, HistoryEntry, validate_name
+from .prompt import render_memory_blocks
 from .validation import (
     check_bool,
     check_count,

@@ -11,8 +11,8 @@ from mcp import Client
 from mcp.shared.exceptions import MCPError
 from mcp.types import Implementation
 
-from memstore import Store
 from mcp_server import MemstoreServer, ServerConfig
+from memstore import Store
 
 from .conftest import commit_count, git
 from .mcp_helpers import error, ok
