@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, ParamSpec, TypeVar
 
+import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
 from mcp.types import Resource as MCPResource
@@ -119,10 +120,12 @@ def _register_block_tools(server: MemstoreServer) -> None:
         return store.list_blocks()
 
     @server.tool(annotations=READ)
-    @core_errors
-    def get_block(block: BlockRef, ctx: Context, version: Version | None = None) -> Block:
+    async def get_block(block: BlockRef, ctx: Context, version: Version | None = None) -> Block:
         """Read one memory block, as it is now or as of an earlier version."""
-        return store.get_block(block, version, actor=server.actor(ctx))
+        read = core_errors(functools.partial(store.get_block, block, version, actor=server.actor(ctx)))
+        if version is None:
+            return read()  # a file read: cheaper on the event loop than a hop to a worker thread
+        return await anyio.to_thread.run_sync(read)  # asks git: keep the loop free
 
     @server.tool(annotations=ADD)
     @core_errors

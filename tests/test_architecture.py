@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -25,3 +27,9 @@ def test_public_surface_is_exactly_all() -> None:
     public = {name for name in dir(memstore)
               if not name.startswith("_") and not isinstance(getattr(memstore, name), types.ModuleType)}
     assert public == set(memstore.__all__) - {"__version__"}
+
+
+def test_the_memstore_command_loads_the_mcp_sdk_only_for_serve() -> None:
+    code = "import sys, mcp_server.cli; print(sorted(m for m in sys.modules if m == 'mcp' or m.startswith('mcp.')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
