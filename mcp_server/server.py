@@ -22,6 +22,7 @@ from pydantic import Field
 
 import memstore
 from memstore import Actor, Agent, Block, EditResult, HistoryEntry, MemstoreError, Store
+from memstore.agents.messages import Message, TurnResult
 from memstore.blockfile import render_agent, render_block
 
 P = ParamSpec("P")
@@ -46,6 +47,7 @@ Version = Annotated[str, Field(description="A commit id (as given by block_histo
 READ = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 ADD = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
 CHANGE = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False)
+ADD_OPEN = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=True)
 SET = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)
 
 
@@ -268,21 +270,17 @@ def _register_agent_tools(server: MemstoreServer) -> None:
         """Detach a block from an agent (the block itself stays)."""
         return store.detach_block(agent, block, actor=server.actor(ctx))
 
-    @server.tool(annotations=ADD)
-    def send_message(agent: AgentRef, message: str) -> str:
-        """Send a message to a built-in agent and return its reply."""
-        raise ToolError(_NO_RUNTIME)
+    @server.tool(annotations=ADD_OPEN)
+    @core_errors
+    def send_message(agent: AgentRef, message: str) -> TurnResult:
+        """Send a message to a built-in agent; returns its turn: reasoning, tool calls and returns, reply, usage."""
+        return store.send_message(agent, message)
 
     @server.tool(annotations=READ)
-    def list_messages(agent: AgentRef, limit: Annotated[int, Field(ge=1, le=1000)] = 50) -> str:
-        """Read a built-in agent's conversation, newest last."""
-        raise ToolError(_NO_RUNTIME)
-
-
-_NO_RUNTIME = (
-    "memstore's built-in agent runtime is not part of this version yet, so agents cannot be "
-    "messaged; their memory blocks can still be read and edited with the other tools."
-)
+    @core_errors
+    def list_messages(agent: AgentRef, limit: Annotated[int, Field(ge=1, le=1000)] = 50) -> list[Message]:
+        """Read a built-in agent's conversation log, oldest first (the last `limit` messages)."""
+        return store.list_messages(agent, limit)
 
 
 def _register_resources(server: MemstoreServer) -> None:

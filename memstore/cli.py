@@ -382,3 +382,6 @@ def log_command(ref: str | None, limit: int, workspace: str | None, as_json: boo
     store = Store.open(workspace)
     entries = store.block_history(ref, limit) if ref else store.workspace_history(limit)
     _emit([e.model_dump() for e in entries], as_json, lambda: _history_text(entries) or "(no history)")
+
+
+from .agents import cli as _agent_commands  # noqa: E402,F401 - registers `agent send/messages` and `demo`

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import edits, history
+from .agents.messages import Message, TurnResult
 from .blockfile import agent_from_file, block_from_file, load_block, render_agent, render_block
 from .catalog import Catalog, CatalogEntry
 from .commits import Committer, commit_message
@@ -477,6 +478,18 @@ class Store:
     def memory_context(self, agent_ref: str) -> str:
         """An agent's blocks in Letta's `<memory_blocks>` format, read from disk now."""
         return render_memory_blocks(self.agent_blocks(agent_ref))
+
+    def send_message(self, agent_ref: str, message: str, **options: Any) -> TurnResult:
+        """Run one turn of a built-in agent through litellm (see `memstore.agents.runtime`)."""
+        from .agents import send_message
+
+        return send_message(self, agent_ref, message, **options)
+
+    def list_messages(self, agent_ref: str, limit: int = 50) -> list[Message]:
+        """The agent's last `limit` logged messages, oldest first."""
+        from .agents import list_messages
+
+        return list_messages(self, agent_ref, limit)
 
     def block_agents(self, block_ref: str) -> list[Agent]:
         """The agents a block is attached to."""

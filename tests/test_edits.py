@@ -6,8 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from memstore import InvalidInputError, InvalidInsertLineError, LimitExceededError, ReplaceError
-from memstore import edits
+from memstore import InvalidInputError, InvalidInsertLineError, LimitExceededError, ReplaceError, edits
 
 texts = st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=200)
 lines_text = st.lists(st.text(alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\n"),

@@ -13,6 +13,7 @@ from mcp.types import Implementation
 
 from mcp_server import MemstoreServer, ServerConfig
 from memstore import Store
+from memstore.agents.scripted import ScriptedModel, http_error, text, tool_calls
 
 from .conftest import commit_count, git
 from .mcp_helpers import error, ok
@@ -243,9 +244,24 @@ async def test_agent_tools_create_attach_detach_delete(client: Client, store: St
     assert "Unknown tool" in await error(client, "create_agent", name="a3", model="m", tools=["rm_rf"])
 
 
-async def test_send_message_and_list_messages_say_the_runtime_is_missing(client: Client) -> None:
-    for tool, args in (("send_message", {"agent": "agent1", "message": "hi"}), ("list_messages", {"agent": "agent1"})):
-        assert "built-in agent runtime is not part of this version" in await error(client, tool, **args)
+async def test_send_message_runs_a_turn_and_list_messages_reads_the_log(
+    client: Client, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-local")
+    block = store.create_block("organization", "Org")
+    with ScriptedModel() as model:
+        store.create_agent("agent1", "openai/agent1", block_ids=[block.id], api_base=model.api_base)
+        model.enqueue("agent1", tool_calls(("memory_insert", {"label": "organization", "new_str": "agent1: hi"})),
+                      text("Saved."), http_error(429))
+        turn = await ok(client, "send_message", agent="agent1", message="Say hi in memory.")
+        assert [m["message_type"] for m in turn["messages"]] == [
+            "tool_call_message", "tool_return_message", "assistant_message"]
+        assert turn["stop_reason"]["stop_reason"] == "end_turn" and turn["usage"]["step_count"] == 2
+        logged = await ok(client, "list_messages", agent="agent1", limit=2)
+        assert [m["message_type"] for m in logged] == ["tool_return_message", "assistant_message"]
+        assert "rate-limited" in await error(client, "send_message", agent="agent1", message="again")
+    assert store.get_block("organization").value == "Org\nagent1: hi"
+    assert "No agent named 'ghost'" in await error(client, "send_message", agent="ghost", message="hi")
 
 
 # -- resources and the prompt ------------------------------------------------------------
