@@ -1,6 +1,8 @@
 """memstore: shared memory blocks for LLM agents, kept as markdown files in a git repository."""
 
+from .agents.messages import TurnResult
 from .errors import (
+    AgentTurnError,
     AmbiguousNameError,
     ConflictError,
     EditError,
@@ -28,6 +30,7 @@ __all__ = [
     "KNOWN_TOOLS",
     "Actor",
     "Agent",
+    "AgentTurnError",
     "AmbiguousNameError",
     "Block",
     "ConflictError",
@@ -46,6 +49,7 @@ __all__ = [
     "ReadOnlyError",
     "ReplaceError",
     "Store",
+    "TurnResult",
     "WorkspaceError",
     "__version__",
     "validate_name",

@@ -10,6 +10,7 @@
     ├── ConflictError           a name or label that is already taken
     ├── LockTimeoutError        another process held a lock for too long
     ├── NotAllowedError         an agent asked for a change only people and admins may make
+    ├── AgentTurnError          a built-in agent's turn ended by a provider fault or a malformed call
     └── EditError               a memory edit refused with nothing written (Letta's wording)
         ├── ReadOnlyError
         ├── LimitExceededError
@@ -20,6 +21,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 
 class MemstoreError(Exception):
@@ -73,6 +75,14 @@ class LockTimeoutError(MemstoreError, TimeoutError):
 
 class NotAllowedError(MemstoreError, PermissionError):
     """An agent (or MCP host) asked for a change reserved to people and admins."""
+
+
+class AgentTurnError(MemstoreError):
+    """A turn the provider or the model ended early; `result` (a TurnResult) holds what it did."""
+
+    def __init__(self, message: str, result: Any) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 class EditError(MemstoreError):

@@ -10,10 +10,10 @@ from typing import Any
 import click
 
 from ..cli import agent, handle_errors, json_option, main, workspace_option
-from ..errors import WorkspaceError
+from ..errors import AgentTurnError, WorkspaceError
 from ..store import Store
 from .messages import TurnResult
-from .runtime import DEFAULT_MAX_STEPS, AgentTurnError
+from .runtime import DEFAULT_MAX_STEPS
 
 
 def message_lines(name: str, message: Any) -> list[str]:

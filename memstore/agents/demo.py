@@ -77,7 +77,7 @@ def run_demo(folder: Path, model: str | None, say: Callable[[str], None],
              show_turn: Callable[[str, TurnResult], None]) -> Store:
     """Run the tutorial in a new workspace at `folder`, narrating through `say`."""
     store = Store.init(folder)
-    say(f"Workspace: {folder}")
+    say(f"Workspace: {folder.resolve()}")
     with demo_model(model) as chosen:
         if chosen.scripted:
             say("No provider key found (set OPENAI_API_KEY, or MEMSTORE_DEMO_MODEL / --model for another "

@@ -14,7 +14,7 @@ import os
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from ..errors import MemstoreError
+from ..errors import AgentTurnError
 from ..models import Agent
 from ..prompt import render_memory_blocks
 from ..validation import check_count, check_text
@@ -39,14 +39,6 @@ if TYPE_CHECKING:
 DEFAULT_MAX_STEPS = 10
 DEFAULT_TIMEOUT = 60.0
 CONTEXT_MESSAGES = 100  # log messages replayed to the model before this turn
-
-
-class AgentTurnError(MemstoreError):
-    """A turn the provider or the model ended early; `result` holds what it did until then."""
-
-    def __init__(self, message: str, result: TurnResult) -> None:
-        super().__init__(message)
-        self.result = result
 
 
 class _Stop(Exception):
