@@ -33,3 +33,10 @@ def test_the_memstore_command_loads_the_mcp_sdk_only_for_serve() -> None:
     code = "import sys, mcp_server.cli; print(sorted(m for m in sys.modules if m == 'mcp' or m.startswith('mcp.')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_litellm_is_imported_only_when_a_turn_runs() -> None:
+    code = ("import sys, memstore, memstore.agents, mcp_server.cli, mcp_server.server; "
+            "print('litellm' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
