@@ -24,10 +24,11 @@ ENV_TOKEN = "MEMSTORE_TOKEN"
 @click.option("--as", "as_agent", metavar="AGENT",
               help="Act as this agent: its blocks only, its read-only rules, commits authored by it.")
 @click.option("--admin", is_flag=True, help="Let the host change blocks' read_only flag and limit.")
+@click.option("--no-watch", is_flag=True, help="Do not watch for hand edits (no commits of them, no notifications).")
 @workspace_option
 @handle_errors
 def serve(use_http: bool, host: str, port: int, token: str | None, as_agent: str | None, admin: bool,
-          workspace: str | None) -> None:
+          no_watch: bool, workspace: str | None) -> None:
     """Run the MCP server on this workspace (stdio unless --http)."""
     from .run import check_http_options, serve_http, serve_stdio
     from .server import ServerConfig
@@ -37,9 +38,9 @@ def serve(use_http: bool, host: str, port: int, token: str | None, as_agent: str
     store = Store.open(workspace)
     config = ServerConfig(as_agent=as_agent, admin=admin)
     if use_http:
-        serve_http(store, config, host=host, port=port, token=token)
+        serve_http(store, config, host=host, port=port, token=token, watch=not no_watch)
     else:
-        serve_stdio(store, config)
+        serve_stdio(store, config, watch=not no_watch)
 
 
 __all__ = ["main", "serve"]

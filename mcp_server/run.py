@@ -7,12 +7,14 @@ import ipaddress
 import json
 import socket
 import sys
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from contextlib import contextmanager
 from typing import Any
 
 import anyio
 
 from memstore import MemstoreError, Store
+from memstore.watcher import Watcher
 
 from .server import MemstoreServer, ServerConfig
 
@@ -71,12 +73,25 @@ class BearerAuth:
         return hmac.compare_digest(given, self.expected)
 
 
-def serve_stdio(store: Store, config: ServerConfig) -> None:
+def serve_stdio(store: Store, config: ServerConfig, *, watch: bool = True) -> None:
     """Serve one host over stdin/stdout until it closes the pipe."""
-    MemstoreServer(store, config).run("stdio")
+    server = MemstoreServer(store, config)
+    with _watching(server, watch):
+        server.run("stdio")
 
 
-def serve_http(store: Store, config: ServerConfig, *, host: str, port: int, token: str | None) -> None:
+@contextmanager
+def _watching(server: MemstoreServer, watch: bool) -> Iterator[None]:
+    """Run the hand-edit watcher beside the server; its changes become resource notifications."""
+    if not watch:
+        yield
+        return
+    with Watcher(server.store, on_change=server.notifier.changed):
+        yield
+
+
+def serve_http(store: Store, config: ServerConfig, *, host: str, port: int, token: str | None,
+               watch: bool = True) -> None:
     """Serve streamable HTTP at /mcp; port 0 picks a free port (printed on stderr)."""
     import uvicorn
 
@@ -90,7 +105,8 @@ def serve_http(store: Store, config: ServerConfig, *, host: str, port: int, toke
     print(f"memstore: serving MCP on http://{shown}:{sock.getsockname()[1]}{MCP_PATH}"
           f"{' (bearer token required)' if token else ''}", file=sys.stderr, flush=True)
     config_ = uvicorn.Config(app, log_level="warning", lifespan="on")
-    anyio.run(lambda: uvicorn.Server(config_).serve(sockets=[sock]))
+    with _watching(server, watch):
+        anyio.run(lambda: uvicorn.Server(config_).serve(sockets=[sock]))
 
 
 def _listen(host: str, port: int) -> socket.socket:

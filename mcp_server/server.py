@@ -24,6 +24,9 @@ import memstore
 from memstore import Actor, Agent, Block, EditResult, HistoryEntry, MemstoreError, Store
 from memstore.agents.messages import Message, TurnResult
 from memstore.blockfile import render_agent, render_block
+from memstore.handedits import Status, status
+
+from .notify import Notifier
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -85,6 +88,8 @@ class MemstoreServer(MCPServer[Any]):
         _register_history_tools(self)
         _register_agent_tools(self)
         _register_resources(self)
+        self.notifier = Notifier(self._subscriptions, resource_uri)
+        self.notifier.install(self._lowlevel_server)
 
     def actor(self, ctx: Context | None) -> Actor:
         """The agent this request acts as: `--as AGENT`, else the host named in the handshake."""
@@ -101,6 +106,15 @@ class MemstoreServer(MCPServer[Any]):
                               description=a.description, mime_type="text/markdown")
                   for a in self.store.list_agents()]
         return found
+
+
+def resource_uri(rel: str) -> str | None:
+    """The resource URI of a workspace file (`blocks/x.md` -> `memstore://blocks/x`), if it is one."""
+    for folder, template in (("blocks/", BLOCK_URI), ("agents/", AGENT_URI)):
+        name = rel.removeprefix(folder).removesuffix(".md")
+        if rel.startswith(folder) and rel.endswith(".md") and "/" not in name:
+            return template.format(name=name)
+    return None
 
 
 def _client_name(ctx: Context | None) -> str:
@@ -154,6 +168,12 @@ def _register_block_tools(server: MemstoreServer) -> None:
     def delete_block(block: BlockRef, ctx: Context) -> Block:
         """Delete a block and detach it from every agent; its history stays in git."""
         return store.delete_block(block, actor=server.actor(ctx))
+
+    @server.tool(annotations=READ)
+    @core_errors
+    def workspace_status() -> Status:
+        """Hand edits not yet committed, invalid block/agent files with the reason, the watcher's last error."""
+        return status(store)
 
     @server.tool(annotations=READ)
     @core_errors

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import click
 
 from .errors import MemstoreError
+from .handedits import file_problem
 from .models import Actor, Agent, Block, EditResult, HistoryEntry
 from .store import Store
 from .workspace import ENV_WORKSPACE
@@ -133,7 +134,11 @@ def block_list(workspace: str | None, as_json: bool) -> None:
 @handle_errors
 def block_show(ref: str, version: str | None, workspace: str | None, as_json: bool) -> None:
     """Show a block by id, file name or label."""
-    found = Store.open(workspace).get_block(ref, version)
+    store = Store.open(workspace)
+    found = store.get_block(ref, version)
+    problem = None if version else file_problem(store, found.path)
+    if problem:
+        click.echo(f"memstore: warning: {problem}. Showing the last committed version.", err=True)
     _emit(found.model_dump(), as_json, lambda: _block_text(found))
 
 
@@ -384,4 +389,5 @@ def log_command(ref: str | None, limit: int, workspace: str | None, as_json: boo
     _emit([e.model_dump() for e in entries], as_json, lambda: _history_text(entries) or "(no history)")
 
 
+from . import watch_cli as _watch_commands  # noqa: E402,F401 - registers `status` and `watch`
 from .agents import cli as _agent_commands  # noqa: E402,F401 - registers `agent send/messages` and `demo`

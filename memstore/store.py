@@ -103,7 +103,18 @@ class Store:
                 raise NotFoundError(f"Block file {rel} no longer exists.")
             return None
         try:
-            return block_from_file(data, rel, name)
+            block = block_from_file(data, rel, name)
+            if len(block.value) <= block.limit or not self.commits.hand_edited(rel, data):
+                return block
+        except FileFormatError:
+            pass
+        return self._last_good(rel, name, data, strict=strict)
+
+    def _last_good(self, rel: str, name: str, data: bytes, *, strict: bool) -> Block | None:
+        """An invalid hand edit is not memory yet: readers get the block as last committed."""
+        committed = self._committed(rel)
+        try:
+            return block_from_file(committed, rel, name) if committed is not None else block_from_file(data, rel, name)
         except FileFormatError:
             if strict:
                 raise

@@ -9,6 +9,7 @@ from __future__ import annotations
 import getpass
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,23 @@ class Workspace:
     @property
     def tmp_dir(self) -> Path:
         return self.state_dir / "tmp"
+
+    def read_state(self, name: str) -> str | None:
+        """A small local-state note in `.memstore/` (never committed), or None."""
+        try:
+            return (self.state_dir / name).read_text(encoding="utf-8") or None
+        except (FileNotFoundError, UnicodeDecodeError):
+            return None
+
+    def write_state(self, name: str, text: str | None) -> None:
+        """Replace (None: remove) a local-state note atomically."""
+        target = self.state_dir / name
+        if text is None:
+            target.unlink(missing_ok=True)
+            return
+        tmp = self.tmp_dir / f"{name}.{os.getpid()}.{threading.get_ident()}"
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, target)
 
     def check_state(self) -> None:
         """Refuse to commit while git is in the middle of a multi-step operation."""

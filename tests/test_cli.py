@@ -87,7 +87,9 @@ def test_cli_reports_a_hand_broken_file_with_its_line(run, ws_path: Path) -> Non
     run("block", "create", "org", "v")
     path = ws_path / "blocks" / "org.md"
     path.write_text(path.read_text().replace("limit: 20000", "limit: [20000"))
-    assert "blocks/org.md, line" in run("block", "show", "org", code=1)
+    shown = run("block", "show", "org")
+    assert "memstore: warning: blocks/org.md, line" in shown and "Showing the last committed version" in shown
+    assert "blocks/org.md, line" in run("block", "insert", "org", "more", code=1)  # edits refuse it
 
 
 def test_cli_value_from_stdin_keeps_unicode(run, ws_path: Path) -> None:

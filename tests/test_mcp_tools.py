@@ -25,7 +25,7 @@ TOOLS = {
     "memory_insert", "memory_replace", "memory_rethink", "core_memory_append", "core_memory_replace",
     "block_history", "block_diff", "revert_block",
     "list_agents", "get_agent", "create_agent", "delete_agent", "attach_block", "detach_block",
-    "send_message", "list_messages",
+    "send_message", "list_messages", "workspace_status",
 }
 HOST = Implementation(name="Claude Desktop", version="1.0")
 

@@ -1,0 +1,194 @@
+"""Hand edits: a person's change of a block or agent file, checked and committed under their name.
+
+`pick_up(store, rel)` runs under the file's lock and compares the file with its last
+commit. Equal: nothing to do (memstore's own write, or another watcher got there first).
+Valid: one commit authored by the person. Invalid (unparsable, not UTF-8, a changed id,
+over the limit): nothing is committed and the file is left exactly as written; the
+problem is returned and shown by `status`. A new block file without an id is committed as
+written, then memstore adds the id in a commit of its own. A deleted file is committed as
+a deletion.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel
+
+from .blockfile import agent_from_file, load_block, parse_document, render_document
+from .commits import blob_id, commit_message
+from .errors import FileFormatError, MemstoreError
+from .workspace import COMMITTER
+
+if TYPE_CHECKING:
+    from .store import Store
+
+WATCHED = re.compile(r"(blocks|agents)/([A-Za-z0-9_][A-Za-z0-9_.\-]*)\.md")
+
+Action = Literal["unchanged", "committed", "created", "deleted", "invalid"]
+
+
+class PickUp(BaseModel):
+    """What happened to one file the watcher (or `status`) looked at."""
+
+    path: str
+    action: Action
+    problem: str | None = None
+    version: str | None = None
+    notice: str | None = None
+
+
+class Status(BaseModel):
+    """`memstore status`: what is on disk but not committed, and why."""
+
+    uncommitted: list[str]
+    invalid: list[PickUp]
+    notices: list[str]
+    watcher_error: str | None = None
+
+
+def is_watched(rel: str) -> bool:
+    """A block or agent file (not an editor's swap, backup or temp file, not a log)."""
+    return WATCHED.fullmatch(rel) is not None and ".." not in rel
+
+
+def pick_up(store: Store, rel: str) -> PickUp:
+    """Commit a person's change of `rel` if it is valid; report it if not."""
+    if not is_watched(rel):
+        return PickUp(path=rel, action="unchanged")
+    commits = store.commits
+    if _blob(commits.read(rel)) == commits.head_blob(rel):
+        return PickUp(path=rel, action="unchanged")  # the common case, without waiting for the lock
+    with commits.locked(rel) as current:
+        head = commits.head_blob(rel)
+        if _blob(current) == head:
+            return PickUp(path=rel, action="unchanged")
+        if current is None:
+            return _commit_deletion(store, rel)
+        problem, missing_id = check(store, rel, current, has_head=head is not None)
+        if problem:
+            return PickUp(path=rel, action="invalid", problem=problem)
+        commits.adopt_hand_edit(rel, current, f"Hand edit {rel}", {"Memstore-Op": "hand_edit"})
+        version = commits.git.read_ref(commits.git.head_ref())
+        if missing_id:
+            version = _add_id(store, rel, current) or version
+    store.catalog.bump()
+    return PickUp(path=rel, action="created" if head is None else "committed", version=version)
+
+
+def check(store: Store, rel: str, data: bytes, *, has_head: bool) -> tuple[str | None, bool]:
+    """(the problem with this file, or None; whether it is a new block that needs an id)."""
+    kind, name = WATCHED.fullmatch(rel).groups()  # type: ignore[union-attr]
+    committed_id = _committed_id(store, rel) if has_head else None
+    try:
+        if kind == "agents":
+            found_id = agent_from_file(data, rel).id
+        else:
+            meta, _ = _new_block_document(data, rel) if not has_head else parse_document(data, rel)
+            if "id" not in meta and not has_head:
+                return None, True
+            block, _ = load_block(data, rel, name)
+            if len(block.value) > block.limit:
+                return (f"{rel}: the value is {len(block.value):,} characters, over its limit of {block.limit:,}; "
+                        "shorten it or raise `limit`"), False
+            found_id = block.id
+    except FileFormatError as exc:
+        return str(exc), False
+    if committed_id and found_id != committed_id:
+        return f"{rel}: the id changed from {committed_id} to {found_id}; ids never change — put back {committed_id}", False
+    return None, False
+
+
+def file_problem(store: Store, rel: str) -> str | None:
+    """Why the file on disk is not what readers get (an invalid, uncommitted hand edit), or None."""
+    data = store.commits.read(rel)
+    head = store.commits.head_blob(rel)
+    if data is None or _blob(data) == head:
+        return None
+    return check(store, rel, data, has_head=head is not None)[0]
+
+
+def _committed_id(store: Store, rel: str) -> str | None:
+    data = store._committed(rel)
+    try:
+        meta, _ = parse_document(data or b"", rel)
+    except FileFormatError:
+        return None
+    found = meta.get("id")
+    return found if isinstance(found, str) else None
+
+
+def _commit_deletion(store: Store, rel: str) -> PickUp:
+    gone_id = _committed_id(store, rel)
+    store.commits.adopt_hand_edit(rel, None, f"Hand edit {rel}: deleted", {"Memstore-Op": "hand_edit"})
+    store.catalog.bump()
+    notice = None
+    if rel.startswith("blocks/") and gone_id:
+        holders = [a.name for a in store.list_agents() if gone_id in a.blocks]
+        if holders:
+            notice = f"{rel} was deleted by hand, but {', '.join(holders)} still list {gone_id}"
+    return PickUp(path=rel, action="deleted", notice=notice, version=store.commits.git.read_ref(
+        store.commits.git.head_ref()))
+
+
+def _add_id(store: Store, rel: str, current: bytes) -> str | None:
+    """Give a new hand-written block its id (and a label from its file name if it has none)."""
+    meta, body = _new_block_document(current, rel)
+    name = WATCHED.fullmatch(rel).group(2)  # type: ignore[union-attr]
+    added: dict[str, Any] = {"id": f"block-{uuid.uuid4()}"}
+    if "label" not in meta:
+        added["label"] = name
+    data = render_document({**added, **meta}, body)
+    problem, _ = check(store, rel, data, has_head=True)
+    if problem:
+        return None  # committed as written; `status` shows what still needs fixing
+    return store.commits.write(rel, data, current, COMMITTER, commit_message(
+        f"Add id to {rel}", {"Memstore-Op": "add_id", "Memstore-Block": added["id"]}))
+
+
+def _new_block_document(data: bytes, rel: str) -> tuple[dict[str, Any], str]:
+    """A new block file may be plain text: then it is all value, and memstore adds the front matter."""
+    if data.removeprefix(b"\xef\xbb\xbf").startswith(b"---"):
+        return parse_document(data, rel)
+    try:
+        return {}, data.decode("utf-8").removesuffix("\n")
+    except UnicodeDecodeError:
+        return parse_document(data, rel)  # raises, naming the line of the bad byte
+
+
+def status(store: Store) -> Status:
+    """Files that differ from their last commit (valid or not), and agents listing deleted blocks."""
+    uncommitted, invalid = [], []
+    for rel in _candidates(store):
+        data = store.commits.read(rel)
+        head = store.commits.head_blob(rel)
+        if _blob(data) == head:
+            continue
+        problem = None if data is None else check(store, rel, data, has_head=head is not None)[0]
+        if problem:
+            invalid.append(PickUp(path=rel, action="invalid", problem=problem))
+        else:
+            uncommitted.append(rel)
+    return Status(uncommitted=uncommitted, invalid=invalid, notices=_dangling(store),
+                  watcher_error=store.ws.read_state("watcher-error"))
+
+
+def _candidates(store: Store) -> list[str]:
+    on_disk = {f"{d}/{p.name}" for d in ("blocks", "agents") for p in (store.ws.root / d).glob("*.md")}
+    out = store.ws.git.repo.git.ls_files("--", "blocks/*.md", "agents/*.md")
+    return sorted(r for r in on_disk | set(out.splitlines()) if is_watched(r))
+
+
+def _dangling(store: Store) -> list[str]:
+    known = {b.id for b in store.list_blocks()}
+    try:
+        agents = store.list_agents()
+    except MemstoreError:
+        return []
+    return [f"agent {a.name} lists {i}, which no longer exists" for a in agents for i in a.blocks if i not in known]
+
+
+def _blob(data: bytes | None) -> str | None:
+    return blob_id(data) if data is not None else None

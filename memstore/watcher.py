@@ -1,0 +1,185 @@
+"""The watcher: a watchdog observer on `blocks/` and `agents/` that picks up hand edits.
+
+Events are collected per file and handled once the file has been quiet for a moment
+(editors save with several events: write a temp file, rename it over, touch a backup).
+Only `blocks/<name>.md` and `agents/<name>.md` count; swap, backup and temp files never
+match a block or agent name. Each settled file goes through `handedits.pick_up`, which
+commits a valid hand edit once however many watchers see it. Every settled change, from
+any writer, is also reported to `on_change`, which the MCP server turns into resource
+notifications.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from .commits import blob_id
+from .errors import MemstoreError
+from .handedits import PickUp, is_watched, pick_up
+
+if TYPE_CHECKING:
+    from .store import Store
+
+log = logging.getLogger("memstore.watcher")
+
+DEBOUNCE = 0.15  # seconds a file must stay quiet before it is handled
+ChangeKind = str  # "updated" | "created" | "deleted"
+
+
+class Watcher:
+    """Watch a workspace; `start()` / `stop()`, or use as a context manager."""
+
+    def __init__(self, store: Store, on_change: Callable[[str, ChangeKind], None] | None = None,
+                 on_pick_up: Callable[[PickUp], None] | None = None, debounce: float = DEBOUNCE) -> None:
+        self.store = store
+        self.on_change = on_change
+        self.on_pick_up = on_pick_up
+        self.debounce = debounce
+        self._due: dict[str, float] = {}
+        self._seen: dict[str, str | None] = {}  # rel -> blob last reported
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._observer = Observer()
+        self._worker = threading.Thread(target=self._run, name="memstore-watcher", daemon=True)
+
+    def start(self) -> Watcher:
+        root = self.store.ws.root
+        handler = _Handler(root, self._touch)
+        for folder in (self.store.ws.blocks_dir, self.store.ws.agents_dir):
+            folder.mkdir(exist_ok=True)
+            self._observer.schedule(handler, str(folder), recursive=False)
+        self._remember_current()
+        self._observer.start()
+        self._worker.start()
+        for rel in self._pending_at_start():
+            self._touch(rel)
+        return self
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._observer.stop()
+        self._observer.join(timeout=5)
+        self._worker.join(timeout=5)
+
+    def __enter__(self) -> Watcher:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _touch(self, rel: str) -> None:
+        with self._cond:
+            self._due[rel] = time.monotonic() + self.debounce
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and not self._ready():
+                    self._cond.wait(timeout=self._wait_time())
+                if self._stopping:
+                    return
+                now = time.monotonic()
+                ready = [rel for rel, due in self._due.items() if due <= now]
+                for rel in ready:
+                    del self._due[rel]
+            for rel in ready:
+                self._handle(rel)
+
+    def _ready(self) -> bool:
+        now = time.monotonic()
+        return any(due <= now for due in self._due.values())
+
+    def _wait_time(self) -> float | None:
+        return max(0.0, min(self._due.values()) - time.monotonic()) if self._due else None
+
+    def _handle(self, rel: str) -> None:
+        try:
+            result = pick_up(self.store, rel)
+        except (MemstoreError, OSError) as exc:
+            self._record_error(rel, exc)
+            return
+        except Exception as exc:  # the watcher must outlive any one file  # noqa: BLE001
+            self._record_error(rel, exc, detail=traceback.format_exc())
+            return
+        if result.action != "unchanged":
+            _log_pick_up(result)
+            if self.on_pick_up is not None:
+                self.on_pick_up(result)
+        self._report(rel)
+
+    def _report(self, rel: str) -> None:
+        """Tell `on_change` when the file's content differs from what was last reported."""
+        data = self.store.commits.read(rel)
+        blob = blob_id(data) if data is not None else None
+        before = self._seen.get(rel, "unknown")
+        if blob == before:
+            return
+        self._seen[rel] = blob
+        kind = "deleted" if blob is None else "created" if before in (None, "unknown") else "updated"
+        if self.on_change is not None:
+            self.on_change(rel, kind)
+
+    def _record_error(self, rel: str, exc: BaseException, detail: str = "") -> None:
+        message = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {rel}: {exc}"
+        log.error("%s%s", message, f"\n{detail}" if detail else "")
+        try:
+            self.store.ws.write_state("watcher-error", message)
+        except OSError:
+            pass
+
+    def _remember_current(self) -> None:
+        for folder, kind in ((self.store.ws.blocks_dir, "blocks"), (self.store.ws.agents_dir, "agents")):
+            for path in folder.glob("*.md"):
+                rel = f"{kind}/{path.name}"
+                if is_watched(rel):
+                    data = self.store.commits.read(rel)
+                    self._seen[rel] = blob_id(data) if data is not None else None
+
+    def _pending_at_start(self) -> list[str]:
+        """Files that already differ from their last commit when the watcher starts."""
+        from .handedits import status
+
+        report = status(self.store)
+        return [*report.uncommitted, *(p.path for p in report.invalid)]
+
+
+def _log_pick_up(result: PickUp) -> None:
+    if result.problem:
+        log.warning("%s: not committed: %s", result.path, result.problem)
+        return
+    log.info("%s: %s by hand, commit %s", result.path, result.action, (result.version or "?")[:12])
+    if result.notice:
+        log.warning("%s", result.notice)
+
+
+class _Handler(FileSystemEventHandler):
+    """Turns watchdog events into workspace-relative paths of block and agent files."""
+
+    def __init__(self, root: Path, touch: Callable[[str], None]) -> None:
+        self.root = root
+        self.touch = touch
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory or event.event_type in ("opened", "closed_no_write"):
+            return
+        for path in (event.src_path, getattr(event, "dest_path", "")):
+            if not path:
+                continue
+            try:
+                rel = Path(str(path)).relative_to(self.root).as_posix()
+            except ValueError:
+                continue
+            if is_watched(rel):
+                self.touch(rel)

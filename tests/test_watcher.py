@@ -1,0 +1,178 @@
+"""Hand edits picked up by a real watchdog observer, made the way editors make them."""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from memstore import Store
+from memstore.handedits import PickUp, status
+from memstore.watcher import Watcher
+
+from .conftest import PERSON_EMAIL, PERSON_NAME, commit_count, git
+
+MEMSTORE = str(Path(sys.executable).with_name("memstore"))
+WAIT = 15.0  # seconds: the bound on every wait (events normally settle in well under one)
+
+
+class Seen:
+    """The watcher's pick-ups and change reports, waited on as events."""
+
+    def __init__(self) -> None:
+        self.picked: queue.Queue[PickUp] = queue.Queue()
+        self.changes: queue.Queue[tuple[str, str]] = queue.Queue()
+
+    def next_pick_up(self) -> PickUp:
+        try:
+            return self.picked.get(timeout=WAIT)
+        except queue.Empty:
+            pytest.fail(f"the watcher picked up nothing within {WAIT} s")
+
+    def next_change(self) -> tuple[str, str]:
+        try:
+            return self.changes.get(timeout=WAIT)
+        except queue.Empty:
+            pytest.fail(f"the watcher reported no change within {WAIT} s")
+
+
+@pytest.fixture
+def seen(store: Store) -> Iterator[Seen]:
+    events = Seen()
+    with Watcher(store, on_change=lambda rel, kind: events.changes.put((rel, kind)), on_pick_up=events.picked.put):
+        yield events
+
+
+def block_text(store: Store, name: str) -> str:
+    return (store.ws.root / "blocks" / f"{name}.md").read_text()
+
+
+def save_by_rename(path: Path, text: str) -> None:
+    """How many editors save: write a temp file beside it, then rename it over."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_like_vim(path: Path, text: str) -> None:
+    """vim: probe with 4913, keep a swap file and a backup~, then write the file."""
+    (path.parent / "4913").write_text("")
+    (path.parent / "4913").unlink()
+    swap = path.with_name(f".{path.name}.swp")
+    swap.write_bytes(b"\0swap")
+    backup = path.with_name(path.name + "~")
+    backup.write_bytes(path.read_bytes())
+    path.write_text(text)
+    backup.unlink()
+    swap.unlink()
+
+
+def test_a_valid_hand_edit_becomes_one_commit_by_the_person(store: Store, seen: Seen, ws_path: Path) -> None:
+    store.create_block("notes", "hello")
+    assert seen.next_change() == ("blocks/notes.md", "created")
+    before = commit_count(ws_path)
+    path = ws_path / "blocks" / "notes.md"
+    path.write_text(block_text(store, "notes").replace("hello", "hello, written in place"))
+
+    picked = seen.next_pick_up()
+    assert (picked.path, picked.action) == ("blocks/notes.md", "committed")
+    assert commit_count(ws_path) == before + 1
+    assert git(ws_path, "log", "-1", "--format=%an <%ae>|%s").strip() == (
+        f"{PERSON_NAME} <{PERSON_EMAIL}>|Hand edit blocks/notes.md")
+    assert store.get_block("notes").value == "hello, written in place"
+    assert git(ws_path, "status", "--porcelain") == ""
+
+
+@pytest.mark.parametrize("save", [save_by_rename, save_like_vim])
+def test_editor_saves_are_picked_up_once_and_their_side_files_ignored(
+    save: object, store: Store, seen: Seen, ws_path: Path
+) -> None:
+    store.create_block("notes", "one")
+    seen.next_change()
+    before = commit_count(ws_path)
+    save(ws_path / "blocks" / "notes.md", block_text(store, "notes").replace("one", "two"))  # type: ignore[operator]
+    assert seen.next_pick_up().action == "committed"
+    assert seen.picked.empty() and commit_count(ws_path) == before + 1
+    assert sorted(p.name for p in (ws_path / "blocks").iterdir()) == [".gitkeep", "notes.md"]
+    assert git(ws_path, "status", "--porcelain") == ""
+
+
+@pytest.mark.parametrize("breakage", ["yaml", "id", "limit", "utf8"])
+def test_an_invalid_hand_edit_is_left_as_written_reported_then_committed_once_fixed(
+    breakage: str, store: Store, seen: Seen, ws_path: Path
+) -> None:
+    block = store.create_block("notes", "fine", limit=50)
+    seen.next_change()
+    path = ws_path / "blocks" / "notes.md"
+    good = path.read_bytes()
+    broken = {
+        "yaml": good.replace(b"label: notes", b"label: [notes"),
+        "id": good.replace(block.id.encode(), b"block-00000000-0000-0000-0000-000000000000"),
+        "limit": good.replace(b"fine", b"x" * 60),
+        "utf8": good.replace(b"fine", b"caf\xe9"),
+    }[breakage]
+    before = commit_count(ws_path)
+    path.write_bytes(broken)
+
+    picked = seen.next_pick_up()
+    assert picked.action == "invalid" and picked.problem.startswith("blocks/notes.md")
+    assert path.read_bytes() == broken and commit_count(ws_path) == before
+    report = status(store)
+    assert [p.path for p in report.invalid] == ["blocks/notes.md"] and report.uncommitted == []
+    assert store.get_block("notes").value == "fine"  # readers get the last committed version
+
+    path.write_bytes(good.replace(b"fine", b"fixed"))
+    assert seen.next_pick_up().action == "committed"
+    assert commit_count(ws_path) == before + 1
+    assert store.get_block("notes").value == "fixed" and status(store).invalid == []
+
+
+def test_a_new_file_becomes_a_block_and_a_deleted_one_is_committed(store: Store, seen: Seen, ws_path: Path) -> None:
+    kept = store.create_block("team", "us")
+    store.create_agent("agent1", "openai/gpt-4o-mini", block_ids=[kept.id])
+    (ws_path / "blocks" / "ideas.md").write_text("Ship the watcher.\n")
+    picked = seen.next_pick_up()
+    assert (picked.path, picked.action) == ("blocks/ideas.md", "created")
+    ideas = store.get_block("ideas")
+    assert ideas.id.startswith("block-") and ideas.label == "ideas" and ideas.value == "Ship the watcher."
+    log = git(ws_path, "log", "-2", "--format=%an|%s").splitlines()
+    assert log == ["memstore|Add id to blocks/ideas.md", f"{PERSON_NAME}|Hand edit blocks/ideas.md"]
+
+    (ws_path / "blocks" / "team.md").unlink()
+    picked = seen.next_pick_up()
+    assert picked.action == "deleted" and "agent1 still list" in (picked.notice or "")
+    assert git(ws_path, "log", "-1", "--format=%an|%s").strip() == f"{PERSON_NAME}|Hand edit blocks/team.md: deleted"
+    assert status(store).notices == [f"agent agent1 lists {kept.id}, which no longer exists"]
+
+
+def test_memstores_own_writes_are_reported_but_not_committed_again(store: Store, seen: Seen, ws_path: Path) -> None:
+    store.create_block("notes", "a")
+    assert seen.next_change() == ("blocks/notes.md", "created")
+    before = commit_count(ws_path)
+    store.memory_insert("notes", "b")
+    assert seen.next_change() == ("blocks/notes.md", "updated")
+    assert commit_count(ws_path) == before + 1 and seen.picked.empty()
+
+
+def test_a_hand_edit_waiting_at_start_is_picked_up(store: Store, ws_path: Path) -> None:
+    store.create_block("notes", "a")
+    path = ws_path / "blocks" / "notes.md"
+    path.write_text(path.read_text().replace("\na\n", "\nedited while nobody watched\n"))
+    assert status(store).uncommitted == ["blocks/notes.md"]
+    picked: queue.Queue[PickUp] = queue.Queue()
+    with Watcher(store, on_pick_up=picked.put):
+        assert picked.get(timeout=WAIT).action == "committed"
+    assert store.get_block("notes").value == "edited while nobody watched"
+
+
+def test_status_command_reports_invalid_files(store: Store, ws_path: Path) -> None:
+    store.create_block("notes", "a")
+    (ws_path / "blocks" / "notes.md").write_text("---\nlabel: [x\n---\nbroken\n")
+    done = subprocess.run([MEMSTORE, "status", "-w", str(ws_path)], capture_output=True, text=True, timeout=60,
+                          check=True)
+    assert "Invalid files" in done.stdout and "blocks/notes.md, line 3: invalid YAML" in done.stdout
