@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .blockfile import block_from_file
+from .commits import blob_id
 from .errors import FileFormatError
 from .models import Block
 
@@ -41,10 +42,12 @@ class _Snapshot:
 class Catalog:
     """A cached map of block files to ids and labels, shared by threads of one process."""
 
-    def __init__(self, blocks_dir: Path, gen_file: Path, committed: Callable[[str], bytes | None]) -> None:
+    def __init__(self, blocks_dir: Path, gen_file: Path, committed: Callable[[str], bytes | None],
+                 head_blob: Callable[[str], str | None]) -> None:
         self._dir = blocks_dir
         self._gen = gen_file
         self._committed = committed
+        self._head_blob = head_blob
         self._snapshot: _Snapshot | None = None
         self._lock = threading.Lock()
 
@@ -75,7 +78,9 @@ class Catalog:
             name = path.name[:-3]
             rel = f"blocks/{path.name}"
             try:
-                block = block_from_file(path.read_bytes(), rel, name)
+                data = path.read_bytes()
+                block = block_from_file(data, rel, name)
+                block = self._unless_id_changed(rel, name, data, block)
             except FileFormatError as exc:
                 snap.problems.append(exc)
                 block = self._last_good(rel, name)
@@ -87,6 +92,13 @@ class Catalog:
             snap.by_id[block.id] = name
             snap.by_label.setdefault(block.label, []).append(name)
         return snap
+
+    def _unless_id_changed(self, rel: str, name: str, data: bytes, block: Block) -> Block:
+        """A hand edit that changed the id is invalid: keep finding the block by its committed id."""
+        if self._head_blob(rel) in (None, blob_id(data)):
+            return block
+        committed = self._last_good(rel, name)
+        return committed if committed is not None and committed.id != block.id else block
 
     def _last_good(self, rel: str, name: str) -> Block | None:
         """The committed version of a file broken on disk, so lookups still find it."""

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from . import edits, history
+from . import edits, handedits, history
 from .agents.messages import Message, TurnResult
 from .blockfile import agent_from_file, block_from_file, load_block, render_agent, render_block
 from .catalog import Catalog, CatalogEntry
@@ -54,7 +54,8 @@ class Store:
         self.ws = ws
         self.commits = Committer(ws, on_commit=self._after_commit)
         self.last_change = history.LastChange(ws.git)
-        self.catalog = Catalog(ws.blocks_dir, ws.state_dir / "catalog.gen", self._committed)
+        self.catalog = Catalog(ws.blocks_dir, ws.state_dir / "catalog.gen", self._committed,
+                               self.commits.head_blob)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str] | None = None) -> Store:
@@ -102,13 +103,12 @@ class Store:
             if strict:
                 raise NotFoundError(f"Block file {rel} no longer exists.")
             return None
+        if self.commits.hand_edited(rel, data) and handedits.check(self, rel, data, has_head=True)[0]:
+            return self._last_good(rel, name, data, strict=strict)
         try:
-            block = block_from_file(data, rel, name)
-            if len(block.value) <= block.limit or not self.commits.hand_edited(rel, data):
-                return block
+            return block_from_file(data, rel, name)
         except FileFormatError:
-            pass
-        return self._last_good(rel, name, data, strict=strict)
+            return self._last_good(rel, name, data, strict=strict)
 
     def _last_good(self, rel: str, name: str, data: bytes, *, strict: bool) -> Block | None:
         """An invalid hand edit is not memory yet: readers get the block as last committed."""
@@ -165,14 +165,8 @@ class Store:
         """Where block `block_id` lives, verified against the file (a broken file: as last committed)."""
         for rescan in (False, True):
             name = self.catalog.name_of_id(block_id, rescan=rescan)
-            data = self.commits.read(f"blocks/{name}.md") if name else None
-            if name is None or data is None:
-                continue
-            try:
-                block = block_from_file(data, f"blocks/{name}.md", name)
-            except FileFormatError:
-                return self.catalog.snapshot().entries.get(name)
-            if block.id == block_id:
+            block = self._read_block(name) if name else None
+            if block is not None and block.id == block_id:
                 return CatalogEntry(name, block.id, block.label)
         return None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import select
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -88,7 +89,17 @@ def test_a_valid_hand_edit_becomes_one_commit_by_the_person(store: Store, seen: 
     assert git(ws_path, "status", "--porcelain") == ""
 
 
-@pytest.mark.parametrize("save", [save_by_rename, save_like_vim])
+def save_like_emacs(path: Path, text: str) -> None:
+    """emacs: a `.#name` lock symlink while editing, a `name~` backup made by renaming, then a new file."""
+    lock = path.with_name(f".#{path.name}")
+    os.symlink("user@host.1234:1", lock)
+    os.replace(path, path.with_name(path.name + "~"))
+    path.write_text(text)
+    lock.unlink()
+    path.with_name(path.name + "~").unlink()
+
+
+@pytest.mark.parametrize("save", [save_by_rename, save_like_vim, save_like_emacs])
 def test_editor_saves_are_picked_up_once_and_their_side_files_ignored(
     save: object, store: Store, seen: Seen, ws_path: Path
 ) -> None:
@@ -107,6 +118,7 @@ def test_an_invalid_hand_edit_is_left_as_written_reported_then_committed_once_fi
     breakage: str, store: Store, seen: Seen, ws_path: Path
 ) -> None:
     block = store.create_block("notes", "fine", limit=50)
+    store.create_agent("reader", "openai/gpt-4o-mini", block_ids=[block.id])
     seen.next_change()
     path = ws_path / "blocks" / "notes.md"
     good = path.read_bytes()
@@ -125,6 +137,7 @@ def test_an_invalid_hand_edit_is_left_as_written_reported_then_committed_once_fi
     report = status(store)
     assert [p.path for p in report.invalid] == ["blocks/notes.md"] and report.uncommitted == []
     assert store.get_block("notes").value == "fine"  # readers get the last committed version
+    assert "<value>\nfine\n</value>" in store.memory_context("reader")
 
     path.write_bytes(good.replace(b"fine", b"fixed"))
     assert seen.next_pick_up().action == "committed"
@@ -176,3 +189,27 @@ def test_status_command_reports_invalid_files(store: Store, ws_path: Path) -> No
     done = subprocess.run([MEMSTORE, "status", "-w", str(ws_path)], capture_output=True, text=True, timeout=60,
                           check=True)
     assert "Invalid files" in done.stdout and "blocks/notes.md, line 3: invalid YAML" in done.stdout
+
+
+def test_memstore_watch_commits_a_hand_edit(store: Store, ws_path: Path) -> None:
+    store.create_block("notes", "a")
+    env = {k: os.environ[k] for k in ("HOME", "PATH", "GIT_CONFIG_GLOBAL") if k in os.environ}
+    proc = subprocess.Popen([MEMSTORE, "watch", "-w", str(ws_path)], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert "watching" in _line(proc)
+        path = ws_path / "blocks" / "notes.md"
+        path.write_text(path.read_text().replace("\na\n", "\nb\n"))
+        assert "blocks/notes.md: committed by hand" in _line(proc)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=WAIT)
+    assert git(ws_path, "log", "-1", "--format=%an").strip() == PERSON_NAME
+
+
+def _line(proc: subprocess.Popen[str]) -> str:
+    assert proc.stderr is not None
+    ready, _, _ = select.select([proc.stderr], [], [], WAIT)
+    if not ready:
+        proc.kill()
+        pytest.fail(f"`memstore watch` printed nothing within {WAIT} s")
+    return proc.stderr.readline()
