@@ -27,7 +27,7 @@ class Notifier:
         self.bus = bus
         self.uri_of = uri_of  # workspace path -> resource URI (None: not a resource)
         # The SDK hands each request its own session object over one connection: keep the
-        # latest per connection, and forget it when sending to it fails (the client left).
+        # latest per subscribed connection, and forget it when sending fails (the client left).
         self.subscribers: dict[str, dict[int, Any]] = {}
         self.sessions: dict[int, Any] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -39,18 +39,21 @@ class Notifier:
         lowlevel.middleware.append(self._track)
 
     async def _track(self, ctx: Any, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
-        self.loop = asyncio.get_running_loop()
-        session = getattr(ctx, "session", None)
-        if session is not None and hasattr(session, "send_resource_list_changed"):
-            self.sessions[_connection(session)] = session
+        self.loop = asyncio.get_running_loop()  # where the watcher thread hands changes over
         return await call_next(ctx)
 
     async def _subscribe(self, ctx: Any, params: SubscribeRequestParams) -> EmptyResult:
-        self.subscribers.setdefault(str(params.uri), {})[_connection(ctx.session)] = ctx.session
+        """A 2025-protocol client subscribes: it also hears when blocks are created or deleted."""
+        key = _connection(ctx.session)
+        self.subscribers.setdefault(str(params.uri), {})[key] = ctx.session
+        self.sessions[key] = ctx.session
         return EmptyResult()
 
     async def _unsubscribe(self, ctx: Any, params: UnsubscribeRequestParams) -> EmptyResult:
-        self.subscribers.get(str(params.uri), {}).pop(_connection(ctx.session), None)
+        key = _connection(ctx.session)
+        self.subscribers.get(str(params.uri), {}).pop(key, None)
+        if not any(key in subscribed for subscribed in self.subscribers.values()):
+            self.sessions.pop(key, None)
         return EmptyResult()
 
     def changed(self, rel: str, kind: str) -> None:

@@ -75,7 +75,7 @@ class BearerAuth:
 
 def serve_stdio(store: Store, config: ServerConfig, *, watch: bool = True) -> None:
     """Serve one host over stdin/stdout until it closes the pipe."""
-    server = MemstoreServer(store, config)
+    server = MemstoreServer(store, config, notifications=watch)
     with _watching(server, watch):
         server.run("stdio")
 
@@ -96,7 +96,7 @@ def serve_http(store: Store, config: ServerConfig, *, host: str, port: int, toke
     import uvicorn
 
     check_http_options(host, token)
-    server = MemstoreServer(store, config)
+    server = MemstoreServer(store, config, notifications=watch)
     app: ASGIApp = server.streamable_http_app(streamable_http_path=MCP_PATH, host=host)
     if token:
         app = BearerAuth(app, token)

@@ -78,7 +78,7 @@ def core_errors(fn: Callable[P, R]) -> Callable[P, R]:
 class MemstoreServer(MCPServer[Any]):
     """An MCP server over one memstore workspace."""
 
-    def __init__(self, store: Store, config: ServerConfig | None = None) -> None:
+    def __init__(self, store: Store, config: ServerConfig | None = None, *, notifications: bool = True) -> None:
         super().__init__("memstore", version=memstore.__version__, instructions=INSTRUCTIONS, log_level="WARNING")
         self.store = store
         self.config = config or ServerConfig()
@@ -89,7 +89,8 @@ class MemstoreServer(MCPServer[Any]):
         _register_agent_tools(self)
         _register_resources(self)
         self.notifier = Notifier(self._subscriptions, resource_uri)
-        self.notifier.install(self._lowlevel_server)
+        if notifications:  # only a server that watches the workspace can keep the promise
+            self.notifier.install(self._lowlevel_server)
 
     def actor(self, ctx: Context | None) -> Actor:
         """The agent this request acts as: `--as AGENT`, else the host named in the handshake."""
@@ -97,11 +98,13 @@ class MemstoreServer(MCPServer[Any]):
         return actor.with_admin(self.config.admin)
 
     async def list_resources(self) -> list[MCPResource]:
-        """The static resources plus one per block and one per agent, as they are now."""
-        found = await super().list_resources()
-        found += [MCPResource(uri=BLOCK_URI.format(name=b.name), name=b.name, title=b.label,
-                              description=b.description, mime_type="text/markdown")
-                  for b in self.store.list_blocks()]
+        """The static resources plus one per block (the agent's own with --as) and one per agent."""
+        return [*await super().list_resources(), *await anyio.to_thread.run_sync(self._workspace_resources)]
+
+    def _workspace_resources(self) -> list[MCPResource]:
+        found = [MCPResource(uri=BLOCK_URI.format(name=b.name), name=b.name, title=b.label,
+                             description=b.description, mime_type="text/markdown")
+                 for b in self.store.list_blocks(actor=self.actor(None))]
         found += [MCPResource(uri=AGENT_URI.format(name=a.name), name=f"agent {a.name}", title=a.name,
                               description=a.description, mime_type="text/markdown")
                   for a in self.store.list_agents()]
@@ -131,9 +134,9 @@ def _register_block_tools(server: MemstoreServer) -> None:
 
     @server.tool(annotations=READ)
     @core_errors
-    def list_blocks() -> list[Block]:
-        """List every memory block in the workspace (id, label, value, limit, read_only, …)."""
-        return store.list_blocks()
+    def list_blocks(ctx: Context) -> list[Block]:
+        """List the memory blocks (id, label, value, limit, read_only, …): all, or the agent's own with --as."""
+        return store.list_blocks(actor=server.actor(ctx))
 
     @server.tool(annotations=READ)
     async def get_block(block: BlockRef, ctx: Context, version: Version | None = None) -> Block:
@@ -177,9 +180,9 @@ def _register_block_tools(server: MemstoreServer) -> None:
 
     @server.tool(annotations=READ)
     @core_errors
-    def list_block_agents(block: BlockRef) -> list[Agent]:
+    def list_block_agents(block: BlockRef, ctx: Context) -> list[Agent]:
         """List the agents a block is attached to."""
-        return store.block_agents(block)
+        return store.block_agents(block, actor=server.actor(ctx))
 
 
 def _register_edit_tools(server: MemstoreServer) -> None:
@@ -229,15 +232,16 @@ def _register_history_tools(server: MemstoreServer) -> None:
 
     @server.tool(annotations=READ)
     @core_errors
-    def block_history(block: BlockRef, limit: Annotated[int, Field(ge=1, le=1000)] = 20) -> list[HistoryEntry]:
+    def block_history(block: BlockRef, ctx: Context,
+                      limit: Annotated[int, Field(ge=1, le=1000)] = 20) -> list[HistoryEntry]:
         """A block's changes, newest first: version (commit id), author, date, operation, message."""
-        return store.block_history(block, limit)
+        return store.block_history(block, limit, actor=server.actor(ctx))
 
     @server.tool(annotations=READ)
     @core_errors
-    def block_diff(block: BlockRef, from_version: Version, to_version: Version | None = None) -> str:
+    def block_diff(block: BlockRef, from_version: Version, ctx: Context, to_version: Version | None = None) -> str:
         """A unified diff of a block between two versions (to_version omitted: the block as it is now)."""
-        return store.block_diff(block, from_version, to_version) or "(no changes)"
+        return store.block_diff(block, from_version, to_version, actor=server.actor(ctx)) or "(no changes)"
 
     @server.tool(annotations=SET)
     @core_errors
@@ -292,15 +296,16 @@ def _register_agent_tools(server: MemstoreServer) -> None:
 
     @server.tool(annotations=ADD_OPEN)
     @core_errors
-    def send_message(agent: AgentRef, message: str) -> TurnResult:
+    def send_message(agent: AgentRef, message: str, ctx: Context) -> TurnResult:
         """Send a message to a built-in agent; returns its turn: reasoning, tool calls and returns, reply, usage."""
-        return store.send_message(agent, message)
+        return store.send_message(agent, message, actor=server.actor(ctx))
 
     @server.tool(annotations=READ)
     @core_errors
-    def list_messages(agent: AgentRef, limit: Annotated[int, Field(ge=1, le=1000)] = 50) -> list[Message]:
+    def list_messages(agent: AgentRef, ctx: Context,
+                      limit: Annotated[int, Field(ge=1, le=1000)] = 50) -> list[Message]:
         """Read a built-in agent's conversation log, oldest first (the last `limit` messages)."""
-        return store.list_messages(agent, limit)
+        return store.list_messages(agent, limit, actor=server.actor(ctx))
 
 
 def _register_resources(server: MemstoreServer) -> None:
@@ -308,7 +313,7 @@ def _register_resources(server: MemstoreServer) -> None:
 
     @server.resource(BLOCK_URI, mime_type="text/markdown", description="A memory block file: front matter and value.")
     def block_resource(name: str) -> str:
-        return _resource(lambda: render_block(store.get_block(name)).decode())
+        return _resource(lambda: render_block(store.get_block(name, actor=server.actor(None))).decode())
 
     @server.resource(AGENT_URI, mime_type="text/markdown", description="An agent file: settings and persona.")
     def agent_resource(name: str) -> str:

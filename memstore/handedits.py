@@ -79,26 +79,61 @@ def pick_up(store: Store, rel: str) -> PickUp:
 
 
 def check(store: Store, rel: str, data: bytes, *, has_head: bool) -> tuple[str | None, bool]:
-    """(the problem with this file, or None; whether it is a new block that needs an id)."""
+    """(the problem with this file, or None; whether it is a new block that memstore must give an id)."""
+    error, missing_id = find_problem(store, rel, data, has_head=has_head)
+    return (str(error) if error else None), missing_id
+
+
+def require_valid(store: Store, rel: str, data: bytes) -> None:
+    """Raise the problem of an uncommitted hand edit, so no edit commits an invalid file on top of it."""
+    if is_watched(rel):
+        error, _ = find_problem(store, rel, data, has_head=store.commits.head_blob(rel) is not None)
+        if error is not None:
+            raise error
+
+
+def find_problem(store: Store, rel: str, data: bytes, *, has_head: bool) -> tuple[FileFormatError | None, bool]:
     kind, name = WATCHED.fullmatch(rel).groups()  # type: ignore[union-attr]
-    committed_id = _committed_id(store, rel) if has_head else None
     try:
         if kind == "agents":
-            found_id = agent_from_file(data, rel).id
-        else:
-            meta, _ = _new_block_document(data, rel) if not has_head else parse_document(data, rel)
-            if "id" not in meta and not has_head:
-                return None, True
-            block, _ = load_block(data, rel, name)
-            if len(block.value) > block.limit:
-                return (f"{rel}: the value is {len(block.value):,} characters, over its limit of {block.limit:,}; "
-                        "shorten it or raise `limit`"), False
-            found_id = block.id
+            return _agent_problem(store, rel, name, data, has_head), False
+        meta, body = _new_block_document(data, rel) if not has_head else parse_document(data, rel)
+        missing_id = "id" not in meta and not has_head
+        if missing_id:  # validate it as it will be once memstore adds the id
+            data = render_document({"id": f"block-{uuid.uuid4()}", "label": name, **meta}, body)
+        return _block_problem(store, rel, name, data, has_head), missing_id
     except FileFormatError as exc:
-        return str(exc), False
-    if committed_id and found_id != committed_id:
-        return f"{rel}: the id changed from {committed_id} to {found_id}; ids never change — put back {committed_id}", False
-    return None, False
+        return exc, False
+
+
+def _block_problem(store: Store, rel: str, name: str, data: bytes, has_head: bool) -> FileFormatError | None:
+    block, _ = load_block(data, rel, name)
+    if len(block.value) > block.limit:
+        return FileFormatError(rel, None, f"the value is {len(block.value):,} characters, over its limit of "
+                                          f"{block.limit:,}; shorten it or raise `limit`")
+    committed_id = _committed_id(store, rel) if has_head else None
+    if committed_id and block.id != committed_id:
+        return FileFormatError(rel, None, f"the id changed from {committed_id} to {block.id}; ids never change — "
+                                          f"put back {committed_id}")
+    if not committed_id:
+        twin = next((e.name for e in store.catalog.snapshot(rescan=True).entries.values()
+                     if e.id == block.id and e.name != name), None)
+        if twin is not None:
+            return FileFormatError(rel, None, f"the id {block.id} already belongs to blocks/{twin}.md; a copied "
+                                              "block needs its own id — delete the `id:` line and memstore adds one")
+    return None
+
+
+def _agent_problem(store: Store, rel: str, name: str, data: bytes, has_head: bool) -> FileFormatError | None:
+    agent = agent_from_file(data, rel)
+    if agent.name != name:
+        return FileFormatError(rel, None, f"`name: {agent.name}` differs from the file name; an agent's name is its "
+                                          f"file name — write `name: {name}` or rename the file")
+    committed_id = _committed_id(store, rel) if has_head else None
+    if committed_id and agent.id != committed_id:
+        return FileFormatError(rel, None, f"the id changed from {committed_id} to {agent.id}; ids never change — "
+                                          f"put back {committed_id}")
+    return None
 
 
 def file_problem(store: Store, rel: str) -> str | None:

@@ -75,8 +75,10 @@ class Store:
 
     # -- reading blocks ----------------------------------------------------------------
 
-    def list_blocks(self) -> list[Block]:
-        """Every readable block, by file name; unreadable files are in `problems()`."""
+    def list_blocks(self, *, actor: Actor | None = None) -> list[Block]:
+        """Every readable block, by file name (an agent: its attached blocks, in its order)."""
+        if actor is not None and actor.agent_id:
+            return self.agent_blocks(actor.agent_id)
         snap = self.catalog.snapshot(rescan=True)
         return [b for b in (self._read_block(name) for name in snap.entries) if b is not None]
 
@@ -264,7 +266,7 @@ class Store:
         for agent in self.block_agents(block.id):
             self._change_agent(agent.name, actor, "detach_block",
                                lambda a: a.model_copy(update={"blocks": [i for i in a.blocks if i != block.id]}),
-                               subject=f"detach_block {agent.name} {block.label}")
+                               subject=f"detach_block {agent.name} {block.label}", as_consequence=True)
         return block
 
     # -- the memory edits ----------------------------------------------------------------
@@ -314,6 +316,7 @@ class Store:
         def change(block: Block) -> Block:
             if old.id != block.id:
                 raise ConflictError(f"{rel} held another block ({old.id}) at version {version}.")
+            _check_policy_change(actor, block, {"limit": old.limit, "read_only": old.read_only})
             return old
 
         return self._change_block(ref, actor, "revert_block", change, enforce_read_only=True,
@@ -345,10 +348,7 @@ class Store:
         """True if `rel` has an uncommitted (valid) hand edit; refuse an invalid one."""
         if not self.commits.hand_edited(rel, current):
             return False
-        if len(block.value) > block.limit:
-            raise FileFormatError(
-                rel, None, f"the value is {len(block.value):,} characters, over the block's limit of "
-                f"{block.limit:,}; shorten it or raise `limit` (this hand edit is not committed)")
+        handedits.require_valid(self, rel, current)
         return True
 
     def _adopt_hand_edit(self, rel: str, current: bytes, block: Block) -> None:
@@ -371,9 +371,9 @@ class Store:
 
     # -- history -------------------------------------------------------------------------
 
-    def block_history(self, ref: str, limit: int = 20) -> list[HistoryEntry]:
+    def block_history(self, ref: str, limit: int = 20, *, actor: Actor | None = None) -> list[HistoryEntry]:
         check_count(limit, "limit")
-        name = self.resolve_block(ref)
+        name = self.resolve_block(ref, actor)
         block = self._read_block(name)
         return history.file_history(self.ws.git, f"blocks/{name}.md", limit, block.id if block else None)
 
@@ -382,8 +382,9 @@ class Store:
         check_count(limit, "limit")
         return history.file_history(self.ws.git, ".", limit)
 
-    def block_diff(self, ref: str, from_version: str, to_version: str | None = None) -> str:
-        return history.diff(self.ws.git, f"blocks/{self.resolve_block(ref)}.md", from_version, to_version)
+    def block_diff(self, ref: str, from_version: str, to_version: str | None = None, *,
+                   actor: Actor | None = None) -> str:
+        return history.diff(self.ws.git, f"blocks/{self.resolve_block(ref, actor)}.md", from_version, to_version)
 
     # -- agents --------------------------------------------------------------------------
 
@@ -418,6 +419,7 @@ class Store:
     ) -> Agent:
         """Register an agent with its model, tools, persona and attached blocks."""
         validate_name(name, "agent name")
+        check_agent_admin(actor or self.person, "create_agent")
         if not isinstance(model, str) or not model.strip() or "\n" in model:
             raise InvalidInputError("`model` must be a model name such as 'openai/gpt-4o-mini'.")
         blocks = [self.get_block(ref) for ref in (block_ids or [])]
@@ -437,8 +439,9 @@ class Store:
         return agent
 
     def delete_agent(self, ref: str, *, actor: Actor | None = None) -> Agent:
-        agent = self.get_agent(ref)
         actor = actor or self.person
+        check_agent_admin(actor, "delete_agent")
+        agent = self.get_agent(ref)
         with self.commits.locked(agent.path) as current:
             if current is None:
                 raise NotFoundError(f"No agent named '{agent.name}'.")
@@ -484,24 +487,38 @@ class Store:
         """An agent's blocks in Letta's `<memory_blocks>` format, read from disk now."""
         return render_memory_blocks(self.agent_blocks(agent_ref))
 
-    def send_message(self, agent_ref: str, message: str, **options: Any) -> TurnResult:
+    def send_message(self, agent_ref: str, message: str, *, actor: Actor | None = None, **options: Any) -> TurnResult:
         """Run one turn of a built-in agent through litellm (see `memstore.agents.runtime`)."""
         from .agents import send_message
 
+        self._check_own_agent(agent_ref, actor, "send messages to")
         return send_message(self, agent_ref, message, **options)
 
-    def list_messages(self, agent_ref: str, limit: int = 50) -> list[Message]:
+    def list_messages(self, agent_ref: str, limit: int = 50, *, actor: Actor | None = None) -> list[Message]:
         """The agent's last `limit` logged messages, oldest first."""
         from .agents import list_messages
 
+        self._check_own_agent(agent_ref, actor, "read the conversation of")
         return list_messages(self, agent_ref, limit)
 
-    def block_agents(self, block_ref: str) -> list[Agent]:
+    def _check_own_agent(self, agent_ref: str, actor: Actor | None, what: str) -> None:
+        """An agent-bound caller talks to and reads only its own agent (unless admin)."""
+        if actor is None or not actor.agent_id or actor.admin:
+            return
+        agent = self.get_agent(agent_ref)
+        if agent.id != actor.agent_id:
+            raise NotAllowedError(f"Agent '{actor.name}' may not {what} agent '{agent.name}'.")
+
+    def block_agents(self, block_ref: str, *, actor: Actor | None = None) -> list[Agent]:
         """The agents a block is attached to."""
-        block_id = block_ref if block_ref.startswith("block-") else self.get_block(block_ref).id
+        block_id = self.get_block(block_ref, actor=actor).id if actor or not block_ref.startswith("block-") \
+            else block_ref
         return [a for a in self.list_agents() if block_id in a.blocks]
 
-    def _change_agent(self, name: str, actor: Actor, op: str, change: Callable[[Agent], Agent], *, subject: str) -> Agent:
+    def _change_agent(self, name: str, actor: Actor, op: str, change: Callable[[Agent], Agent], *, subject: str,
+                      as_consequence: bool = False) -> Agent:
+        if not as_consequence:
+            check_agent_admin(actor, op)
         rel = f"agents/{name}.md"
         with self.commits.locked(rel) as current:
             if current is None:
@@ -509,10 +526,18 @@ class Store:
             agent = agent_from_file(current, rel)
             new = change(agent)
             if self.commits.hand_edited(rel, current):
+                handedits.require_valid(self, rel, current)
                 self.commits.adopt_hand_edit(rel, current, f"Hand edit {rel}", {"Memstore-Op": "hand_edit"})
             message = commit_message(subject, {"Memstore-Op": op, "Memstore-Agent": actor.agent_id or agent.id})
             self.commits.write(rel, render_agent(new), current, _ident(actor), message)
         return new
+
+
+def check_agent_admin(actor: Actor, op: str) -> None:
+    """An agent (or a host acting as one) may not create, delete or rewire agents, itself included."""
+    if actor.agent_id and not actor.admin:
+        raise NotAllowedError(f"Agent '{actor.name}' may not {op.replace('_', ' ')}: only a person or an admin "
+                              "may change which agents exist and which blocks they have.")
 
 
 def _check_policy_change(actor: Actor, block: Block, changes: dict[str, Any]) -> None:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("memstore.watcher")
 
 DEBOUNCE = 0.15  # seconds a file must stay quiet before it is handled
+DELETE_GRACE = 1.5  # seconds a file must stay gone before its deletion is committed
 ChangeKind = str  # "updated" | "created" | "deleted"
 
 
@@ -46,6 +47,7 @@ class Watcher:
         self.debounce = debounce
         self._due: dict[str, float] = {}
         self._seen: dict[str, str | None] = {}  # rel -> blob last reported
+        self._grace: set[str] = set()  # files found missing once, to be looked at again
         self._cond = threading.Condition()
         self._stopping = False
         self._observer = Observer()
@@ -106,18 +108,32 @@ class Watcher:
 
     def _handle(self, rel: str) -> None:
         try:
+            if self._deletion_needs_grace(rel):
+                return
             result = pick_up(self.store, rel)
+            if result.action != "unchanged":
+                _log_pick_up(result)
+                if self.on_pick_up is not None:
+                    self.on_pick_up(result)
+            self._report(rel)
         except (MemstoreError, OSError) as exc:
             self._record_error(rel, exc)
-            return
-        except Exception as exc:  # the watcher must outlive any one file  # noqa: BLE001
+        except Exception as exc:  # the watcher must outlive any one file or callback  # noqa: BLE001
             self._record_error(rel, exc, detail=traceback.format_exc())
-            return
-        if result.action != "unchanged":
-            _log_pick_up(result)
-            if self.on_pick_up is not None:
-                self.on_pick_up(result)
-        self._report(rel)
+
+    def _deletion_needs_grace(self, rel: str) -> bool:
+        """A vanished file may be an editor's save in progress: look again after DELETE_GRACE."""
+        if (self.store.ws.root / rel).exists():
+            self._grace.discard(rel)
+            return False
+        if rel in self._grace or self.store.commits.head_blob(rel) is None:
+            self._grace.discard(rel)
+            return False
+        self._grace.add(rel)
+        with self._cond:
+            self._due[rel] = time.monotonic() + DELETE_GRACE
+            self._cond.notify_all()
+        return True
 
     def _report(self, rel: str) -> None:
         """Tell `on_change` when the file's content differs from what was last reported."""

@@ -312,3 +312,27 @@ def test_demo_runs_the_tutorial_offline(tmp_path: Path) -> None:
     assert "The read-only block refused agent2: Error This block is read-only and cannot be edited." in out
     log = git(tmp_path / "demo", "log", "--format=%an %s")
     assert "agent1 memory_insert organization" in log and "agent2 memory_insert organization" in log
+
+
+def test_an_empty_reply_ends_the_turn_with_a_clear_error(store: Store, model: ScriptedModel) -> None:
+    store.create_block("organization", "Org")
+    make_agent(store, model, "agent1", ["organization"])
+    empty = text("unused")
+    empty.body = {**empty.body, "choices": []}  # type: ignore[dict-item]
+    model.enqueue("agent1", empty)
+    with pytest.raises(AgentTurnError, match="returned no message"):
+        store.send_message("agent1", "hello")
+    assert [m.message_type for m in read_log(store, store.get_agent("agent1"))] == ["user_message"]
+
+
+def test_a_malformed_call_is_replayed_with_empty_arguments(store: Store, model: ScriptedModel) -> None:
+    store.create_block("organization", "Org")
+    make_agent(store, model, "agent1", ["organization"])
+    model.enqueue("agent1", tool_calls(("memory_insert", "{not json")))
+    with pytest.raises(AgentTurnError):
+        store.send_message("agent1", "go")
+    model.enqueue("agent1", text("ok"))
+    store.send_message("agent1", "again")
+    replayed = model.requests["agent1"][-1]["messages"]
+    calls = [m for m in replayed if m.get("tool_calls")]
+    assert calls and calls[0]["tool_calls"][0]["function"]["arguments"] == "{}"

@@ -292,3 +292,36 @@ async def test_memory_context_prompt_renders_lettas_memory_blocks(client: Client
     assert "<metadata>\n- read_only=true\n- chars_current=8\n- chars_limit=4000\n</metadata>" in text
     assert text.index("<organization>") < text.index("<policies>")
     assert text.endswith("</memory_blocks>")
+
+
+async def test_as_agent_the_host_sees_and_rewires_only_what_the_agent_may(
+    connect: Connect, store: Store, ws_path: Path
+) -> None:
+    mine = store.create_block("notes", "mine")
+    store.create_block("secret", "hidden")
+    store.create_agent("agent1", "openai/gpt-4o-mini", block_ids=[mine.id])
+    store.create_agent("agent2", "openai/gpt-4o-mini")
+    before = commit_count(ws_path)
+    async with connect(ServerConfig(as_agent="agent1")) as client:
+        assert [b["label"] for b in await ok(client, "list_blocks")] == ["notes"]
+        assert {str(r.uri) for r in (await client.list_resources()).resources} >= {"memstore://blocks/notes"}
+        assert "memstore://blocks/secret" not in {str(r.uri) for r in (await client.list_resources()).resources}
+        with pytest.raises(MCPError, match="Block field secret does not exist"):
+            await client.read_resource("memstore://blocks/secret")
+        assert "does not exist" in await error(client, "block_history", block="secret")
+        assert "may not attach block" in await error(client, "attach_block", agent="agent1", block="secret")
+        assert "may not delete agent" in await error(client, "delete_agent", agent="agent2")
+        assert "may not create agent" in await error(client, "create_agent", name="a3", model="openai/x")
+        assert "may not send messages to agent 'agent2'" in await error(client, "send_message", agent="agent2",
+                                                                          message="hi")
+        assert "may not read the conversation of agent 'agent2'" in await error(client, "list_messages",
+                                                                                agent="agent2")
+    assert commit_count(ws_path) == before
+
+
+async def test_a_host_revert_may_not_change_limit_or_read_only(client: Client, store: Store) -> None:
+    first = store.create_block("rules", "Be kind.", limit=1000)
+    store.update_block("rules", limit=100)  # a person tightened it
+    assert "only a person or an admin" in await error(client, "revert_block", block="rules",
+                                                      version=first.version)
+    assert store.get_block("rules").limit == 100

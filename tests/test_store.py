@@ -284,7 +284,7 @@ def test_broken_hand_edit_blocks_the_edit_and_is_left_alone(store: Store, agent1
 def test_hand_edit_over_the_limit_is_not_committed(store: Store, agent1: Actor) -> None:
     path = store.ws.root / "blocks" / "organization.md"
     path.write_bytes(path.read_bytes() + b"y" * 300)
-    with pytest.raises(FileFormatError, match="over the block's limit"):
+    with pytest.raises(FileFormatError, match="over its limit of 200"):
         store.memory_insert("organization", "x", actor=agent1)
 
 

@@ -7,12 +7,13 @@ import queue
 import select
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from memstore import Store
+from memstore import Actor, FileFormatError, Store
 from memstore.handedits import PickUp, status
 from memstore.watcher import Watcher
 
@@ -213,3 +214,81 @@ def _line(proc: subprocess.Popen[str]) -> str:
         proc.kill()
         pytest.fail(f"`memstore watch` printed nothing within {WAIT} s")
     return proc.stderr.readline()
+
+
+def test_a_copied_block_file_is_refused_for_its_duplicate_id(store: Store, seen: Seen, ws_path: Path) -> None:
+    store.create_block("notes", "a")
+    seen.next_change()
+    before = commit_count(ws_path)
+    (ws_path / "blocks" / "copy.md").write_bytes((ws_path / "blocks" / "notes.md").read_bytes())
+    picked = seen.next_pick_up()
+    assert picked.action == "invalid" and "already belongs to blocks/notes.md" in (picked.problem or "")
+    assert commit_count(ws_path) == before
+
+
+@pytest.mark.parametrize("content", ["---\nlabel: a/b\n---\nvalue\n", "---\nlimit: 5\n---\nmuch too long\n"])
+def test_an_invalid_new_file_without_an_id_is_not_committed(content: str, store: Store, seen: Seen,
+                                                            ws_path: Path) -> None:
+    before = commit_count(ws_path)
+    (ws_path / "blocks" / "new.md").write_text(content)
+    picked = seen.next_pick_up()
+    assert picked.action == "invalid" and commit_count(ws_path) == before
+    assert (ws_path / "blocks" / "new.md").read_text() == content
+
+
+def test_an_agent_file_whose_name_differs_from_its_file_is_refused(store: Store, seen: Seen, ws_path: Path) -> None:
+    store.create_agent("agent1", "openai/gpt-4o-mini")
+    path = ws_path / "agents" / "agent1.md"
+    before = commit_count(ws_path)
+    path.write_text(path.read_text().replace("name: agent1", "name: agent9"))
+    picked = seen.next_pick_up()
+    assert picked.action == "invalid" and "differs from the file name" in (picked.problem or "")
+    assert commit_count(ws_path) == before
+
+
+def test_the_next_edit_refuses_a_changed_id_instead_of_committing_it(store: Store, ws_path: Path) -> None:
+    block = store.create_block("notes", "a")
+    path = ws_path / "blocks" / "notes.md"
+    path.write_text(path.read_text().replace(block.id, "block-11111111-1111-1111-1111-111111111111"))
+    before = commit_count(ws_path)
+    with pytest.raises(FileFormatError, match="the id changed"):
+        store.memory_insert(block.id, "more", actor=Actor.host("h"))
+    assert commit_count(ws_path) == before
+
+
+def test_a_save_with_a_pause_between_rename_and_write_is_not_a_deletion(store: Store, seen: Seen,
+                                                                        ws_path: Path) -> None:
+    store.create_block("notes", "one")
+    seen.next_change()
+    before = commit_count(ws_path)
+    path = ws_path / "blocks" / "notes.md"
+    text = path.read_text()
+    os.replace(path, path.with_name("notes.md~"))
+    time.sleep(0.4)  # an editor that is slow to write the new file (not waiting for a result)
+    path.write_text(text.replace("one", "two"))
+    picked = seen.next_pick_up()
+    assert picked.action == "committed" and commit_count(ws_path) == before + 1
+    assert "deleted" not in git(ws_path, "log", "-1", "--format=%s")
+
+
+def test_the_watcher_outlives_a_failing_callback(store: Store, ws_path: Path) -> None:
+    store.create_block("notes", "a")
+    picked: queue.Queue[PickUp] = queue.Queue()
+    calls = []
+
+    def flaky(result: PickUp) -> None:
+        calls.append(result)
+        if len(calls) == 1:
+            raise RuntimeError("callback bug")
+        picked.put(result)
+
+    path = ws_path / "blocks" / "notes.md"
+    with Watcher(store, on_pick_up=flaky):
+        path.write_text(path.read_text().replace("\na\n", "\nb\n"))
+        path.write_text(path.read_text())  # no change: just an event
+        deadline = time.monotonic() + WAIT
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.02)
+        path.write_text(path.read_text().replace("\nb\n", "\nc\n"))
+        assert picked.get(timeout=WAIT).action == "committed"
+    assert "callback bug" in (store.ws.read_state("watcher-error") or "")

@@ -10,11 +10,12 @@ the agent's log in one commit, and memory edits made before a failure stay commi
 from __future__ import annotations
 
 import json
+import logging
 import os
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from ..errors import AgentTurnError
+from ..errors import AgentTurnError, MemstoreError
 from ..models import Agent
 from ..prompt import render_memory_blocks
 from ..validation import check_count, check_text
@@ -35,6 +36,8 @@ from .tools import ToolCallError, ToolContext, run_tool, specs_for
 
 if TYPE_CHECKING:
     from ..store import Store
+
+log = logging.getLogger("memstore.agents")
 
 DEFAULT_MAX_STEPS = 10
 DEFAULT_TIMEOUT = 60.0
@@ -76,6 +79,11 @@ def send_message(
             error = f"The agent did not finish within {max_steps} steps."
     except _Stop as stop:
         reason, error = stop.reason, str(stop)
+    except MemstoreError as exc:  # e.g. the agent was deleted mid-turn
+        reason, error = "error", str(exc)
+    except Exception as exc:  # the turn's edge: log the bug, keep the turn's log consistent  # noqa: BLE001
+        log.exception("agent turn failed")
+        reason, error = "error", f"unexpected {type(exc).__name__}: {exc}"
     finally:
         append_turn(store, agent, [user, *produced])
     result = TurnResult(messages=produced, stop_reason=StopReason(stop_reason=reason), usage=usage, error=error)
@@ -92,7 +100,10 @@ def _step(store: Store, agent: Agent, conversation: list[Any], produced: list[An
                               *to_chat(conversation)], timeout)
     usage.step_count += 1
     _add_usage(usage, reply)
-    choice = reply.choices[0].message
+    choices = getattr(reply, "choices", None) or []
+    choice = getattr(choices[0], "message", None) if choices else None
+    if choice is None:
+        raise _Stop("llm_api_error", f"model {agent.model} returned no message (an empty `choices` list).")
     calls = list(getattr(choice, "tool_calls", None) or [])
     thinking = getattr(choice, "reasoning_content", None)
     if thinking:
@@ -189,6 +200,14 @@ def _add_usage(usage: Usage, reply: Any) -> None:
         setattr(usage, field, getattr(usage, field) + (value if isinstance(value, int) else 0))
 
 
+def _replayable(arguments: str) -> str:
+    """Arguments as logged, or `{}` for a malformed call: some providers reject bad JSON in history."""
+    try:
+        return arguments if isinstance(json.loads(arguments or "{}"), dict) else "{}"
+    except ValueError:
+        return "{}"
+
+
 def to_chat(messages: list[Any]) -> list[dict[str, Any]]:
     """Logged messages as chat-completion messages: one assistant message per step."""
     chat: list[dict[str, Any]] = []
@@ -213,7 +232,7 @@ def _into_assistant(chat: list[dict[str, Any]], message: Any) -> None:
     if message.message_type == "tool_call_message":
         call = message.tool_call
         last.setdefault("tool_calls", []).append({"id": call.tool_call_id, "type": "function", "function": {
-            "name": call.name, "arguments": call.arguments}})
+            "name": call.name or "invalid_tool_call", "arguments": _replayable(call.arguments)}})
     elif message.message_type == "reasoning_message":
         last["content"] = message.reasoning if last["content"] is None else f"{last['content']}\n{message.reasoning}"
     else:
