@@ -325,3 +325,25 @@ async def test_a_host_revert_may_not_change_limit_or_read_only(client: Client, s
     assert "only a person or an admin" in await error(client, "revert_block", block="rules",
                                                       version=first.version)
     assert store.get_block("rules").limit == 100
+
+
+async def test_every_tool_names_what_is_missing(client: Client, store: Store) -> None:
+    store.create_block("notes", "a")
+    store.create_agent("agent1", "openai/gpt-4o-mini")
+    cases = [
+        ("update_block", {"block": "ghost", "description": "x"}, "No block named 'ghost'"),
+        ("list_block_agents", {"block": "ghost"}, "No block named 'ghost'"),
+        ("block_history", {"block": "ghost"}, "No block named 'ghost'"),
+        ("block_diff", {"block": "notes", "from_version": "nonsense"}, "No version 'nonsense'"),
+        ("delete_agent", {"agent": "ghost"}, "No agent named 'ghost'"),
+        ("attach_block", {"agent": "agent1", "block": "ghost"}, "No block named 'ghost'"),
+        ("detach_block", {"agent": "agent1", "block": "notes"}, "does not exist"),
+        ("list_messages", {"agent": "ghost"}, "No agent named 'ghost'"),
+        ("core_memory_append", {"label": "ghost", "content": "x"}, "No block named 'ghost'"),
+        ("memory_insert", {"label": "notes"}, "Field required"),
+        ("memory_insert", {"label": "notes", "new_str": "x", "insert_line": "top"}, "valid integer"),
+    ]
+    for tool, args, expected in cases:
+        assert expected in await error(client, tool, **args), tool
+    assert await ok(client, "workspace_status") == {"uncommitted": [], "invalid": [], "notices": [],
+                                                     "watcher_error": None}
