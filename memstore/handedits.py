@@ -113,8 +113,7 @@ def _block_problem(store: Store, rel: str, name: str, data: bytes, has_head: boo
                                           f"{block.limit:,}; shorten it or raise `limit`")
     committed_id = _committed_id(store, rel) if has_head else None
     if committed_id and block.id != committed_id:
-        return FileFormatError(rel, None, f"the id changed from {committed_id} to {block.id}; ids never change — "
-                                          f"put back {committed_id}")
+        return _id_changed(rel, committed_id, block.id)
     if not committed_id:
         twin = next((e.name for e in store.catalog.snapshot(rescan=True).entries.values()
                      if e.id == block.id and e.name != name), None)
@@ -130,10 +129,12 @@ def _agent_problem(store: Store, rel: str, name: str, data: bytes, has_head: boo
         return FileFormatError(rel, None, f"`name: {agent.name}` differs from the file name; an agent's name is its "
                                           f"file name — write `name: {name}` or rename the file")
     committed_id = _committed_id(store, rel) if has_head else None
-    if committed_id and agent.id != committed_id:
-        return FileFormatError(rel, None, f"the id changed from {committed_id} to {agent.id}; ids never change — "
-                                          f"put back {committed_id}")
-    return None
+    return _id_changed(rel, committed_id, agent.id) if committed_id and agent.id != committed_id else None
+
+
+def _id_changed(rel: str, committed_id: str, found_id: str) -> FileFormatError:
+    return FileFormatError(rel, None, f"the id changed from {committed_id} to {found_id}; ids never change — "
+                                      f"put back {committed_id}")
 
 
 def file_problem(store: Store, rel: str) -> str | None:
