@@ -86,17 +86,18 @@ class LastChange:
             return None
         with self._lock:
             known = self._known.get(rel)
-        version = self._catch_up(rel, head, known) if known else _UNKNOWN
+        version = self._catch_up(rel, head, known)
         if version is _UNKNOWN:
             version = last_version(self.store, rel)
         with self._lock:
             self._known[rel] = (head, version)
         return version
 
-    def _catch_up(self, rel: str, head: str, known: tuple[str, str | None]) -> str | None | object:
-        seen, version = known
+    def _catch_up(self, rel: str, head: str, known: tuple[str, str | None] | None) -> str | None | object:
+        """Walk back from `head` to the remembered head (or, cold, a few commits) to find the last change."""
+        seen, version = known or (None, None)
         commit = head
-        for _ in range(self.max_walk):
+        for _ in range(self.max_walk if known else self.max_walk // 4):
             if commit == seen:
                 return version
             parents = self.store.commit_parents(commit)

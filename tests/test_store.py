@@ -369,3 +369,18 @@ def test_history_stops_at_the_blocks_creation(store: Store) -> None:
     new = store.create_block("notes", "new")
     assert new.name == "notes"
     assert [e.op for e in store.block_history(new.id)] == ["create_block"]
+
+
+def test_a_blocks_version_is_the_commit_that_last_changed_it(store: Store) -> None:
+    old = store.create_block("old", "still")
+    store.create_block("busy", "b")
+    assert store.get_block("old").version == old.version
+    for i in range(80):  # more than the cold walk looks at
+        store.memory_insert("busy", f"line {i}")
+    fresh = Store.open(store.ws.root)  # a cold cache, as in a new server process
+    assert fresh.get_block("old").version == old.version
+    changed = store.memory_insert("old", "again").version
+    for i in range(3):
+        store.memory_insert("busy", f"more {i}")
+    assert fresh.get_block("old").version == changed
+    assert git(store.ws.root, "log", "-1", "--format=%H", "--", "blocks/old.md").strip() == changed
