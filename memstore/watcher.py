@@ -48,6 +48,7 @@ class Watcher:
         self._due: dict[str, float] = {}
         self._seen: dict[str, str | None] = {}  # rel -> blob last reported
         self._grace: set[str] = set()  # files found missing once, to be looked at again
+        self.ready = threading.Event()  # set once the start-up scan is done
         self._cond = threading.Condition()
         self._stopping = False
         self._observer = Observer()
@@ -59,11 +60,8 @@ class Watcher:
         for folder in (self.store.ws.blocks_dir, self.store.ws.agents_dir):
             folder.mkdir(exist_ok=True)
             self._observer.schedule(handler, str(folder), recursive=False)
-        self._remember_current()
         self._observer.start()
-        self._worker.start()
-        for rel in self._pending_at_start():
-            self._touch(rel)
+        self._worker.start()  # it first scans the workspace, so a server's start is not delayed
         return self
 
     def stop(self) -> None:
@@ -86,6 +84,14 @@ class Watcher:
             self._cond.notify_all()
 
     def _run(self) -> None:
+        try:
+            self._remember_current()
+            for rel in self._pending_at_start():
+                self._touch(rel)
+        except (MemstoreError, OSError) as exc:
+            self._record_error("(start-up scan)", exc)
+        finally:
+            self.ready.set()
         while True:
             with self._cond:
                 while not self._stopping and not self._ready():
@@ -159,9 +165,8 @@ class Watcher:
         for folder, kind in ((self.store.ws.blocks_dir, "blocks"), (self.store.ws.agents_dir, "agents")):
             for path in folder.glob("*.md"):
                 rel = f"{kind}/{path.name}"
-                if is_watched(rel):
-                    data = self.store.commits.read(rel)
-                    self._seen[rel] = blob_id(data) if data is not None else None
+                if is_watched(rel):  # as committed: a hand edit waiting now is news once picked up
+                    self._seen[rel] = self.store.commits.head_blob(rel)
 
     def _pending_at_start(self) -> list[str]:
         """Files that already differ from their last commit when the watcher starts."""

@@ -53,7 +53,8 @@ async def watched(store: Store) -> AsyncIterator[tuple[Client, Inbox]]:
     store.create_block("notes", "first")
     server = MemstoreServer(store)
     inbox = Inbox()
-    with Watcher(store, on_change=server.notifier.changed):
+    with Watcher(store, on_change=server.notifier.changed) as watcher:
+        assert watcher.ready.wait(WAIT)
         async with Client(server, mode="legacy", cache=None, message_handler=inbox.handler) as client:
             await client.subscribe_resource(URI)
             yield client, inbox
@@ -92,7 +93,8 @@ async def test_this_servers_own_edit_notifies_and_a_new_block_changes_the_list(
 async def test_a_2026_client_hears_through_listen(store: Store, ws_path: Path) -> None:
     store.create_block("notes", "first")
     server = MemstoreServer(store)
-    with Watcher(store, on_change=server.notifier.changed):
+    with Watcher(store, on_change=server.notifier.changed) as watcher:
+        assert watcher.ready.wait(WAIT)
         async with Client(server, cache=None) as client:
             async with client.listen(resource_subscriptions=[URI]) as events:
                 await client.call_tool("memory_insert", {"label": "notes", "new_str": "x"})

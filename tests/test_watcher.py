@@ -46,7 +46,9 @@ class Seen:
 @pytest.fixture
 def seen(store: Store) -> Iterator[Seen]:
     events = Seen()
-    with Watcher(store, on_change=lambda rel, kind: events.changes.put((rel, kind)), on_pick_up=events.picked.put):
+    with Watcher(store, on_change=lambda rel, kind: events.changes.put((rel, kind)),
+                 on_pick_up=events.picked.put) as watcher:
+        assert watcher.ready.wait(WAIT)
         yield events
 
 
