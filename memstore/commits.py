@@ -52,7 +52,7 @@ class Committer:
     @contextmanager
     def locked(self, rel: str) -> Iterator[bytes | None]:
         """Hold `rel`'s lock; yield its current content (None: no such file)."""
-        lock = FairLock(self._lock_path(rel))
+        lock = self._fair_lock(self._lock_path(rel))
         held = self._held.__dict__.setdefault("locks", {})
         with lock:
             held[rel] = lock
@@ -63,6 +63,16 @@ class Committer:
                 yield current
             finally:
                 del held[rel]
+
+    def _fair_lock(self, path: Path) -> FairLock:
+        """This thread's lock object for `path` (made once: building one costs more than using it)."""
+        cache: dict[Path, FairLock] = self._held.__dict__.setdefault("objects", {})
+        lock = cache.get(path)
+        if lock is None:
+            if len(cache) >= 256:
+                cache.clear()
+            lock = cache[path] = FairLock(path)
+        return lock
 
     def read(self, rel: str) -> bytes | None:
         try:
@@ -122,7 +132,7 @@ class Committer:
 
     def _commit(self, rel: str, blob: str | None, author: Ident, message: str) -> str:
         """Commit `rel` = `blob` on top of the branch; safe against any concurrent writer."""
-        with FairLock(self.ws.locks_dir / "repo.lock") as lock:
+        with self._fair_lock(self.ws.locks_dir / "repo.lock") as lock:
             busy, count = _repo_state(lock.read_state())
             lock.write_state(struct.pack("<BQ", 1, count))
             commit = self._publish(rel, blob, author, message, recover=busy)
@@ -164,7 +174,7 @@ class Committer:
             if head == record.get("old"):
                 self._commit(rel, disk, author, record["message"])
             elif head == disk:
-                with FairLock(self.ws.locks_dir / "repo.lock"):
+                with self._fair_lock(self.ws.locks_dir / "repo.lock"):
                     self.git.set_index_entry(rel, disk, self.ws.root / rel, recover=True)
         lock.write_state(b"")
 

@@ -9,7 +9,9 @@ the acting agent or person.
 from __future__ import annotations
 
 import os
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +19,7 @@ from . import edits, handedits, history
 from .agents.messages import Message, TurnResult
 from .blockfile import agent_from_file, block_from_file, load_block, render_agent, render_block
 from .catalog import Catalog, CatalogEntry
-from .commits import Committer, commit_message
+from .commits import Committer, blob_id, commit_message
 from .errors import (
     AmbiguousNameError,
     ConflictError,
@@ -45,6 +47,7 @@ from .workspace import Workspace, init_workspace, open_workspace
 
 DEFAULT_SYSTEM = "You are a helpful assistant with a persistent, shared memory."
 _MAINTAIN_EVERY = 500
+_PARSED_CACHE = 512  # parsed block files kept, by content
 
 
 class Store:
@@ -54,6 +57,8 @@ class Store:
         self.ws = ws
         self.commits = Committer(ws, on_commit=self._after_commit)
         self.last_change = history.LastChange(ws.git)
+        self._parsed: OrderedDict[tuple[str, str], tuple[Block, dict[str, Any]]] = OrderedDict()
+        self._parsed_lock = threading.Lock()
         self.catalog = Catalog(ws.blocks_dir, ws.state_dir / "catalog.gen", self._committed,
                                self.commits.head_blob)
 
@@ -108,9 +113,27 @@ class Store:
         if self.commits.hand_edited(rel, data) and handedits.check(self, rel, data, has_head=True)[0]:
             return self._last_good(rel, name, data, strict=strict)
         try:
-            return block_from_file(data, rel, name)
+            return self._load(data, rel, name)[0]
         except FileFormatError:
             return self._last_good(rel, name, data, strict=strict)
+
+    def _load(self, data: bytes, rel: str, name: str) -> tuple[Block, dict[str, Any]]:
+        """Parse a block file, remembering recent results: an edit reads the same bytes twice."""
+        key = (name, blob_id(data))
+        with self._parsed_lock:
+            hit = self._parsed.get(key)
+            if hit is not None:
+                self._parsed.move_to_end(key)
+                return hit[0], dict(hit[1])
+        block, meta = load_block(data, rel, name)
+        self._remember_parsed(key, block, meta)
+        return block, dict(meta)
+
+    def _remember_parsed(self, key: tuple[str, str], block: Block, meta: dict[str, Any]) -> None:
+        with self._parsed_lock:
+            self._parsed[key] = (block, meta)
+            while len(self._parsed) > _PARSED_CACHE:
+                self._parsed.popitem(last=False)
 
     def _last_good(self, rel: str, name: str, data: bytes, *, strict: bool) -> Block | None:
         """An invalid hand edit is not memory yet: readers get the block as last committed."""
@@ -331,7 +354,7 @@ class Store:
         with self.commits.locked(rel) as current:
             if current is None:
                 raise NotFoundError(f"Block '{ref}' was deleted (no file {rel}).")
-            block, meta = load_block(current, rel, name)
+            block, meta = self._load(current, rel, name)
             if enforce_read_only and actor.is_agent and block.read_only:
                 raise ReadOnlyError(block.label)
             hand_edited = self._check_hand_edit(rel, current, block)
@@ -341,6 +364,7 @@ class Store:
             data = render_block(new, meta)
             message = self._message(op, new, actor, subject_suffix)
             version = self.commits.write(rel, data, current, _ident(actor), message)
+            self._remember_parsed((name, blob_id(data)), new.model_copy(update={"version": None}), meta)
         version = version or history.last_version(self.ws.git, rel) or ""
         return EditResult(block=new.model_copy(update={"version": version}), version=version, op=op)
 
