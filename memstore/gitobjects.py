@@ -113,13 +113,18 @@ class GitStore:
         self._cache_lock = threading.Lock()
         self._odb_lock = threading.Lock()
         self._index: tuple[tuple[int, int, int], bytearray] | None = None  # the index we last wrote
+        # Hot paths build file names as strings: pathlib costs more than the syscalls here.
+        self._objects_dir = str(self.objects)
+        self._head_file = str(self.git_dir / "HEAD")
+        self._common = str(self.common_dir)
 
     # -- objects ---------------------------------------------------------------------
 
     def read_object(self, sha: str) -> tuple[bytes, bytes]:
         """(type, body) of an object, loose or packed."""
         try:
-            raw = zlib.decompress((self.objects / sha[:2] / sha[2:]).read_bytes())
+            with open(f"{self._objects_dir}/{sha[:2]}/{sha[2:]}", "rb") as handle:
+                raw = zlib.decompress(handle.read())
         except FileNotFoundError:
             with self._odb_lock:
                 try:
@@ -135,15 +140,16 @@ class GitStore:
         digest = hashlib.sha1(header)
         digest.update(body)
         sha = digest.hexdigest()
-        final = self.objects / sha[:2] / sha[2:]
-        if final.exists():
+        folder = f"{self._objects_dir}/{sha[:2]}"
+        final = f"{folder}/{sha[2:]}"
+        if os.path.exists(final):
             return sha
         parts = _deflate(header, body)
-        tmp = final.parent / f"tmp_obj_{secrets.token_hex(6)}"
+        tmp = f"{folder}/tmp_obj_{secrets.token_hex(6)}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
         except FileNotFoundError:
-            final.parent.mkdir(exist_ok=True)
+            os.makedirs(folder, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
         try:
             _write_all(fd, parts)
@@ -239,7 +245,8 @@ class GitStore:
 
     def head_ref(self) -> str:
         """The branch HEAD points at; refuses a detached HEAD."""
-        content = (self.git_dir / "HEAD").read_text().strip()
+        with open(self._head_file, encoding="utf-8") as handle:
+            content = handle.read().strip()
         if not content.startswith("ref: "):
             raise WorkspaceError(
                 "HEAD is detached: memstore commits to a branch. Run `git switch main` (or your branch) first."
@@ -248,7 +255,8 @@ class GitStore:
 
     def read_ref(self, ref: str) -> str | None:
         try:
-            value = (self.common_dir / ref).read_text().strip()
+            with open(f"{self._common}/{ref}", encoding="utf-8") as handle:
+                value = handle.read().strip()
             if value:
                 return value
         except (FileNotFoundError, IsADirectoryError):

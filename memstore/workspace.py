@@ -12,6 +12,7 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import git
@@ -47,23 +48,23 @@ class Workspace:
     git: GitStore
     person: Ident
 
-    @property
+    @cached_property
     def blocks_dir(self) -> Path:
         return self.root / "blocks"
 
-    @property
+    @cached_property
     def agents_dir(self) -> Path:
         return self.root / "agents"
 
-    @property
+    @cached_property
     def state_dir(self) -> Path:
         return self.root / ".memstore"
 
-    @property
+    @cached_property
     def locks_dir(self) -> Path:
         return self.state_dir / "locks"
 
-    @property
+    @cached_property
     def tmp_dir(self) -> Path:
         return self.state_dir / "tmp"
 
@@ -86,8 +87,9 @@ class Workspace:
 
     def check_state(self) -> None:
         """Refuse to commit while git is in the middle of a multi-step operation."""
+        git_dir = str(self.git.git_dir)
         for marker, problem in _IN_PROGRESS.items():
-            if (self.git.git_dir / marker).exists():
+            if os.path.exists(f"{git_dir}/{marker}"):
                 raise WorkspaceError(f"{self.root}: {problem}.")
         self.git.head_ref()
 
