@@ -216,3 +216,20 @@ async def test_two_hosts_editing_one_block_lose_nothing(store: Store, ws_path: P
     authors = git(ws_path, "log", f"-{2 * per_host}", "--format=%an").split()
     assert sorted(set(authors)) == ["alpha", "beta"] and authors.count("alpha") == per_host
     assert subprocess.run(["git", "fsck", "--strict"], cwd=ws_path, capture_output=True, check=False).returncode == 0
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+async def test_http_subscribers_hear_about_another_processs_edit(store: Store, ws_path: Path) -> None:
+    store.create_block("notes", "a")
+    arrived = anyio.Event()
+
+    async def on_message(message: object) -> None:
+        if getattr(message, "method", "") == "notifications/resources/updated":
+            arrived.set()
+
+    with http_server(ws_path) as url:
+        async with Client(url, mode="legacy", cache=None, message_handler=on_message) as client:
+            await client.subscribe_resource("memstore://blocks/notes")
+            await anyio.to_thread.run_sync(lambda: Store.open(ws_path).memory_insert("notes", "from elsewhere"))
+            with anyio.fail_after(STARTUP_TIMEOUT):
+                await arrived.wait()
