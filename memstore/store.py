@@ -126,14 +126,11 @@ class Store:
                 self._parsed.move_to_end(key)
                 return hit[0], dict(hit[1])
         block, meta = load_block(data, rel, name)
-        self._remember_parsed(key, block, meta)
-        return block, dict(meta)
-
-    def _remember_parsed(self, key: tuple[str, str], block: Block, meta: dict[str, Any]) -> None:
         with self._parsed_lock:
             self._parsed[key] = (block, meta)
             while len(self._parsed) > _PARSED_CACHE:
                 self._parsed.popitem(last=False)
+        return block, dict(meta)
 
     def _last_good(self, rel: str, name: str, data: bytes, *, strict: bool) -> Block | None:
         """An invalid hand edit is not memory yet: readers get the block as last committed."""
@@ -364,7 +361,6 @@ class Store:
             data = render_block(new, meta)
             message = self._message(op, new, actor, subject_suffix)
             version = self.commits.write(rel, data, current, _ident(actor), message)
-            self._remember_parsed((name, blob_id(data)), new.model_copy(update={"version": None}), meta)
         version = version or history.last_version(self.ws.git, rel) or ""
         return EditResult(block=new.model_copy(update={"version": version}), version=version, op=op)
 
