@@ -322,7 +322,7 @@ def _register_resources(server: MemstoreServer) -> None:
     @server.prompt(name="memory_context", description="An agent's memory blocks in Letta's <memory_blocks> format.")
     def memory_context(agent: str) -> str:
         try:
-            return store.memory_context(agent)
+            return store.memory_context(agent, actor=server.actor(None))
         except MemstoreError as exc:
             raise ValueError(str(exc)) from None
 

@@ -10,10 +10,13 @@ library strips the body, which would lose leading and trailing whitespace of a v
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import yaml
 from frontmatter.default_handlers import YAMLHandler
+from pydantic import ValidationError
 
 from .errors import FileFormatError, InvalidNameError
 from .models import DEFAULT_LIMIT, Agent, Block, validate_name
@@ -107,17 +110,29 @@ def load_block(data: bytes, path: str, name: str) -> tuple[Block, dict[str, Any]
     metadata = meta.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise _bad(path, data, "metadata", f"must be a mapping, got {metadata!r}")
-    block = Block(
-        id=block_id,
-        label=label,
-        value=body,
-        limit=limit,
-        read_only=read_only,
-        description=_optional_text(path, data, meta, "description"),
-        metadata=metadata,
-        name=name,
-    )
+    with _as_format_error(path):
+        block = Block(
+            id=block_id,
+            label=label,
+            value=body,
+            limit=limit,
+            read_only=read_only,
+            description=_optional_text(path, data, meta, "description"),
+            metadata=metadata,
+            name=name,
+        )
     return block, meta
+
+
+@contextmanager
+def _as_format_error(path: str) -> Iterator[None]:
+    """A value the model rejects (say, metadata keys that are not text) is a file format problem."""
+    try:
+        yield
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise FileFormatError(path, None, f"invalid `{where}`: {first['msg']}") from None
 
 
 def block_meta(block: Block, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -155,16 +170,17 @@ def agent_from_file(data: bytes, path: str) -> Agent:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise _bad(path, data, key, f"must be a list of names, got {value!r}")
         lists[key] = value
-    return Agent(
-        id=agent_id,
-        name=name,
-        model=model,
-        tools=lists["tools"],
-        blocks=lists["blocks"],
-        description=_optional_text(path, data, meta, "description"),
-        api_base=_optional_text(path, data, meta, "api_base"),
-        system=body,
-    )
+    with _as_format_error(path):
+        return Agent(
+            id=agent_id,
+            name=name,
+            model=model,
+            tools=lists["tools"],
+            blocks=lists["blocks"],
+            description=_optional_text(path, data, meta, "description"),
+            api_base=_optional_text(path, data, meta, "api_base"),
+            system=body,
+        )
 
 
 def render_agent(agent: Agent) -> bytes:

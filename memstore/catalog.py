@@ -89,9 +89,17 @@ class Catalog:
             except OSError:
                 continue
             snap.entries[name] = CatalogEntry(name, block.id, block.label)
-            snap.by_id[block.id] = name
+            if block.id not in snap.by_id or not self._is_committed(f"blocks/{snap.by_id[block.id]}.md"):
+                snap.by_id[block.id] = name  # a hand-made copy never takes an id from its committed original
             snap.by_label.setdefault(block.label, []).append(name)
         return snap
+
+    def _is_committed(self, rel: str) -> bool:
+        try:
+            data = (self._dir.parent / rel).read_bytes()
+        except OSError:
+            return False
+        return self._head_blob(rel) == blob_id(data)
 
     def _unless_id_changed(self, rel: str, name: str, data: bytes, block: Block) -> Block:
         """A hand edit that changed the id is invalid: keep finding the block by its committed id."""

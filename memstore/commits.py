@@ -65,8 +65,13 @@ class Committer:
                 del held[rel]
 
     def _fair_lock(self, path: Path) -> FairLock:
-        """This thread's lock object for `path` (made once: building one costs more than using it)."""
-        cache: dict[Path, FairLock] = self._held.__dict__.setdefault("objects", {})
+        """This thread's lock object for `path` (made once: building one costs more than using it).
+
+        A forked child starts afresh: filelock refuses objects inherited across a fork.
+        """
+        if self._held.__dict__.get("pid") != os.getpid():
+            self._held.__dict__.update(pid=os.getpid(), objects={})
+        cache: dict[Path, FairLock] = self._held.objects
         lock = cache.get(path)
         if lock is None:
             if len(cache) >= 256:

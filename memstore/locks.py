@@ -52,13 +52,16 @@ class FairLock:
                 _byte_lock(fd, _TICKETS + ticket - 1)  # returns once our predecessor is gone
                 _byte_lock(fd, _TICKETS + ticket - 1, kind=fcntl.F_UNLCK)
             self._mutex.acquire()
+            self._queue_fd = fd
         except FileLockTimeout:
             os.close(fd)
             raise LockTimeoutError(f"{self.path.name} stayed locked by another process for {self.timeout:.0f}s") from None
         except BaseException:
+            if self._queue_fd == fd:  # interrupted right after taking the mutex: give it back
+                self._queue_fd = None
+                self._mutex.release()
             os.close(fd)
             raise
-        self._queue_fd = fd
 
     def _take_ticket(self, fd: int) -> int:
         """Draw the next ticket number and hold its byte."""

@@ -136,11 +136,15 @@ class Store:
         """An invalid hand edit is not memory yet: readers get the block as last committed."""
         committed = self._committed(rel)
         try:
-            return block_from_file(committed, rel, name) if committed is not None else block_from_file(data, rel, name)
+            if committed is not None:
+                return block_from_file(committed, rel, name)
+            if strict:  # never committed, and invalid: say why
+                handedits.require_valid(self, rel, data)
+                return block_from_file(data, rel, name)
         except FileFormatError:
             if strict:
                 raise
-            return None
+        return None
 
     def resolve_block(self, ref: str, actor: Actor | None = None) -> str:
         """The file name of the block `ref` names: among an agent's blocks when acting as one."""
@@ -179,6 +183,9 @@ class Store:
         entries = [e for e in (self._entry_by_id(i) for i in agent.blocks) if e is not None]
         for entry in entries:
             if label in (entry.label, entry.id):
+                return entry
+        for entry in entries:  # a file name, as resources and listings show it
+            if label == entry.name:
                 return entry
         available = ", ".join(e.label for e in entries)
         raise NotFoundError(f"Block field {label} does not exist (available sections = {available})")
@@ -503,8 +510,9 @@ class Store:
         agent = self.get_agent(agent_ref)
         return [b for b in (self._block_by_id(i) for i in agent.blocks) if b is not None]
 
-    def memory_context(self, agent_ref: str) -> str:
+    def memory_context(self, agent_ref: str, *, actor: Actor | None = None) -> str:
         """An agent's blocks in Letta's `<memory_blocks>` format, read from disk now."""
+        self._check_own_agent(agent_ref, actor, "read the memory of")
         return render_memory_blocks(self.agent_blocks(agent_ref))
 
     def send_message(self, agent_ref: str, message: str, *, actor: Actor | None = None, **options: Any) -> TurnResult:

@@ -47,7 +47,7 @@ class Watcher:
         self.debounce = debounce
         self._due: dict[str, float] = {}
         self._seen: dict[str, str | None] = {}  # rel -> blob last reported
-        self._grace: set[str] = set()  # files found missing once, to be looked at again
+        self._grace: dict[str, float] = {}  # missing files -> when their deletion may be committed
         self.ready = threading.Event()  # set once the start-up scan is done
         self._cond = threading.Condition()
         self._stopping = False
@@ -60,8 +60,9 @@ class Watcher:
         for folder in (self.store.ws.blocks_dir, self.store.ws.agents_dir):
             folder.mkdir(exist_ok=True)
             self._observer.schedule(handler, str(folder), recursive=False)
+        self._remember_current()
         self._observer.start()
-        self._worker.start()  # it first scans the workspace, so a server's start is not delayed
+        self._worker.start()  # it first looks for waiting hand edits, so a server's start is not delayed
         return self
 
     def stop(self) -> None:
@@ -85,11 +86,10 @@ class Watcher:
 
     def _run(self) -> None:
         try:
-            self._remember_current()
             for rel in self._pending_at_start():
                 self._touch(rel)
-        except (MemstoreError, OSError) as exc:
-            self._record_error("(start-up scan)", exc)
+        except Exception as exc:  # the watcher must keep running without its start-up scan  # noqa: BLE001
+            self._record_error("(start-up scan)", exc, detail=traceback.format_exc())
         finally:
             self.ready.set()
         while True:
@@ -128,16 +128,17 @@ class Watcher:
             self._record_error(rel, exc, detail=traceback.format_exc())
 
     def _deletion_needs_grace(self, rel: str) -> bool:
-        """A vanished file may be an editor's save in progress: look again after DELETE_GRACE."""
-        if (self.store.ws.root / rel).exists():
-            self._grace.discard(rel)
+        """A vanished file may be an editor's save in progress: it must stay gone DELETE_GRACE."""
+        now = time.monotonic()
+        if (self.store.ws.root / rel).exists() or self.store.commits.head_blob(rel) is None:
+            self._grace.pop(rel, None)
             return False
-        if rel in self._grace or self.store.commits.head_blob(rel) is None:
-            self._grace.discard(rel)
+        deadline = self._grace.setdefault(rel, now + DELETE_GRACE)
+        if now >= deadline:
+            del self._grace[rel]
             return False
-        self._grace.add(rel)
         with self._cond:
-            self._due[rel] = time.monotonic() + DELETE_GRACE
+            self._due[rel] = max(self._due.get(rel, 0.0), deadline)
             self._cond.notify_all()
         return True
 
@@ -162,11 +163,16 @@ class Watcher:
             pass
 
     def _remember_current(self) -> None:
+        """Each file as committed at start: a hand edit waiting now is news once picked up."""
+        git = self.store.ws.git
+        head = git.read_ref(git.head_ref())
+        tree = git.commit_tree(head) if head else None
         for folder, kind in ((self.store.ws.blocks_dir, "blocks"), (self.store.ws.agents_dir, "agents")):
             for path in folder.glob("*.md"):
                 rel = f"{kind}/{path.name}"
-                if is_watched(rel):  # as committed: a hand edit waiting now is news once picked up
-                    self._seen[rel] = self.store.commits.head_blob(rel)
+                if is_watched(rel):
+                    entry = git.entry_at(tree, rel) if tree else None
+                    self._seen[rel] = entry[1] if entry else None
 
     def _pending_at_start(self) -> list[str]:
         """Files that already differ from their last commit when the watcher starts."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import re
 import subprocess
 import sys
@@ -93,3 +94,17 @@ def test_racing_replaces_of_the_same_text_have_exactly_one_winner(store: Store) 
             proc.stdin.close()
             proc.wait(timeout=30)
     assert_clean_repo(store.ws.root)
+
+
+def _insert_in_child(store: Store) -> None:
+    store.memory_insert("organization", "from a forked child")
+
+
+def test_a_forked_child_can_write_with_its_parents_store(store: Store) -> None:
+    store.create_block("organization", "Org")
+    store.memory_insert("organization", "parent first")  # the parent has used its locks
+    child = multiprocessing.get_context("fork").Process(target=_insert_in_child, args=(store,))
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    assert store.get_block("organization").value == "Org\nparent first\nfrom a forked child"

@@ -347,3 +347,18 @@ async def test_every_tool_names_what_is_missing(client: Client, store: Store) ->
         assert expected in await error(client, tool, **args), tool
     assert await ok(client, "workspace_status") == {"uncommitted": [], "invalid": [], "notices": [],
                                                      "watcher_error": None}
+
+
+async def test_as_agent_reads_its_blocks_by_file_name_and_only_its_own_memory_context(
+    connect: Connect, store: Store
+) -> None:
+    store.create_block("notes", "someone else's")
+    mine = store.create_block("notes", "mine")  # file notes-2.md
+    store.create_agent("agent1", "openai/gpt-4o-mini", block_ids=[mine.id])
+    store.create_agent("agent2", "openai/gpt-4o-mini")
+    async with connect(ServerConfig(as_agent="agent1")) as client:
+        text = (await client.read_resource("memstore://blocks/notes-2")).contents[0].text
+        assert text.endswith("mine\n")
+        assert "mine" in (await client.get_prompt("memory_context", {"agent": "agent1"})).messages[0].content.text
+        with pytest.raises(MCPError):
+            await client.get_prompt("memory_context", {"agent": "agent2"})

@@ -294,3 +294,45 @@ def test_the_watcher_outlives_a_failing_callback(store: Store, ws_path: Path) ->
         path.write_text(path.read_text().replace("\nb\n", "\nc\n"))
         assert picked.get(timeout=WAIT).action == "committed"
     assert "callback bug" in (store.ws.read_state("watcher-error") or "")
+
+
+def test_a_hand_copy_never_takes_over_the_original_block(store: Store, ws_path: Path) -> None:
+    original = store.create_block("persona", "I am careful.")
+    store.create_agent("agent1", "openai/gpt-4o-mini", block_ids=[original.id])
+    (ws_path / "blocks" / "persona_old.md").write_bytes((ws_path / "blocks" / "persona.md").read_bytes())
+    fresh = Store.open(ws_path)
+    assert fresh.get_block(original.id).name == "persona"
+    assert [b.name for b in fresh.agent_blocks("agent1")] == ["persona"]
+    fresh.memory_insert("persona", "still mine", actor=fresh.get_agent("agent1").actor())
+    assert fresh.get_block(original.id).value == "I am careful.\nstill mine"
+
+
+def test_a_file_the_model_rejects_is_reported_and_the_watcher_keeps_running(store: Store, ws_path: Path) -> None:
+    store.create_block("notes", "a")
+    (ws_path / "blocks" / "odd.md").write_text("---\nid: block-x\nlabel: odd\nmetadata: {1: x}\n---\nv\n")
+    picked: queue.Queue[PickUp] = queue.Queue()
+    with Watcher(store, on_pick_up=picked.put) as watcher:
+        assert watcher.ready.wait(WAIT)
+        first = picked.get(timeout=WAIT)
+        assert first.path == "blocks/odd.md" and first.action == "invalid" and "metadata" in (first.problem or "")
+        path = ws_path / "blocks" / "notes.md"
+        path.write_text(path.read_text().replace("\na\n", "\nb\n"))
+        assert picked.get(timeout=WAIT).action == "committed"
+
+
+def test_a_delete_stays_pending_through_repeated_events(store: Store, seen: Seen, ws_path: Path) -> None:
+    store.create_block("notes", "one")
+    seen.next_change()
+    path = ws_path / "blocks" / "notes.md"
+    text = path.read_text()
+    before = commit_count(ws_path)
+    path.unlink()
+    for _ in range(3):  # more events for the missing file must not cut the grace period short
+        time.sleep(0.2)
+        (ws_path / "blocks" / "notes.md~").write_text("backup")
+        os.replace(ws_path / "blocks" / "notes.md~", ws_path / "blocks" / "other~")
+        path.touch()
+        path.unlink()
+    path.write_text(text.replace("one", "two"))
+    assert seen.next_pick_up().action == "committed"
+    assert commit_count(ws_path) == before + 1
