@@ -115,7 +115,7 @@ def _block_problem(store: Store, rel: str, name: str, data: bytes, has_head: boo
     if committed_id and block.id != committed_id:
         return _id_changed(rel, committed_id, block.id)
     if not committed_id:
-        twin = next((e.name for e in store.catalog.snapshot(rescan=True).entries.values()
+        twin = next((e.name for e in store.catalog.snapshot().entries.values()
                      if e.id == block.id and e.name != name), None)
         if twin is not None:
             return FileFormatError(rel, None, f"the id {block.id} already belongs to blocks/{twin}.md; a copied "
