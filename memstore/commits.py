@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import WorkspaceError
+from .fastio import read_file
 from .gitobjects import Ident, RefMovedError
 from .locks import FairLock
 from .workspace import COMMITTER, Workspace
@@ -45,6 +46,7 @@ class Committer:
         self.git = ws.git
         self._on_commit = on_commit
         self._held = threading.local()  # rel -> the FairLock this thread holds for it
+        self._root = str(ws.root)
 
     def _lock_path(self, rel: str) -> Path:
         return self.ws.locks_dir / (rel.replace("/", "__") + ".lock")
@@ -81,7 +83,7 @@ class Committer:
 
     def read(self, rel: str) -> bytes | None:
         try:
-            return (self.ws.root / rel).read_bytes()
+            return read_file(f"{self._root}/{rel}")
         except FileNotFoundError:
             return None
         except IsADirectoryError:

@@ -24,6 +24,7 @@ from pathlib import Path
 import git
 
 from .errors import WorkspaceError
+from .fastio import append_file, read_file
 from .gitindex import IndexFormatUnsupported, patch_index
 
 log = logging.getLogger(__name__)
@@ -123,8 +124,7 @@ class GitStore:
     def read_object(self, sha: str) -> tuple[bytes, bytes]:
         """(type, body) of an object, loose or packed."""
         try:
-            with open(f"{self._objects_dir}/{sha[:2]}/{sha[2:]}", "rb") as handle:
-                raw = zlib.decompress(handle.read())
+            raw = zlib.decompress(read_file(f"{self._objects_dir}/{sha[:2]}/{sha[2:]}"))
         except FileNotFoundError:
             with self._odb_lock:
                 try:
@@ -245,8 +245,7 @@ class GitStore:
 
     def head_ref(self) -> str:
         """The branch HEAD points at; refuses a detached HEAD."""
-        with open(self._head_file, encoding="utf-8") as handle:
-            content = handle.read().strip()
+        content = read_file(self._head_file).decode("utf-8", "replace").strip()
         if not content.startswith("ref: "):
             raise WorkspaceError(
                 "HEAD is detached: memstore commits to a branch. Run `git switch main` (or your branch) first."
@@ -255,8 +254,7 @@ class GitStore:
 
     def read_ref(self, ref: str) -> str | None:
         try:
-            with open(f"{self._common}/{ref}", encoding="utf-8") as handle:
-                value = handle.read().strip()
+            value = read_file(f"{self._common}/{ref}").decode("utf-8", "replace").strip()
             if value:
                 return value
         except (FileNotFoundError, IsADirectoryError):
@@ -294,10 +292,12 @@ class GitStore:
         os.replace(lock, self.common_dir / ref)
         now = time.time()
         line = f"{old or '0' * 40} {new} {who.line(now, local_tz_offset(now))}\t{message}\n".encode()
-        for log_path in (self.common_dir / "logs" / ref, self.git_dir / "logs" / "HEAD"):
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(log_path, "ab") as handle:
-                handle.write(line)
+        for log_path in (f"{self._common}/logs/{ref}", f"{self.git_dir}/logs/HEAD"):
+            try:
+                append_file(log_path, line)
+            except FileNotFoundError:
+                os.makedirs(os.path.dirname(log_path), exist_ok=True)
+                append_file(log_path, line)
 
     def take_git_lock(self, lock: Path, *, recover: bool) -> int | None:
         """Create git's `X.lock` file; None if a git command kept it past the wait.

@@ -9,15 +9,14 @@ the acting agent or person.
 from __future__ import annotations
 
 import os
-import threading
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from . import edits, handedits, history
 from .agents.messages import Message, TurnResult
 from .blockfile import agent_from_file, block_from_file, load_block, render_agent, render_block
+from .cache import LRU
 from .catalog import Catalog, CatalogEntry
 from .commits import Committer, blob_id, commit_message
 from .errors import (
@@ -47,7 +46,7 @@ from .workspace import Workspace, init_workspace, open_workspace
 
 DEFAULT_SYSTEM = "You are a helpful assistant with a persistent, shared memory."
 _MAINTAIN_EVERY = 500
-_PARSED_CACHE = 512  # parsed block files kept, by content
+_PARSED_CACHE = 512  # parsed block (and agent) files kept, by content
 
 
 class Store:
@@ -57,8 +56,9 @@ class Store:
         self.ws = ws
         self.commits = Committer(ws, on_commit=self._after_commit)
         self.last_change = history.LastChange(ws.git)
-        self._parsed: OrderedDict[tuple[str, str], tuple[Block, dict[str, Any]]] = OrderedDict()
-        self._parsed_lock = threading.Lock()
+        self._parsed: LRU[tuple[str, str], tuple[Block, dict[str, Any]]] = LRU(_PARSED_CACHE)
+        self._agents: LRU[tuple[str, str], Agent] = LRU(_PARSED_CACHE)
+        self._agent_names: dict[str, str] = {}  # agent id -> the file name it was last read from
         self.catalog = Catalog(ws.blocks_dir, ws.state_dir / "catalog.gen", self._committed,
                                self.commits.head_blob)
 
@@ -119,17 +119,7 @@ class Store:
 
     def _load(self, data: bytes, rel: str, name: str) -> tuple[Block, dict[str, Any]]:
         """Parse a block file, remembering recent results: an edit reads the same bytes twice."""
-        key = (name, blob_id(data))
-        with self._parsed_lock:
-            hit = self._parsed.get(key)
-            if hit is not None:
-                self._parsed.move_to_end(key)
-                return hit[0], dict(hit[1])
-        block, meta = load_block(data, rel, name)
-        with self._parsed_lock:
-            self._parsed[key] = (block, meta)
-            while len(self._parsed) > _PARSED_CACHE:
-                self._parsed.popitem(last=False)
+        block, meta = self._parsed.get_or_make((name, blob_id(data)), lambda: load_block(data, rel, name))
         return block, dict(meta)
 
     def _last_good(self, rel: str, name: str, data: bytes, *, strict: bool) -> Block | None:
@@ -423,21 +413,36 @@ class Store:
         if not isinstance(ref, str) or not ref:
             raise InvalidInputError("Name an agent by its id or name.")
         if ref.startswith("agent-"):
-            found = next((a for a in self.list_agents() if a.id == ref), None)
-            if found is None:
-                raise NotFoundError(f"No agent with id {ref}.")
-            return found
+            return self._agent_by_id(ref)
         validate_name(ref, "agent name")
         if not (self.ws.agents_dir / f"{ref}.md").exists():
             raise NotFoundError(f"No agent named '{ref}'. `memstore agent list` shows them.")
         return self._read_agent(ref)
+
+    def _agent_by_id(self, agent_id: str) -> Agent:
+        """The agent with `agent_id`: from the file it was last seen in, else by a scan of agents/."""
+        hint = self._agent_names.get(agent_id)
+        if hint is not None:
+            try:
+                agent = self._read_agent(hint)
+            except (NotFoundError, FileFormatError):
+                pass
+            else:
+                if agent.id == agent_id:
+                    return agent
+        found = next((a for a in self.list_agents() if a.id == agent_id), None)
+        if found is None:
+            raise NotFoundError(f"No agent with id {agent_id}.")
+        return found
 
     def _read_agent(self, name: str) -> Agent:
         rel = f"agents/{name}.md"
         data = self.commits.read(rel)
         if data is None:
             raise NotFoundError(f"No agent named '{name}'.")
-        return agent_from_file(data, rel)
+        agent = self._agents.get_or_make((name, blob_id(data)), lambda: agent_from_file(data, rel))
+        self._agent_names[agent.id] = name
+        return agent
 
     def create_agent(
         self, name: str, model: str, *, block_ids: list[str] | None = None, tools: list[str] | None = None,
