@@ -5,6 +5,11 @@ Under the file's lock the current content is read; a pending record left by a wr
 was killed between writing and committing is finished; an uncommitted hand edit is
 committed first under the person's name; then the new content is written (temp file,
 fsync, rename) and committed on top of the branch under the repository lock.
+
+Group commit: a writer posts its commit request in its mailbox slot of the repository
+lock before it waits. The holder commits its own request and those posted behind it as a
+chain (one commit each, in queue order) with one ref and one index update, and answers
+each slot with its commit id; a waiter whose turn comes finds its answer and goes.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import WorkspaceError
@@ -26,6 +32,8 @@ from .locks import FairLock
 from .workspace import COMMITTER, Workspace
 
 _REF_RETRIES = 20
+_BATCH = 64  # most requests one holder commits for others, so it does not hold the lock for long
+_REQUEST, _ANSWER = b"Q", b"A"
 
 
 def blob_id(content: bytes) -> str:
@@ -41,7 +49,7 @@ def commit_message(subject: str, trailers: dict[str, str | None]) -> str:
 class Committer:
     """Serialised, crash-safe writes of workspace files, one commit each."""
 
-    def __init__(self, ws: Workspace, on_commit: Callable[[int], None] | None = None) -> None:
+    def __init__(self, ws: Workspace, on_commit: Callable[[int, int], None] | None = None) -> None:
         self.ws = ws
         self.git = ws.git
         self._on_commit = on_commit
@@ -137,32 +145,81 @@ class Committer:
         os.close(fd)
         os.replace(tmp, target)
 
-    def _commit(self, rel: str, blob: str | None, author: Ident, message: str) -> str:
-        """Commit `rel` = `blob` on top of the branch; safe against any concurrent writer."""
-        with self._fair_lock(self.ws.locks_dir / "repo.lock") as lock:
+    def _commit(self, rel: str, blob: str | None, author: Ident, message: str) -> str | None:
+        """Commit `rel` = `blob` on top of the branch; safe against any concurrent writer.
+
+        None if the branch already had exactly that (a crashed writer's edit finished by another).
+        """
+        mine = _Request(rel, blob, author, message)
+        lock = self._fair_lock(self.ws.locks_dir / "repo.lock")
+        answers: list[str | None] = []
+
+        def answered(ticket: int) -> bool:
+            answer = _answer(lock.read_slot(ticket))
+            if answer is not None:
+                answers.append(answer or None)
+            return answer is not None
+
+        if not lock.acquire(queued=lambda ticket: lock.write_slot(ticket, mine.encode()), done=answered):
+            return answers[0]
+        try:
+            if answered(lock.ticket):  # a holder did it while we took the mutex
+                return answers[0]
             busy, count = _repo_state(lock.read_state())
             lock.write_state(struct.pack("<BQ", 1, count))
-            commit = self._publish(rel, blob, author, message, recover=busy)
-            self.git.set_index_entry(rel, blob, self.ws.root / rel, recover=busy)
-            lock.write_state(struct.pack("<BQ", 0, count + 1))
+            batch = [(lock.ticket, mine), *self._queued(lock)]
+            versions = self._publish([request for _, request in batch], recover=busy)
+            self.git.set_index_entries({request.rel: request.blob for _, request in batch}, recover=busy)
+            for (ticket, _), version in zip(batch[1:], versions[1:]):
+                lock.write_slot(ticket, _ANSWER + (version or "").encode())
+            total = count + sum(1 for v in versions if v)
+            lock.write_state(struct.pack("<BQ", 0, total))
+        finally:
+            lock.release()
         if self._on_commit is not None:
-            self._on_commit(count + 1)
-        return commit
+            self._on_commit(count, total)
+        return versions[0]
 
-    def _publish(self, rel: str, blob: str | None, author: Ident, message: str, recover: bool) -> str:
-        subject = message.split("\n", 1)[0]
+    def _queued(self, lock: FairLock) -> list[tuple[int, _Request]]:
+        """The requests posted by the writers in line behind the holder, in queue order."""
+        found = []
+        for ticket in range(lock.ticket + 1, min(lock.last_ticket(), lock.ticket + _BATCH) + 1):
+            raw = lock.read_slot(ticket)
+            if raw is not None and raw[:1] == _REQUEST:
+                try:
+                    found.append((ticket, _Request.decode(raw)))
+                except (ValueError, KeyError, TypeError):
+                    continue
+        return found
+
+    def _publish(self, batch: list[_Request], recover: bool) -> list[str | None]:
+        """Commit each request on top of the branch as a chain; a request already there gets None."""
         for _ in range(_REF_RETRIES):
             ref = self.git.head_ref()
             parent = self.git.read_ref(ref)
-            root = self.git.commit_tree(parent) if parent else None
-            tree = self.git.with_path(root, rel, blob) or self.git.write_object(b"tree", b"")
-            commit = self.git.make_commit(tree, [parent] if parent else [], author, COMMITTER, message)
+            tree = self.git.commit_tree(parent) if parent else None
+            head, versions, steps = parent, [], []
+            for request in batch:
+                if self._already(tree, request):
+                    versions.append(None)
+                    continue
+                tree = self.git.with_path(tree, request.rel, request.blob) or self.git.write_object(b"tree", b"")
+                head = self.git.make_commit(tree, [head] if head else [], request.author, COMMITTER, request.message)
+                versions.append(head)
+                steps.append((head, f"commit: {request.message.split(chr(10), 1)[0]}"))
+            if head is None or head == parent:
+                return versions
             try:
-                self.git.update_ref(ref, commit, parent, COMMITTER, f"commit: {subject}", recover=recover)
+                self.git.update_ref(ref, head, parent, COMMITTER, steps[-1][1], recover=recover, steps=steps)
             except RefMovedError:
                 continue
-            return commit
+            return versions
         raise WorkspaceError("the branch kept moving while memstore committed; is a git command looping?")
+
+    def _already(self, tree: str | None, request: _Request) -> bool:
+        """True if `tree` already has the request's content (its writer died and another finished it)."""
+        entry = self.git.entry_at(tree, request.rel) if tree else None
+        return (entry[1] if entry else None) == request.blob
 
     def _recover(self, rel: str, current: bytes | None, lock: FairLock) -> None:
         """Finish an edit whose writer died after writing the file but before committing."""
@@ -182,7 +239,7 @@ class Committer:
                 self._commit(rel, disk, author, record["message"])
             elif head == disk:
                 with self._fair_lock(self.ws.locks_dir / "repo.lock"):
-                    self.git.set_index_entry(rel, disk, self.ws.root / rel, recover=True)
+                    self.git.set_index_entries({rel: disk}, recover=True)
         lock.write_state(b"")
 
 
@@ -192,3 +249,29 @@ def _repo_state(raw: bytes) -> tuple[bool, int]:
         return bool(raw), 0
     busy, count = struct.unpack("<BQ", raw)
     return bool(busy), count
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One commit a writer asks for: `rel` = `blob` (None: deleted), by `author`."""
+
+    rel: str
+    blob: str | None
+    author: Ident
+    message: str
+
+    def encode(self) -> bytes:
+        record = [self.rel, self.blob, self.author.name, self.author.email, self.message]
+        return _REQUEST + json.dumps(record).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes) -> _Request:
+        rel, blob, name, email, message = json.loads(raw[1:])
+        if not all(isinstance(v, str) for v in (rel, name, email, message)) or not isinstance(blob, str | None):
+            raise ValueError("malformed commit request")
+        return cls(rel, blob, Ident(name, email), message)
+
+
+def _answer(raw: bytes | None) -> str | None:
+    """The commit id a holder answered with ('' if there was nothing to commit); None: no answer yet."""
+    return raw[1:].decode() if raw is not None and raw[:1] == _ANSWER else None

@@ -1,7 +1,7 @@
-"""Patching git's index file (versions 2 and 3) for the one path an edit changed.
+"""Patching git's index file (versions 2 and 3) for the paths a commit (or a chain) changed.
 
 Rewriting the whole index through git costs a process per edit; patching the changed
-entry keeps `git status` truthful for the price of one checksum over the file.
+entries keeps `git status` truthful for the price of one checksum over the file.
 """
 
 from __future__ import annotations
@@ -9,14 +9,13 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from pathlib import Path
 
 
 class IndexFormatUnsupported(Exception):
     """An index this module does not patch (version 4, split or sparse index)."""
 
 
-def _index_entry(path: bytes, blob: str, work_file: Path) -> bytes:
+def _index_entry(path: bytes, blob: str, work_file: str) -> bytes:
     st = os.stat(work_file)
     m32 = 0xFFFFFFFF
     fields = struct.pack(
@@ -54,15 +53,29 @@ def _find_entry(data: bytes, path: bytes) -> tuple[int, int] | None:
     return start, start + ((62 + len(path)) // 8 + 1) * 8
 
 
-def patch_index(
-    data: bytearray, path: bytes, blob: str | None, work_file: Path | None, entries_end: int | None = None
-) -> bytearray:
-    """Index bytes with the entry for `path` replaced, added or removed (in place when it can).
+IndexChange = tuple[bytes, "str | None", "str | None"]  # path, blob (None: removed), work file
+
+
+def patch_index(data: bytearray, changes: list[IndexChange], entries_end: int | None = None) -> bytearray:
+    """Index bytes with the entry of each path replaced, added or removed (in place when it can).
 
     `entries_end`, when known (an index memstore wrote), saves walking every entry.
     Optional extensions (cache tree, untracked cache, …) are dropped, which git allows and
     rebuilds; a required extension (split or sparse index) is not patched here.
     """
+    out = data
+    for path, blob, work_file in changes:
+        out, entries_end = _patch_entry(out, path, blob, work_file, entries_end)
+    with memoryview(out) as view:
+        digest = hashlib.sha1(view[:-20]).digest()
+    out[-20:] = digest
+    return out
+
+
+def _patch_entry(
+    data: bytearray, path: bytes, blob: str | None, work_file: str | None, entries_end: int | None
+) -> tuple[bytearray, int]:
+    """Replace, add or remove one entry; the checksum is left for the caller."""
     if data[:4] != b"DIRC":
         raise IndexFormatUnsupported("not an index")
     version, count = struct.unpack_from(">II", data, 4)
@@ -88,10 +101,7 @@ def patch_index(
         delta = (1 if new_entry else 0) - (1 if end > start else 0)
         out = bytearray(data[:4] + struct.pack(">II", version, count + delta) + data[12:start] + new_entry
                         + data[end:entries_end] + bytes(20))
-    with memoryview(out) as view:
-        digest = hashlib.sha1(view[:-20]).digest()
-    out[-20:] = digest
-    return out
+    return out, len(out) - 20
 
 
 def _check_extensions(data: bytes, pos: int) -> None:

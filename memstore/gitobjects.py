@@ -118,6 +118,7 @@ class GitStore:
         self._objects_dir = str(self.objects)
         self._head_file = str(self.git_dir / "HEAD")
         self._common = str(self.common_dir)
+        self._work_tree = str(repo.working_tree_dir)
 
     # -- objects ---------------------------------------------------------------------
 
@@ -270,9 +271,14 @@ class GitStore:
         return None
 
     def update_ref(
-        self, ref: str, new: str, old: str | None, who: Ident, message: str, *, recover: bool = False
+        self, ref: str, new: str, old: str | None, who: Ident, message: str, *, recover: bool = False,
+        steps: list[tuple[str, str]] | None = None,
     ) -> None:
-        """Point `ref` at `new` if it still points at `old` (git's lockfile protocol)."""
+        """Point `ref` at `new` if it still points at `old` (git's lockfile protocol).
+
+        `steps`: the commits from `old` to `new` with their reflog messages, when one update
+        publishes a chain; the reflog gets a line for each, as if committed one by one.
+        """
         lock = self.common_dir / f"{ref}.lock"
         fd = self.take_git_lock(lock, recover=recover)
         if fd is None:
@@ -291,7 +297,12 @@ class GitStore:
         os.close(fd)
         os.replace(lock, self.common_dir / ref)
         now = time.time()
-        line = f"{old or '0' * 40} {new} {who.line(now, local_tz_offset(now))}\t{message}\n".encode()
+        who_line = who.line(now, local_tz_offset(now))
+        lines, prev = [], old or "0" * 40
+        for commit, text in steps or [(new, message)]:
+            lines.append(f"{prev} {commit} {who_line}\t{text}\n")
+            prev = commit
+        line = "".join(lines).encode()
         for log_path in (f"{self._common}/logs/{ref}", f"{self.git_dir}/logs/HEAD"):
             try:
                 append_file(log_path, line)
@@ -321,12 +332,13 @@ class GitStore:
 
     # -- index -----------------------------------------------------------------------
 
-    def set_index_entry(self, path: str, blob: str | None, work_file: Path, *, recover: bool) -> None:
-        """Make the index entry of `path` match the commit just made (None: remove it)."""
+    def set_index_entries(self, changes: dict[str, str | None], *, recover: bool) -> None:
+        """Make the index entries of these paths match the commits just made (None: remove)."""
         lock = self.git_dir / "index.lock"
         fd = self.take_git_lock(lock, recover=recover)
         if fd is None:
-            log.warning("index is locked by another git command; `git status` may show %s as changed", path)
+            log.warning("index is locked by another git command; `git status` may show %s as changed",
+                        ", ".join(changes))
             return
         cached, self._index = self._index, None
         try:
@@ -335,11 +347,13 @@ class GitStore:
                 data, known_end = cached[1], len(cached[1]) - 20  # ours: no extensions
             else:
                 data, known_end = bytearray(index.read_bytes()), None
-            new = patch_index(data, path.encode(), blob, work_file if blob else None, known_end)
+            new = patch_index(data, [(path.encode(), blob, f"{self._work_tree}/{path}" if blob else None)
+                                     for path, blob in changes.items()], known_end)
         except (FileNotFoundError, IndexFormatUnsupported):
             os.close(fd)
             lock.unlink(missing_ok=True)
-            self._index_via_git(path, blob)
+            for path, blob in changes.items():
+                self._index_via_git(path, blob)
             return
         except BaseException:
             os.close(fd)

@@ -8,6 +8,11 @@ locks of a process that dies, so a crash never blocks the queue. Mutual exclusio
 comes from a `filelock.FileLock`, so a waiter that died in the queue can perturb the order
 but never let two holders in. Creating files is slow on some disks; nothing here creates
 a file after the first use.
+
+The queue file also holds one mailbox slot per ticket (modulo `SLOTS`), so a holder can
+do the work of the waiters queued behind it (group commit): a waiter posts its request
+in its slot before it waits, and when its turn comes it may find the answer there and
+leave without taking the lock at all.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -26,6 +33,11 @@ from .errors import LockTimeoutError
 DEFAULT_TIMEOUT = 60.0
 _TICKETS = 1 << 20  # ticket n is the lock on byte _TICKETS + n; bytes 0-7 hold the counter
 _STATE = 64  # the holder's state record: a 4-byte length, then the bytes
+SLOTS = 256  # mailbox slots, by ticket modulo SLOTS; between the state record and the tickets
+SLOT_SIZE = 2048
+_SLOT_AT = 64 * 1024
+_SLOT_HEAD = struct.Struct("<QII")  # ticket, payload length, crc32 of payload
+SLOT_PAYLOAD = SLOT_SIZE - _SLOT_HEAD.size
 
 
 def _byte_lock(fd: int, offset: int, *, kind: int = fcntl.F_WRLCK, wait: bool = True) -> None:
@@ -43,14 +55,30 @@ class FairLock:
         self._queue_path = path.parent / f"{path.name}.queue"
         self._mutex = FileLock(str(path), timeout=timeout, poll_interval=0.001, thread_local=False)
         self._queue_fd: int | None = None
+        self._fd: int | None = None  # the queue file while waiting or holding
+        self.ticket = 0
 
-    def acquire(self) -> None:
+    def acquire(self, *, queued: Callable[[int], None] | None = None,
+                done: Callable[[int], bool] | None = None) -> bool:
+        """Wait for our turn and take the lock.
+
+        `queued(ticket)` runs once we are in line (e.g. to post a request in our slot);
+        `done(ticket)` runs when our turn comes: if it says an earlier holder already did
+        our work, we leave the line without taking the lock and return False.
+        """
         fd = os.open(self._queue_path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._fd = fd
         try:
-            ticket = self._take_ticket(fd)
+            ticket = self.ticket = self._take_ticket(fd)
+            if queued is not None:
+                queued(ticket)
             if ticket > 1:
                 _byte_lock(fd, _TICKETS + ticket - 1)  # returns once our predecessor is gone
                 _byte_lock(fd, _TICKETS + ticket - 1, kind=fcntl.F_UNLCK)
+            if done is not None and done(ticket):
+                self._fd = None
+                os.close(fd)
+                return False
             self._mutex.acquire()
             self._queue_fd = fd
         except FileLockTimeout:
@@ -60,8 +88,11 @@ class FairLock:
             if self._queue_fd == fd:  # interrupted right after taking the mutex: give it back
                 self._queue_fd = None
                 self._mutex.release()
-            os.close(fd)
+            if self._fd == fd:
+                self._fd = None
+                os.close(fd)
             raise
+        return True
 
     def _take_ticket(self, fd: int) -> int:
         """Draw the next ticket number and hold its byte."""
@@ -88,13 +119,44 @@ class FairLock:
         Kept in the queue file, which is already open: no file is created or opened for it.
         """
         assert self._queue_fd is not None, "write_state needs the lock held"
+        if _STATE + 4 + len(data) > _SLOT_AT:
+            raise ValueError(f"a lock state record holds at most {_SLOT_AT - _STATE - 4} bytes")
         if data:
             os.pwrite(self._queue_fd, data, _STATE + 4)
         os.pwrite(self._queue_fd, struct.pack("<I", len(data)), _STATE)
 
+    def last_ticket(self) -> int:
+        """The newest ticket drawn so far: waiters hold the tickets after ours up to this one."""
+        assert self._fd is not None, "last_ticket needs a place in line"
+        raw = os.pread(self._fd, 8, 0)
+        return struct.unpack("<Q", raw)[0] if len(raw) == 8 else 0
+
+    def write_slot(self, ticket: int, data: bytes) -> bool:
+        """Put `data` in `ticket`'s mailbox; False if it does not fit (nothing written)."""
+        assert self._fd is not None, "write_slot needs a place in line"
+        if len(data) > SLOT_PAYLOAD:
+            return False
+        at = _SLOT_AT + (ticket % SLOTS) * SLOT_SIZE
+        os.pwrite(self._fd, data, at + _SLOT_HEAD.size)  # the payload first, the header last
+        os.pwrite(self._fd, _SLOT_HEAD.pack(ticket, len(data), zlib.crc32(data)), at)
+        return True
+
+    def read_slot(self, ticket: int) -> bytes | None:
+        """What is in `ticket`'s mailbox; None if it holds another ticket's or a torn message."""
+        assert self._fd is not None, "read_slot needs a place in line"
+        raw = os.pread(self._fd, SLOT_SIZE, _SLOT_AT + (ticket % SLOTS) * SLOT_SIZE)
+        if len(raw) < _SLOT_HEAD.size:
+            return None
+        owner, size, crc = _SLOT_HEAD.unpack_from(raw)
+        data = raw[_SLOT_HEAD.size : _SLOT_HEAD.size + size]
+        if owner != ticket or size > SLOT_PAYLOAD or len(data) != size or zlib.crc32(data) != crc:
+            return None
+        return data
+
     def release(self) -> None:
         self._mutex.release()
         if self._queue_fd is not None:
+            self._fd = None
             os.close(self._queue_fd)  # drops our ticket: the next waiter goes
             self._queue_fd = None
 

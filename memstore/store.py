@@ -381,9 +381,9 @@ class Store:
             "Memstore-Agent": actor.agent_id if isinstance(block, Block) else block.id,
         })
 
-    def _after_commit(self, count: int) -> None:
+    def _after_commit(self, before: int, after: int) -> None:
         """Every so many commits, let git pack objects and refresh its commit-graph."""
-        if count % _MAINTAIN_EVERY == 0:
+        if before // _MAINTAIN_EVERY != after // _MAINTAIN_EVERY:
             history.maintain(str(self.ws.root))
 
     # -- history -------------------------------------------------------------------------
