@@ -15,15 +15,18 @@ class IndexFormatUnsupported(Exception):
     """An index this module does not patch (version 4, split or sparse index)."""
 
 
-def _index_entry(path: bytes, blob: str, work_file: str) -> bytes:
-    st = os.stat(work_file)
+def _index_entry(path: bytes, blob: str, st: os.stat_result | None) -> bytes:
+    """An index entry; without `st` (the file on disk may not hold `blob`) git re-reads the file."""
     m32 = 0xFFFFFFFF
-    fields = struct.pack(
-        ">10I",
-        int(st.st_ctime) & m32, st.st_ctime_ns % 1_000_000_000,
-        int(st.st_mtime) & m32, st.st_mtime_ns % 1_000_000_000,
-        st.st_dev & m32, st.st_ino & m32, 0o100644, st.st_uid & m32, st.st_gid & m32, st.st_size & m32,
-    )
+    if st is None:
+        fields = struct.pack(">10I", 0, 0, 0, 0, 0, 0, 0o100644, 0, 0, 0)
+    else:
+        fields = struct.pack(
+            ">10I",
+            int(st.st_ctime) & m32, st.st_ctime_ns % 1_000_000_000,
+            int(st.st_mtime) & m32, st.st_mtime_ns % 1_000_000_000,
+            st.st_dev & m32, st.st_ino & m32, 0o100644, st.st_uid & m32, st.st_gid & m32, st.st_size & m32,
+        )
     head = fields + bytes.fromhex(blob) + struct.pack(">H", min(len(path), 0xFFF)) + path
     return head + b"\0" * (8 - len(head) % 8)
 
@@ -53,7 +56,8 @@ def _find_entry(data: bytes, path: bytes) -> tuple[int, int] | None:
     return start, start + ((62 + len(path)) // 8 + 1) * 8
 
 
-IndexChange = tuple[bytes, "str | None", "str | None"]  # path, blob (None: removed), work file
+# path, blob (None: removed), the stat of the file on disk when it is known to hold that blob
+IndexChange = tuple[bytes, "str | None", "os.stat_result | None"]
 
 
 def patch_index(data: bytearray, changes: list[IndexChange], entries_end: int | None = None) -> bytearray:
@@ -64,8 +68,8 @@ def patch_index(data: bytearray, changes: list[IndexChange], entries_end: int | 
     rebuilds; a required extension (split or sparse index) is not patched here.
     """
     out = data
-    for path, blob, work_file in changes:
-        out, entries_end = _patch_entry(out, path, blob, work_file, entries_end)
+    for path, blob, st in changes:
+        out, entries_end = _patch_entry(out, path, blob, st, entries_end)
     with memoryview(out) as view:
         digest = hashlib.sha1(view[:-20]).digest()
     out[-20:] = digest
@@ -73,7 +77,7 @@ def patch_index(data: bytearray, changes: list[IndexChange], entries_end: int | 
 
 
 def _patch_entry(
-    data: bytearray, path: bytes, blob: str | None, work_file: str | None, entries_end: int | None
+    data: bytearray, path: bytes, blob: str | None, st: os.stat_result | None, entries_end: int | None
 ) -> tuple[bytearray, int]:
     """Replace, add or remove one entry; the checksum is left for the caller."""
     if data[:4] != b"DIRC":
@@ -81,7 +85,7 @@ def _patch_entry(
     version, count = struct.unpack_from(">II", data, 4)
     if version not in (2, 3):
         raise IndexFormatUnsupported(f"index version {version}")
-    new_entry = _index_entry(path, blob, work_file) if blob and work_file else b""
+    new_entry = _index_entry(path, blob, st) if blob else b""
     found = _find_entry(data, path) if blob and entries_end is not None else None
     if found is not None and entries_end is not None:
         start, end = found

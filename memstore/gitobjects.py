@@ -118,7 +118,6 @@ class GitStore:
         self._objects_dir = str(self.objects)
         self._head_file = str(self.git_dir / "HEAD")
         self._common = str(self.common_dir)
-        self._work_tree = str(repo.working_tree_dir)
 
     # -- objects ---------------------------------------------------------------------
 
@@ -332,8 +331,13 @@ class GitStore:
 
     # -- index -----------------------------------------------------------------------
 
-    def set_index_entries(self, changes: dict[str, str | None], *, recover: bool) -> None:
-        """Make the index entries of these paths match the commits just made (None: remove)."""
+    def set_index_entries(self, changes: dict[str, tuple[str | None, os.stat_result | None]], *,
+                          recover: bool) -> None:
+        """Make the index entries of these paths match the commits just made.
+
+        Each path maps to (blob or None to remove it, the stat of the file on disk if it holds
+        that blob; None makes git re-read the file).
+        """
         lock = self.git_dir / "index.lock"
         fd = self.take_git_lock(lock, recover=recover)
         if fd is None:
@@ -347,12 +351,11 @@ class GitStore:
                 data, known_end = cached[1], len(cached[1]) - 20  # ours: no extensions
             else:
                 data, known_end = bytearray(index.read_bytes()), None
-            new = patch_index(data, [(path.encode(), blob, f"{self._work_tree}/{path}" if blob else None)
-                                     for path, blob in changes.items()], known_end)
+            new = patch_index(data, [(path.encode(), blob, st) for path, (blob, st) in changes.items()], known_end)
         except (FileNotFoundError, IndexFormatUnsupported):
             os.close(fd)
             lock.unlink(missing_ok=True)
-            for path, blob in changes.items():
+            for path, (blob, _) in changes.items():
                 self._index_via_git(path, blob)
             return
         except BaseException:

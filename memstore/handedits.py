@@ -62,16 +62,15 @@ def pick_up(store: Store, rel: str) -> PickUp:
     if _blob(commits.read(rel)) == commits.head_blob(rel):
         return PickUp(path=rel, action="unchanged")  # the common case, without waiting for the lock
     with commits.locked(rel) as current:
-        head = commits.head_blob(rel)
-        if _blob(current) == head:
+        if not commits.hand_edited(rel, current):  # as memstore last wrote it (maybe not committed yet)
             return PickUp(path=rel, action="unchanged")
+        head = commits.head_blob(rel)
         if current is None:
             return _commit_deletion(store, rel)
         problem, missing_id = check(store, rel, current, has_head=head is not None)
         if problem:
             return PickUp(path=rel, action="invalid", problem=problem)
-        commits.adopt_hand_edit(rel, current, f"Hand edit {rel}", {"Memstore-Op": "hand_edit"})
-        version = commits.git.read_ref(commits.git.head_ref())
+        version = commits.adopt_hand_edit(rel, current, f"Hand edit {rel}", {"Memstore-Op": "hand_edit"})
         if missing_id:
             version = _add_id(store, rel, current) or version
     store.catalog.bump()
@@ -158,15 +157,14 @@ def _committed_id(store: Store, rel: str) -> str | None:
 
 def _commit_deletion(store: Store, rel: str) -> PickUp:
     gone_id = _committed_id(store, rel)
-    store.commits.adopt_hand_edit(rel, None, f"Hand edit {rel}: deleted", {"Memstore-Op": "hand_edit"})
+    version = store.commits.adopt_hand_edit(rel, None, f"Hand edit {rel}: deleted", {"Memstore-Op": "hand_edit"})
     store.catalog.bump()
     notice = None
     if rel.startswith("blocks/") and gone_id:
         holders = [a.name for a in store.list_agents() if gone_id in a.blocks]
         if holders:
             notice = f"{rel} was deleted by hand, but {', '.join(holders)} still list {gone_id}"
-    return PickUp(path=rel, action="deleted", notice=notice, version=store.commits.git.read_ref(
-        store.commits.git.head_ref()))
+    return PickUp(path=rel, action="deleted", notice=notice, version=version)
 
 
 def _add_id(store: Store, rel: str, current: bytes) -> str | None:

@@ -34,6 +34,7 @@ from .errors import LockTimeoutError
 
 DEFAULT_TIMEOUT = 60.0
 _TICKETS = 1 << 20  # ticket n is the lock on byte _TICKETS + n; bytes 0-7 hold the counter
+_MARK = 16  # a number others may set without holding the lock (see `write_mark`)
 _STATE = 64  # the holder's state record: a 4-byte length, then the bytes
 SLOTS = 256  # mailbox slots, by ticket modulo SLOTS; between the state record and the tickets
 SLOT_SIZE = 2048
@@ -133,6 +134,12 @@ class FairLock:
             os.pwrite(self._fd, data, _STATE + 4)
         os.pwrite(self._fd, struct.pack("<I", len(data)), _STATE)
 
+    def read_mark(self) -> int:
+        """The number last stored with `write_mark` (0 if none)."""
+        assert self._fd is not None, "read_mark needs a place in line"
+        raw = os.pread(self._fd, 8, _MARK)
+        return struct.unpack("<Q", raw)[0] if len(raw) == 8 else 0
+
     def last_ticket(self) -> int:
         """The newest ticket drawn so far: waiters hold the tickets after ours up to this one."""
         assert self._fd is not None, "last_ticket needs a place in line"
@@ -174,3 +181,26 @@ class FairLock:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.release()
+
+
+def read_mark(path: Path) -> int:
+    """The mark of the lock at `path`, read without taking the lock."""
+    fd = os.open(path.parent / f"{path.name}.queue", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        raw = os.pread(fd, 8, _MARK)
+    finally:
+        os.close(fd)
+    return struct.unpack("<Q", raw)[0] if len(raw) == 8 else 0
+
+
+def write_mark(path: Path, value: int) -> None:
+    """Store a number with the lock at `path` without taking it.
+
+    Whoever calls this must be the only one who does at a time (group commit: the holder of
+    the repository lock marks how far each file's edits are committed).
+    """
+    fd = os.open(path.parent / f"{path.name}.queue", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        os.pwrite(fd, struct.pack("<Q", value), _MARK)
+    finally:
+        os.close(fd)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 
 from memstore import Store
 from memstore.gitobjects import GitStore, Ident
+from memstore.groupcommit import Edit
 from memstore.locks import SLOT_PAYLOAD, FairLock
 
 from .conftest import assert_clean_repo, commit_count, git
@@ -111,17 +113,21 @@ def test_queued_edits_are_committed_as_one_chain(store: Store, monkeypatch: pyte
     assert_clean_repo(store.ws.root)
 
 
-def test_killing_concurrent_writers_loses_nothing_committed(store: Store) -> None:
-    """Leaders die mid-batch and waiters die in line; the next edits finish everything once."""
+@pytest.mark.parametrize("shared", [False, True], ids=["own-blocks", "one-block"])
+def test_killing_concurrent_writers_loses_nothing_committed(store: Store, shared: bool) -> None:
+    """Leaders die mid-batch, waiters die in line, writers die after letting go of the file
+    before their commit: the next edits finish everything, once each, by the right agent."""
     writers = 4
     for n in range(writers):
-        block = store.create_block(f"k{n}", "", limit=200_000)
+        if n == 0 or not shared:
+            block = store.create_block(f"k{n}", "", limit=200_000)
         store.create_agent(f"v{n}", "m/x", block_ids=[block.id])
     rng = random.Random(99)
     confirmed: list[str] = []
     for rnd in range(6):
         procs = [subprocess.Popen([sys.executable, "-m", "tests.workers", "forever", str(store.ws.root), f"v{n}",
-                                   f"k{n}", f"r{rnd}w{n}"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+                                   "k0" if shared else f"k{n}", f"r{rnd}w{n}"], cwd=ROOT, stdout=subprocess.PIPE,
+                                  text=True)
                  for n in range(writers)]
         for proc in procs:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "0"
@@ -136,8 +142,9 @@ def test_killing_concurrent_writers_loses_nothing_committed(store: Store) -> Non
             proc.stdout.close()
         for n in range(writers):
             actor = store.get_agent(f"v{n}").actor()
-            store.memory_insert(f"k{n}", f"after-{rnd}-{n}", actor=actor)
-    values = [line for n in range(writers) for line in store.get_block(f"k{n}").value.split("\n")]
+            store.memory_insert("k0" if shared else f"k{n}", f"after-{rnd}-{n}", actor=actor)
+    labels = ["k0"] if shared else [f"k{n}" for n in range(writers)]
+    values = [line for label in labels for line in store.get_block(label).value.split("\n")]
     assert set(confirmed) <= set(values)
     assert len(values) == len(set(values))
     assert_clean_repo(store.ws.root)
@@ -146,14 +153,36 @@ def test_killing_concurrent_writers_loses_nothing_committed(store: Store) -> Non
     inserts = [s for s in subjects if " memory_insert " in s]
     assert len(inserts) == len(values)
     assert "Hand edit" not in "\n".join(subjects)
+    for line, author in _line_authors(store.ws.root).items():  # each line committed by its own writer
+        writer = line.split("w")[1].split("-")[0] if line.startswith("r") else line.rsplit("-", 1)[1]
+        assert author == f"v{writer}", (line, author)
 
 
-def test_a_request_already_on_the_branch_is_not_committed_twice(store: Store) -> None:
-    """A dead waiter's edit may be finished by a holder and by the next writer's recovery: once."""
+def _line_authors(ws: Path) -> dict[str, str]:
+    """Each line added to a block, and the author of the commit that added it."""
+    out = git(ws, "log", "--format=\x1e%an", "-p", "--", "blocks/")
+    authors = {}
+    for chunk in out.split("\x1e")[1:]:
+        author, _, patch = chunk.partition("\n")
+        for added in (ln[1:] for ln in patch.splitlines() if ln.startswith("+") and not ln.startswith("+++")):
+            if re.fullmatch(r"r\d+w\d+-\d+|after-\d+-\d+", added):
+                authors[added] = author
+    return authors
+
+
+def test_an_edit_carried_twice_is_committed_once(store: Store) -> None:
+    """A pending edit may reach a holder in its writer's request and in a later writer's: one commit."""
     store.create_block("b", "value")
     rel = "blocks/b.md"
-    blob = store.ws.git.write_object(b"blob", (store.ws.root / rel).read_bytes())
+    data = b"---\nid: x\n---\nnew value\n"
+    (store.ws.root / rel).write_bytes(data)
+    blob = store.ws.git.write_object(b"blob", data)
+    edit = Edit(rel, 1000, None, blob, Ident("late", "late@agents.memstore"), "memory_insert b\n")
     before = commit_count(store.ws.root)
-    assert store.commits._commit(rel, blob, Ident("late", "late@agents.memstore"), "memory_insert b\n") is None
-    assert commit_count(store.ws.root) == before
+    first = store.commits.group.commit([edit])
+    assert first is not None and commit_count(store.ws.root) == before + 1
+    assert store.commits.group.commit([edit]) is None  # its number is at or below the file's mark
+    again = Edit(rel, 1001, blob, blob, Ident("late", "late@agents.memstore"), "memory_insert b\n")
+    assert store.commits.group.commit([again]) is None  # the branch has that content already
+    assert commit_count(store.ws.root) == before + 1
     assert_clean_repo(store.ws.root)
