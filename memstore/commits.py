@@ -118,9 +118,18 @@ class Committer:
         held: _Held = self._held.files[rel]  # callers hold `locked(rel)`
         disk = self.git.write_object(b"blob", current) if current is not None else None
         edit = held.add(disk, self.ws.person, commit_message(subject, trailers))
-        edit.stat = _stat(f"{self._root}/{rel}")
+        edit.written, edit.stat = True, _stat(f"{self._root}/{rel}")
         held.save()
         return self.group.commit(held.pending)
+
+    def settle(self, rel: str) -> str | None:
+        """Commit the edits of `rel` still waiting (their writers may have died); the last commit id."""
+        held: _Held = self._held.files[rel]  # callers hold `locked(rel)`
+        return self.group.commit(held.pending) if held.pending else None
+
+    def unsettled(self, rel: str) -> bool:
+        """True if edits of `rel` are written but not known to be committed (callers hold its lock)."""
+        return bool(self._held.files[rel].pending)
 
     def write(self, rel: str, content: bytes | None, current: bytes | None, author: Ident, message: str) -> str | None:
         """Write `content` (None: delete) and commit it; its commit id, None if nothing changed."""
@@ -137,6 +146,8 @@ class Committer:
         else:
             self._atomic_write(Path(target), content)
             edit.stat = _stat(target)
+        edit.written = True
+        held.save()
         early = len(held.pending) < _MAX_PENDING
         return self.group.commit(held.pending, queued=held.let_go if early else None)
 
@@ -178,8 +189,11 @@ class _Held:
         pending = [e for e in _edits(state.get("pending")) if e.seq > mark]
         expected = state["last"] if "last" in state else committer.head_blob(rel)
         disk = blob_id(current) if current is not None else None
-        if pending and disk != expected and disk == pending[-1].old:
-            expected = pending.pop().old  # its writer died before writing the file: it never happened
+        if pending and not pending[-1].written:  # its writer died around writing the file
+            if disk == pending[-1].new:
+                pending[-1].written = True
+            else:
+                expected = pending.pop().old  # it never reached the file: it never happened
         return cls(rel, lock, max(int(state.get("seq", 0)), mark), pending, expected)
 
     def add(self, new: str | None, author: Ident, message: str) -> Edit:

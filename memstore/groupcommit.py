@@ -46,20 +46,21 @@ class Edit:
     author: Ident
     message: str
     ticket: int = 0  # the repository-lock ticket of the writer waiting for it (0: none yet)
+    written: bool = False  # the file holds `new` (a writer that dies before that never made the edit)
     stat: tuple[int, int, int, int] | None = field(default=None)  # the file as written: ino, size, mtime, ctime
 
     def to_json(self) -> list[Any]:
         return [self.rel, self.seq, self.old, self.new, self.author.name, self.author.email, self.message,
-                self.ticket, list(self.stat) if self.stat else None]
+                self.ticket, self.written, list(self.stat) if self.stat else None]
 
     @classmethod
     def from_json(cls, item: Any) -> Edit:
-        rel, seq, old, new, name, email, message, ticket, stat = item
+        rel, seq, old, new, name, email, message, ticket, written, stat = item
         if not (isinstance(rel, str) and isinstance(seq, int) and isinstance(ticket, int)
-                and all(isinstance(v, str | None) for v in (old, new))
+                and isinstance(written, bool) and all(isinstance(v, str | None) for v in (old, new))
                 and all(isinstance(v, str) for v in (name, email, message))):
             raise ValueError("malformed edit record")
-        return cls(rel, seq, old, new, Ident(name, email), message, ticket,
+        return cls(rel, seq, old, new, Ident(name, email), message, ticket, written,
                    tuple(int(v) for v in stat) if stat else None)  # type: ignore[arg-type]
 
 
@@ -220,8 +221,11 @@ class _Chain:
             return  # committed before
         self.marks[edit.rel] = self.new_marks[edit.rel] = edit.seq
         entry = self.git.entry_at(self.tree, edit.rel) if self.tree else None
-        if (entry[1] if entry else None) == edit.new:
-            self.answers.setdefault(edit.ticket, "")  # the branch has it already (a git command did it)
+        branch = entry[1] if entry else None
+        if branch == edit.new or branch != edit.old:
+            # The branch has it already, or a person committed the file with git meanwhile: their
+            # commit holds what they saw on disk, and an edit made before it must not undo it.
+            self.answers.setdefault(edit.ticket, "")
             return
         self.tree = self.git.with_path(self.tree, edit.rel, edit.new) or self.git.write_object(b"tree", b"")
         self.head = self.git.make_commit(self.tree, [self.head] if self.head else [], edit.author, COMMITTER,

@@ -59,10 +59,10 @@ def pick_up(store: Store, rel: str) -> PickUp:
     if not is_watched(rel):
         return PickUp(path=rel, action="unchanged")
     commits = store.commits
-    if _blob(commits.read(rel)) == commits.head_blob(rel):
-        return PickUp(path=rel, action="unchanged")  # the common case, without waiting for the lock
     with commits.locked(rel) as current:
-        if not commits.hand_edited(rel, current):  # as memstore last wrote it (maybe not committed yet)
+        if not commits.hand_edited(rel, current):  # as memstore last wrote it
+            if commits.unsettled(rel):  # a writer that died before its commit, or one still waiting
+                return PickUp(path=rel, action="committed", version=commits.settle(rel))
             return PickUp(path=rel, action="unchanged")
         head = commits.head_blob(rel)
         if current is None:

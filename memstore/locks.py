@@ -35,7 +35,10 @@ from .errors import LockTimeoutError
 DEFAULT_TIMEOUT = 60.0
 _TICKETS = 1 << 20  # ticket n is the lock on byte _TICKETS + n; bytes 0-7 hold the counter
 _MARK = 16  # a number others may set without holding the lock (see `write_mark`)
-_STATE = 64  # the holder's state record: a 4-byte length, then the bytes
+_STATE = 64  # the holder's state record, in two areas written in turn (see `write_state`)
+_STATE_HEAD = struct.Struct("<QII")  # generation, length, crc32
+_STATE_AREA = 32 * 1024 - 32
+_STATE_ROOM = _STATE_AREA - 16
 SLOTS = 256  # mailbox slots, by ticket modulo SLOTS; between the state record and the tickets
 SLOT_SIZE = 2048
 _SLOT_AT = 64 * 1024
@@ -116,23 +119,24 @@ class FairLock:
         return ticket
 
     def read_state(self) -> bytes:
-        """The state record the last holder left (empty if it finished cleanly)."""
+        """The state record the last holder left (empty if none)."""
         assert self._mutex_fd is not None, "read_state needs the lock held"
-        head = os.pread(self._fd, 4, _STATE)
-        size = struct.unpack("<I", head)[0] if len(head) == 4 else 0
-        return os.pread(self._fd, size, _STATE + 4) if size else b""
+        return _newest_state(self._fd)[1]
 
     def write_state(self, data: bytes) -> None:
-        """Record state for the next holder, e.g. an edit in progress that a crash would cut short.
+        """Record state for the next holder, e.g. edits in progress that a crash would cut short.
 
         Kept in the queue file, which is already open: no file is created or opened for it.
+        The record alternates between two areas and its header (with a checksum) is written
+        last, so a crash mid-write leaves the previous record readable, never a torn one.
         """
         assert self._mutex_fd is not None, "write_state needs the lock held"
-        if _STATE + 4 + len(data) > _SLOT_AT:
-            raise ValueError(f"a lock state record holds at most {_SLOT_AT - _STATE - 4} bytes")
-        if data:
-            os.pwrite(self._fd, data, _STATE + 4)
-        os.pwrite(self._fd, struct.pack("<I", len(data)), _STATE)
+        if len(data) > _STATE_ROOM:
+            raise ValueError(f"a lock state record holds at most {_STATE_ROOM} bytes")
+        generation, _ = _newest_state(self._fd)
+        at = _STATE + ((generation + 1) % 2) * _STATE_AREA
+        os.pwrite(self._fd, data, at + _STATE_HEAD.size)
+        os.pwrite(self._fd, _STATE_HEAD.pack(generation + 1, len(data), zlib.crc32(data)), at)
 
     def read_mark(self) -> int:
         """The number last stored with `write_mark` (0 if none)."""
@@ -204,3 +208,20 @@ def write_mark(path: Path, value: int) -> None:
         os.pwrite(fd, struct.pack("<Q", value), _MARK)
     finally:
         os.close(fd)
+
+
+def _newest_state(fd: int) -> tuple[int, bytes]:
+    """(generation, data) of the newer intact state area; (0, b"") if neither is."""
+    best = (0, b"")
+    for area in (0, 1):
+        at = _STATE + area * _STATE_AREA
+        head = os.pread(fd, _STATE_HEAD.size, at)
+        if len(head) < _STATE_HEAD.size:
+            continue
+        generation, size, crc = _STATE_HEAD.unpack(head)
+        if generation <= best[0] or size > _STATE_ROOM:
+            continue
+        data = os.pread(fd, size, at + _STATE_HEAD.size) if size else b""
+        if len(data) == size and zlib.crc32(data) == crc:
+            best = (generation, data)
+    return best

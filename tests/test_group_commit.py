@@ -177,7 +177,8 @@ def test_an_edit_carried_twice_is_committed_once(store: Store) -> None:
     data = b"---\nid: x\n---\nnew value\n"
     (store.ws.root / rel).write_bytes(data)
     blob = store.ws.git.write_object(b"blob", data)
-    edit = Edit(rel, 1000, None, blob, Ident("late", "late@agents.memstore"), "memory_insert b\n")
+    head = store.commits.head_blob(rel)
+    edit = Edit(rel, 1000, head, blob, Ident("late", "late@agents.memstore"), "memory_insert b\n")
     before = commit_count(store.ws.root)
     first = store.commits.group.commit([edit])
     assert first is not None and commit_count(store.ws.root) == before + 1

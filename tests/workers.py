@@ -3,6 +3,8 @@
 `insert WS AGENT LABEL COUNT PREFIX GO`: wait for the file GO, then insert COUNT lines.
 `serve WS AGENT`: read `replace LABEL OLD NEW` lines on stdin, answer `ok` or `error …`.
 `forever WS AGENT LABEL PREFIX`: insert lines until killed, printing each index once committed.
+`die WS AGENT LABEL TEXT WHERE`: insert TEXT but exit abruptly at WHERE (`before-write`: the edit
+is recorded, the file not written; `before-commit`: the file is written, no commit asked for).
 """
 
 from __future__ import annotations
@@ -53,5 +55,19 @@ def forever(ws: str, agent: str, label: str, prefix: str) -> None:
         i += 1
 
 
+def die(ws: str, agent: str, label: str, text: str, where: str) -> None:
+    import os
+
+    from memstore.commits import Committer
+    from memstore.groupcommit import GroupCommit
+
+    if where == "before-write":
+        Committer._atomic_write = lambda *args, **kwargs: os._exit(9)  # type: ignore[method-assign]
+    elif where == "before-commit":
+        GroupCommit.commit = lambda *args, **kwargs: os._exit(9)  # type: ignore[method-assign]
+    store = Store.open(ws)
+    store.memory_insert(label, text, actor=store.get_agent(agent).actor())
+
+
 if __name__ == "__main__":
-    {"insert": insert, "serve": serve, "forever": forever}[sys.argv[1]](*sys.argv[2:])
+    {"insert": insert, "serve": serve, "forever": forever, "die": die}[sys.argv[1]](*sys.argv[2:])

@@ -1,0 +1,119 @@
+"""A writer lets go of the file lock before its commit: people, git and crashes in that window."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from memstore import Store, handedits
+from memstore.locks import FairLock
+
+from .conftest import assert_clean_repo, git
+
+ROOT = Path(__file__).resolve().parent.parent
+REL = "blocks/b.md"
+
+
+def _setup(store: Store) -> tuple:
+    block = store.create_block("b", "start")
+    a1 = store.create_agent("a1", "m/x", block_ids=[block.id]).actor()
+    a2 = store.create_agent("a2", "m/x", block_ids=[block.id]).actor()
+    return a1, a2
+
+
+def _pending_insert(store: Store, actor, text: str) -> tuple[FairLock, threading.Thread]:
+    """Start an insert whose commit waits behind a held repository lock (its file is written)."""
+    blocker = FairLock(store.ws.locks_dir / "repo.lock")
+    blocker.acquire()
+    thread = threading.Thread(target=lambda: store.memory_insert("b", text, actor=actor))
+    thread.start()
+    deadline = time.monotonic() + 20
+    while text.encode() not in (store.ws.root / REL).read_bytes() or blocker.last_ticket() <= blocker.ticket:
+        assert time.monotonic() < deadline, "the writer never got in line"
+        time.sleep(0.005)
+    time.sleep(0.1)  # let it let go of the file lock
+    return blocker, thread
+
+
+def _in_thread(work: Callable[[], object]) -> threading.Thread:
+    thread = threading.Thread(target=work)
+    thread.start()
+    return thread
+
+
+def _history(ws: Path) -> list[str]:
+    """'author: subject' of each commit of the block, oldest first."""
+    return git(ws, "log", "--reverse", "--format=%an: %s", "--", REL).strip().split("\n")
+
+
+def _die(store: Store, where: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "tests.workers", "die", str(store.ws.root), "a1", "b",
+                             "crashfact", where], cwd=ROOT, check=False)
+    assert result.returncode == 9
+
+
+def test_a_person_restoring_the_file_before_the_commit_is_a_hand_edit_after_it(store: Store) -> None:
+    a1, _ = _setup(store)
+    blocker, writer = _pending_insert(store, a1, "fact1")
+    git(store.ws.root, "checkout", "--", REL)  # the person puts back the committed version
+    picker = _in_thread(lambda: handedits.pick_up(store, REL))
+    blocker.release()
+    writer.join(30)
+    picker.join(30)
+    assert _history(store.ws.root)[-2:] == ["a1: memory_insert b", f"Pat Person: Hand edit {REL}"]
+    assert store.get_block("b").value == "start"
+    assert_clean_repo(store.ws.root)
+
+
+def test_a_persons_git_commit_meanwhile_is_not_undone(store: Store) -> None:
+    a1, _ = _setup(store)
+    blocker, writer = _pending_insert(store, a1, "fact1")
+    path = store.ws.root / REL
+    path.write_bytes(path.read_bytes() + b"pat line\n")
+    git(store.ws.root, "commit", "-qam", "pat's own commit")
+    blocker.release()
+    writer.join(30)
+    head = git(store.ws.root, "show", f"HEAD:{REL}")
+    assert "fact1" in head and "pat line" in head  # the person's commit took the agent's line with it
+    assert_clean_repo(store.ws.root)
+
+
+def test_an_edit_whose_writer_died_before_asking_for_a_commit_is_committed_by_the_watcher(store: Store) -> None:
+    _setup(store)
+    _die(store, "before-commit")
+    assert "crashfact" in store.get_block("b").value
+    result = handedits.pick_up(store, REL)
+    assert result.action == "committed"
+    assert _history(store.ws.root)[-1] == "a1: memory_insert b"  # by its agent, not passed off as a hand edit
+    assert_clean_repo(store.ws.root)
+
+
+def test_an_edit_whose_writer_died_before_writing_never_happened(store: Store) -> None:
+    _, a2 = _setup(store)
+    _die(store, "before-write")
+    path = store.ws.root / REL
+    path.write_bytes(path.read_bytes().replace(b"start", b"start, edited by Pat"))
+    store.memory_insert("b", "fact2", actor=a2)
+    assert "crashfact" not in git(store.ws.root, "log", "-p", "--", REL)
+    assert _history(store.ws.root)[-2:] == [f"Pat Person: Hand edit {REL}", "a2: memory_insert b"]
+    assert_clean_repo(store.ws.root)
+
+
+def test_a_torn_state_record_reads_as_the_previous_one(tmp_path: Path) -> None:
+    lock = FairLock(tmp_path / "x.lock")
+    with lock:
+        lock.write_state(b"first record")
+        lock.write_state(b"second record")
+    queue = tmp_path / "x.lock.queue"
+    raw = bytearray(queue.read_bytes())
+    raw[raw.index(b"second record")] ^= 0xFF  # as if the writer died writing it
+    queue.write_bytes(bytes(raw))
+    with lock:
+        assert lock.read_state() == b"first record"
+        lock.write_state(b"third record")
+    with lock:
+        assert lock.read_state() == b"third record"
