@@ -146,11 +146,7 @@ class GitStore:
             return sha
         parts = _deflate(header, body)
         tmp = f"{folder}/tmp_obj_{secrets.token_hex(6)}"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
-        except FileNotFoundError:
-            os.makedirs(folder, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        fd = _create_in(folder, tmp)
         try:
             _write_all(fd, parts)
         finally:
@@ -378,6 +374,16 @@ class GitStore:
             self.repo.git.update_index("--add", "--cacheinfo", f"100644,{blob},{path}")
         else:
             self.repo.git.update_index("--force-remove", "--", path)
+
+
+def _create_in(folder: str, path: str) -> int:
+    """Create `path`, making its folder if needed: `git gc` removes empty object folders at any time."""
+    for _ in range(100):
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        except FileNotFoundError:
+            os.makedirs(folder, exist_ok=True)
+    raise WorkspaceError(f"cannot create {path}: its folder keeps disappearing")
 
 
 def _deflate(header: bytes, body: bytes) -> list[bytes | memoryview]:

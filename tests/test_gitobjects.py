@@ -57,3 +57,22 @@ def test_a_missing_index_is_rebuilt_from_head_not_emptied(store: Store) -> None:
     (store.ws.git.git_dir / "index").unlink()
     store.memory_insert("a", "more")
     assert_clean_repo(store.ws.root)  # b.md and the template files are still tracked in the index
+
+
+def test_an_object_folder_removed_by_git_gc_meanwhile_is_made_again(store: Store, monkeypatch) -> None:
+    """`git gc` deletes empty object folders while memstore writes; a write never fails for it."""
+    import memstore.gitobjects as gitobjects
+
+    real_makedirs = os.makedirs
+    removed: list[str] = []
+
+    def makedirs_then_gc(path: str, exist_ok: bool = False) -> None:
+        real_makedirs(path, exist_ok=exist_ok)
+        if not removed:  # gc empties and removes the folder right after it is made
+            os.rmdir(path)
+            removed.append(path)
+
+    monkeypatch.setattr(gitobjects.os, "makedirs", makedirs_then_gc)
+    sha = GitStore(store.ws.git.repo).write_object(b"blob", b"a brand new object\n")
+    assert removed and removed[0].endswith(sha[:2])
+    assert git(store.ws.root, "cat-file", "-p", sha) == "a brand new object\n"
