@@ -317,6 +317,9 @@ class GitStore:
                 return os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
                 pass
+            except FileNotFoundError:  # e.g. `git pack-refs` removed the ref's empty folder
+                lock.parent.mkdir(parents=True, exist_ok=True)
+                continue
             if recover and _age(lock) > _STALE_AGE:
                 log.warning("removing %s left by a writer that died", lock)
                 lock.unlink(missing_ok=True)
