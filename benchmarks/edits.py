@@ -2,6 +2,7 @@
 
     python benchmarks/edits.py            # full run (a few minutes: builds a 100k-commit repo)
     python benchmarks/edits.py --quick    # smaller counts, for a smoke run
+    python benchmarks/edits.py --dir D    # make the test repositories under D (default: the temp folder)
 
 Prints memstore's single-writer edit latency beside two references made in the same run on
 the same machine: the naive GitPython path (`repo.index.add` + `repo.index.commit`) and the
@@ -117,6 +118,7 @@ def raw_step(root: Path):
 def worker(ws: str, agent: str, label: str, count: int, go: str, out: str) -> None:
     store = Store.open(ws)
     actor = store.get_agent(agent).actor()
+    Path(f"{out}.ready").touch()
     while not Path(go).exists():
         time.sleep(0.0005)
     lat, starts = [], []
@@ -138,7 +140,11 @@ def bench_writers(root: Path, writers: int, count: int, shared: bool) -> dict[st
     procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(root), f"w{n}",
                                labels[0 if shared else n], str(count), str(go), str(root / f".memstore/out{n}")])
              for n in range(writers)]
-    time.sleep(1.0)  # let every worker import and open the store
+    deadline = time.monotonic() + 120
+    while not all((root / f".memstore/out{n}.ready").exists() for n in range(writers)):
+        if time.monotonic() > deadline:  # every worker imports and opens the store before the start
+            raise SystemExit("the writer processes did not start")
+        time.sleep(0.01)
     go.touch()
     for proc in procs:
         proc.wait()
@@ -217,15 +223,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller counts")
     parser.add_argument("--rounds", type=int, help="rounds of the 8-writer runs (default 3, quick 1)")
+    parser.add_argument("--dir", help="where to make the test repositories (default: the system temp folder)")
     args = parser.parse_args()
     args.rounds = args.rounds or (1 if args.quick else 3)
     n = 200 if args.quick else 1000
     per_writer = 50 if args.quick else 200
     big_history = 10_000 if args.quick else 100_000
-    with tempfile.TemporaryDirectory(prefix="memstore-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="memstore-bench-", dir=args.dir) as tmp:
         root = Path(tmp)
         print(f"memstore edit benchmark ({'quick' if args.quick else 'full'}), python {sys.version.split()[0]}, "
-              f"{os.cpu_count()} cores")
+              f"{os.cpu_count()} cores, repositories in {root}")
         print(f"\nSingle writer, {n} memory_insert edits into one block (the three paths take turns):")
         mem, naive, raw = interleaved(n, [memstore_step(root), gitpython_step(root), raw_step(root)])
         for name, lat in (("memstore (lock+read+validate+write+commit)", mem),

@@ -152,7 +152,6 @@ class Committer:
         return self.group.commit(held.pending, queued=held.let_go if early else None)
 
     def _atomic_write(self, target: Path, content: bytes) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.ws.tmp_dir / f"{target.name}.{secrets.token_hex(6)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
@@ -163,7 +162,11 @@ class Committer:
             tmp.unlink(missing_ok=True)
             raise
         os.close(fd)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except FileNotFoundError:  # a new folder (an agent's first conversation log)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, target)
 
 
 class _Held:

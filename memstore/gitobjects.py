@@ -186,11 +186,14 @@ class GitStore:
         if kind != b"commit" or not body.startswith(b"tree "):
             raise WorkspaceError(f"git object {commit} is not a commit")
         tree = body[5:45].decode()
+        self._remember_commit(commit, tree)
+        return tree
+
+    def _remember_commit(self, commit: str, tree: str) -> None:
         with self._cache_lock:
             self._commit_trees[commit] = tree
             while len(self._commit_trees) > 256:
                 self._commit_trees.popitem(last=False)
-        return tree
 
     def commit_parents(self, commit: str) -> list[str]:
         """The parent commit ids of `commit`."""
@@ -235,7 +238,9 @@ class GitStore:
         lines = [f"tree {tree}"] + [f"parent {p}" for p in parents]
         lines += [f"author {author.line(now, tz)}", f"committer {committer.line(now, tz)}", "", message]
         body = "\n".join(lines)
-        return self.write_object(b"commit", body.encode() if body.endswith("\n") else (body + "\n").encode())
+        sha = self.write_object(b"commit", body.encode() if body.endswith("\n") else (body + "\n").encode())
+        self._remember_commit(sha, tree)  # the next edit starts from it: no need to read it back
+        return sha
 
     # -- refs ------------------------------------------------------------------------
 
