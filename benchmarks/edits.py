@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -226,53 +227,70 @@ def main() -> None:
     parser.add_argument("--dir", help="where to make the test repositories (default: the system temp folder)")
     args = parser.parse_args()
     args.rounds = args.rounds or (1 if args.quick else 3)
+    root = Path(tempfile.mkdtemp(prefix="memstore-bench-", dir=args.dir))
+    try:
+        _run(args, root)
+    finally:
+        _remove(root)
+
+
+def _remove(root: Path) -> None:
+    """Delete the test repositories; memstore's background `git gc` may still be writing in one."""
+    for _ in range(30):
+        shutil.rmtree(root, ignore_errors=True)
+        if not root.exists():
+            return
+        time.sleep(1)
+    print(f"could not remove {root}", file=sys.stderr)
+
+
+def _run(args: argparse.Namespace, root: Path) -> None:
+    """Every figure, printed as it is measured."""
     n = 200 if args.quick else 1000
     per_writer = 50 if args.quick else 200
     big_history = 10_000 if args.quick else 100_000
-    with tempfile.TemporaryDirectory(prefix="memstore-bench-", dir=args.dir) as tmp:
-        root = Path(tmp)
-        print(f"memstore edit benchmark ({'quick' if args.quick else 'full'}), python {sys.version.split()[0]}, "
-              f"{os.cpu_count()} cores, repositories in {root}")
-        print(f"\nSingle writer, {n} memory_insert edits into one block (the three paths take turns):")
-        mem, naive, raw = interleaved(n, [memstore_step(root), gitpython_step(root), raw_step(root)])
-        for name, lat in (("memstore (lock+read+validate+write+commit)", mem),
-                          ("naive GitPython (index.add + index.commit)", naive),
-                          ("raw commit (objects + ref update)", raw)):
-            print(line(name, lat))
-        print(f"  memstore p50 / naive p50 = {pct(mem, 50) / pct(naive, 50):.2f}  (goal <= 0.50);  "
-              f"memstore p50 / raw p50 = {pct(mem, 50) / pct(raw, 50):.2f}")
+    print(f"memstore edit benchmark ({'quick' if args.quick else 'full'}), python {sys.version.split()[0]}, "
+          f"{os.cpu_count()} cores, repositories in {root}")
+    print(f"\nSingle writer, {n} memory_insert edits into one block (the three paths take turns):")
+    mem, naive, raw = interleaved(n, [memstore_step(root), gitpython_step(root), raw_step(root)])
+    for name, lat in (("memstore (lock+read+validate+write+commit)", mem),
+                      ("naive GitPython (index.add + index.commit)", naive),
+                      ("raw commit (objects + ref update)", raw)):
+        print(line(name, lat))
+    print(f"  memstore p50 / naive p50 = {pct(mem, 50) / pct(naive, 50):.2f}  (goal <= 0.50);  "
+          f"memstore p50 / raw p50 = {pct(mem, 50) / pct(raw, 50):.2f}")
 
-        print(f"\n8 writer processes x {per_writer} edits, {args.rounds} round(s); before each round the raw "
-              "commit p50 of 100 commits shows how fast the disk is just then:")
-        runs: dict[bool, list[dict[str, float]]] = {True: [], False: []}
-        for rnd in range(args.rounds):
-            probe = pct(timed(100, raw_step(root / f"probe-{rnd}")), 50)
-            print(f"  round {rnd + 1} (raw commit p50 {ms(probe)}):")
-            for shared in (True, False):
-                where = "one block" if shared else "8 blocks"
-                r = bench_writers(root / f"writers-{rnd}-{where[0]}", 8, per_writer, shared)
-                runs[shared].append(r)
-                print(f"    {where:<9} {r['rate']:4.0f} edits/s   p50 {ms(r['p50'])}   p99 {ms(r['p99'])}   "
-                      f"max {ms(r['max'])}   p99/p50 {r['p99'] / r['p50']:.1f}   lost updates {r['lost']}   "
-                      f"edits without a commit {r['missing_commits']}")
+    print(f"\n8 writer processes x {per_writer} edits, {args.rounds} round(s); before each round the raw "
+          "commit p50 of 100 commits shows how fast the disk is just then:")
+    runs: dict[bool, list[dict[str, float]]] = {True: [], False: []}
+    for rnd in range(args.rounds):
+        probe = pct(timed(100, raw_step(root / f"probe-{rnd}")), 50)
+        print(f"  round {rnd + 1} (raw commit p50 {ms(probe)}):")
         for shared in (True, False):
-            rs = runs[shared]
-            print(f"  {'one block' if shared else '8 blocks'}: median {statistics.median(r['rate'] for r in rs):.0f}"
-                  f" edits/s (goal >= 250), worst p99/p50 {max(r['p99'] / r['p50'] for r in rs):.1f} (goal <= 10), "
-                  f"lost updates {sum(r['lost'] for r in rs):.0f} (goal 0)")
+            where = "one block" if shared else "8 blocks"
+            r = bench_writers(root / f"writers-{rnd}-{where[0]}", 8, per_writer, shared)
+            runs[shared].append(r)
+            print(f"    {where:<9} {r['rate']:4.0f} edits/s   p50 {ms(r['p50'])}   p99 {ms(r['p99'])}   "
+                  f"max {ms(r['max'])}   p99/p50 {r['p99'] / r['p50']:.1f}   lost updates {r['lost']}   "
+                  f"edits without a commit {r['missing_commits']}")
+    for shared in (True, False):
+        rs = runs[shared]
+        print(f"  {'one block' if shared else '8 blocks'}: median {statistics.median(r['rate'] for r in rs):.0f}"
+              f" edits/s (goal >= 250), worst p99/p50 {max(r['p99'] / r['p50'] for r in rs):.1f} (goal <= 10), "
+              f"lost updates {sum(r['lost'] for r in rs):.0f} (goal 0)")
 
-        print("\nblock_history(limit=20), one block among 200, median of 20 calls:")
-        for commits in (1000, big_history):
-            plain, graph = bench_history(root / f"history-{commits}", commits, 200)
-            print(f"  {commits:>7} commits: {ms(plain)} without commit-graph, {ms(graph)} with "
-                  "commit-graph + changed-path filters (goal <= 100 ms)")
+    print("\nblock_history(limit=20), one block among 200, median of 20 calls:")
+    for commits in (1000, big_history):
+        plain, graph = bench_history(root / f"history-{commits}", commits, 200)
+        print(f"  {commits:>7} commits: {ms(plain)} without commit-graph, {ms(graph)} with "
+              "commit-graph + changed-path filters (goal <= 100 ms)")
 
-        print(f"\nEdit latency by workspace size, {n // 2} edits by label into random blocks (taking turns):")
-        small, large = interleaved(n // 2, [blocks_step(root / "blocks-10", 10),
-                                            blocks_step(root / "blocks-10000", 10_000)])
-        print(line("10 blocks", small))
-        print(line("10,000 blocks", large))
-        print(f"  10,000 / 10 p50 = {pct(large, 50) / pct(small, 50):.2f}  (goal <= 2.0)")
+    print(f"\nEdit latency by workspace size, {n // 2} edits by label into random blocks (taking turns):")
+    small, large = interleaved(n // 2, [blocks_step(root / "blocks-10", 10),
+                                        blocks_step(root / "blocks-10000", 10_000)])
+    print(line("10 blocks", small))
+    print(line("10,000 blocks", large))
+    print(f"  10,000 / 10 p50 = {pct(large, 50) / pct(small, 50):.2f}  (goal <= 2.0)")
 
 
 if __name__ == "__main__":
