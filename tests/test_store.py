@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
+
 import pytest
 
 from memstore import (
@@ -384,3 +387,27 @@ def test_a_blocks_version_is_the_commit_that_last_changed_it(store: Store) -> No
         store.memory_insert("busy", f"more {i}")
     assert fresh.get_block("old").version == changed
     assert git(store.ws.root, "log", "-1", "--format=%H", "--", "blocks/old.md").strip() == changed
+
+
+def test_background_maintenance_packs_objects_and_writes_the_commit_graph(store: Store) -> None:
+    """What memstore starts every 500 commits: git's gc and a commit-graph with changed-path filters."""
+    from memstore import history
+
+    store.create_block("b", "")
+    for i in range(30):
+        store.memory_insert("b", f"line {i}")
+    subprocess.run(["git", "config", "gc.auto", "1"], cwd=store.ws.root, check=True)  # pack even this few
+    in_17 = 0  # git estimates the loose objects from those in objects/17: make sure it sees some
+    for i in range(100_000):
+        in_17 += store.ws.git.write_object(b"blob", b"%d" % i).startswith("17")
+        if in_17 == 3:
+            break
+    history.maintain(str(store.ws.root))
+    graphs = store.ws.root / ".git/objects/info/commit-graphs"
+    deadline = time.monotonic() + 60
+    while not (graphs.exists() and any(graphs.glob("*.graph"))):
+        assert time.monotonic() < deadline, "maintenance never wrote the commit-graph"
+        time.sleep(0.1)
+    assert list((store.ws.root / ".git/objects/pack").glob("*.pack"))  # gc ran first: objects are packed
+    time.sleep(0.5)  # let it finish before the folder goes
+    assert_clean_repo(store.ws.root)
