@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import secrets
 import threading
@@ -22,13 +23,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import WorkspaceError
+from .errors import MemstoreError, WorkspaceError
 from .fastio import read_file
 from .gitobjects import Ident
 from .groupcommit import Edit, GroupCommit, stat_key
 from .locks import FairLock
 from .workspace import Workspace
 
+log = logging.getLogger(__name__)
 _MAX_PENDING = 16  # past this many uncommitted edits of a file, a writer waits for its commit holding the lock
 
 
@@ -122,14 +124,15 @@ class Committer:
         held.save()
         return self.group.commit(held.pending)
 
+    def orphaned(self, rel: str) -> bool:
+        """True if edits of `rel` wait for a commit no writer will ask for (theirs died)."""
+        pending = self._held.files[rel].pending  # callers hold `locked(rel)`
+        return bool(pending) and not any(self.group.in_line(e.ticket) for e in pending if e.ticket)
+
     def settle(self, rel: str) -> str | None:
-        """Commit the edits of `rel` still waiting (their writers may have died); the last commit id."""
+        """Commit the edits of `rel` still waiting; the commit id of the last."""
         held: _Held = self._held.files[rel]  # callers hold `locked(rel)`
         return self.group.commit(held.pending) if held.pending else None
-
-    def unsettled(self, rel: str) -> bool:
-        """True if edits of `rel` are written but not known to be committed (callers hold its lock)."""
-        return bool(self._held.files[rel].pending)
 
     def write(self, rel: str, content: bytes | None, current: bytes | None, author: Ident, message: str) -> str | None:
         """Write `content` (None: delete) and commit it; its commit id, None if nothing changed."""
@@ -149,7 +152,14 @@ class Committer:
         edit.written = True
         held.save()
         early = len(held.pending) < _MAX_PENDING
-        return self.group.commit(held.pending, queued=held.let_go if early else None)
+        try:
+            return self.group.commit(held.pending, queued=held.let_go if early else None)
+        except (MemstoreError, OSError) as exc:
+            # The edit is in the file and recorded as waiting for its commit, which the next
+            # writer of the file or the watcher makes. Reporting a failure would only make the
+            # caller repeat an edit that happened.
+            log.warning("%s: edit written, its commit is waiting: %s", rel, exc)
+            return None
 
     def _atomic_write(self, target: Path, content: bytes) -> None:
         tmp = self.ws.tmp_dir / f"{target.name}.{secrets.token_hex(6)}"
@@ -172,9 +182,9 @@ class Committer:
 class _Held:
     """A file lock held by this thread, with the file's edits still waiting for a commit.
 
-    The lock's state record is {"seq": last edit number, "last": the blob memstore last
-    wrote, "pending": [edits]}; the lock's mark, set by group commit, is the last number
-    committed, so pending edits at or below it are done.
+    The lock's state record is {"seq": last edit number, "pending": [edits]}; the lock's
+    mark, set by group commit, is the last number committed, so pending edits at or below
+    it are done.
     """
 
     def __init__(self, rel: str, lock: FairLock, seq: int, pending: list[Edit], expected: str | None) -> None:
@@ -190,13 +200,15 @@ class _Held:
         state = _read_state(lock.read_state())
         mark = lock.read_mark()
         pending = [e for e in _edits(state.get("pending")) if e.seq > mark]
-        expected = state["last"] if "last" in state else committer.head_blob(rel)
         disk = blob_id(current) if current is not None else None
         if pending and not pending[-1].written:  # its writer died around writing the file
             if disk == pending[-1].new:
                 pending[-1].written = True
             else:
-                expected = pending.pop().old  # it never reached the file: it never happened
+                pending.pop()  # it never reached the file: it never happened
+        # What the file holds unless a person changed it: the last edit still waiting for its
+        # commit, else the branch (so any other difference, e.g. after a `git reset`, is a hand edit).
+        expected = pending[-1].new if pending else committer.head_blob(rel)
         return cls(rel, lock, max(int(state.get("seq", 0)), mark), pending, expected)
 
     def add(self, new: str | None, author: Ident, message: str) -> Edit:
@@ -208,8 +220,7 @@ class _Held:
         return edit
 
     def save(self) -> None:
-        self.lock.write_state(json.dumps({"seq": self.seq, "last": self.expected,
-                                          "pending": [e.to_json() for e in self.pending]}).encode())
+        self.lock.write_state(json.dumps({"seq": self.seq, "pending": [e.to_json() for e in self.pending]}).encode())
 
     def let_go(self, ticket: int) -> None:
         """Our request is in line: record its ticket and free the file for the next writer."""

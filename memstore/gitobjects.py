@@ -143,6 +143,10 @@ class GitStore:
         folder = f"{self._objects_dir}/{sha[:2]}"
         final = f"{folder}/{sha[2:]}"
         if os.path.exists(final):
+            try:
+                os.utime(final)  # fresh again, as git does: `git prune` spares recent objects
+            except OSError:
+                pass
             return sha
         parts = _deflate(header, body)
         tmp = f"{folder}/tmp_obj_{secrets.token_hex(6)}"

@@ -26,7 +26,7 @@ from typing import Any
 
 from .errors import WorkspaceError
 from .gitobjects import GitStore, Ident, RefMovedError
-from .locks import FairLock, read_mark, write_mark
+from .locks import FairLock, in_line, read_mark, write_mark
 from .workspace import COMMITTER
 
 _REF_RETRIES = 20
@@ -75,6 +75,7 @@ class GroupCommit:
     def __init__(self, git: GitStore, locks_dir: Path, file_lock: Callable[[str], Path], work_tree: str,
                  repo_lock: Callable[[], FairLock], on_commit: Callable[[int, int], None] | None = None) -> None:
         self.git = git
+        self._repo_lock_path = locks_dir / "repo.lock"
         self._file_lock = file_lock
         self._work_tree = work_tree
         self._repo_lock = repo_lock
@@ -108,7 +109,7 @@ class GroupCommit:
             if answered(lock.ticket):  # a holder did it while we took the mutex
                 return answers[0]
             count, recover = self._finish_dead_holder(lock)
-            batch = [chain, *self._queued(lock)]
+            batch = [(lock.ticket, chain), *self._queued(lock)]
             version, made = self._commit_batch(lock, batch, count, recover)
         finally:
             lock.release()
@@ -116,42 +117,52 @@ class GroupCommit:
             self._on_commit(count, count + made)
         return version
 
-    def _queued(self, lock: FairLock) -> list[list[Edit]]:
+    def in_line(self, ticket: int) -> bool:
+        """True if the writer holding `ticket` still waits for (or makes) its commit."""
+        return in_line(self._repo_lock_path, ticket)
+
+    def _queued(self, lock: FairLock) -> list[tuple[int, list[Edit]]]:
         """The requests posted by the writers in line behind the holder, in queue order."""
         found = []
         for ticket in range(lock.ticket + 1, min(lock.last_ticket(), lock.ticket + _BATCH) + 1):
             raw = lock.read_slot(ticket)
             if raw is not None and raw[:1] == _REQUEST:
                 try:
-                    found.append([Edit.from_json(item) for item in json.loads(raw[1:])])
+                    found.append((ticket, [Edit.from_json(item) for item in json.loads(raw[1:])]))
                 except (ValueError, TypeError):
                     continue
         return found
 
-    def _commit_batch(self, lock: FairLock, batch: list[list[Edit]], count: int, recover: bool
+    def _commit_batch(self, lock: FairLock, batch: list[tuple[int, list[Edit]]], count: int, recover: bool
                       ) -> tuple[str | None, int]:
         """Publish the batch as one chain; (the holder's own commit id, commits made)."""
         for _ in range(_REF_RETRIES):
             ref = self.git.head_ref()
             parent = self.git.read_ref(ref)
             chain = _Chain(self.git, parent, {})
-            for request in batch:
+            for _ticket, request in batch:
                 for edit in request:
                     chain.add(edit, self._mark(chain.marks, edit.rel))
-            lock.write_state(_note(True, count, chain.head, chain.new_marks))
             if chain.head != parent:
+                lock.write_state(_note(True, count, chain.head, chain.new_marks))
                 try:
                     self.git.update_ref(ref, chain.head, parent, COMMITTER, chain.steps[-1][1],
                                         recover=recover, steps=chain.steps)
                 except RefMovedError:
                     continue
+                except BaseException:
+                    lock.write_state(_note(False, count))  # nothing published: nothing to finish
+                    raise
             self._publish_marks(chain.new_marks)
             self.git.set_index_entries(self._index_changes(chain.index), recover=recover)
-            for ticket, version in chain.answers.items():
+            answers = dict(chain.answers)
+            for ticket, request in batch:  # each request's answer is its own last edit's commit
+                answers[ticket] = chain.versions.get((request[-1].rel, request[-1].seq), answers.get(ticket, ""))
+            for ticket, version in answers.items():
                 if ticket > lock.ticket:  # earlier tickets have left the line
                     lock.write_slot(ticket, _ANSWER + (version or "").encode())
             lock.write_state(_note(False, count + len(chain.steps)))
-            return chain.answers.get(lock.ticket) or None, len(chain.steps)
+            return answers.get(lock.ticket) or None, len(chain.steps)
         raise WorkspaceError("the branch kept moving while memstore committed; is a git command looping?")
 
     def _mark(self, marks: dict[str, int], rel: str) -> int:
@@ -181,14 +192,17 @@ class GroupCommit:
         note = _read_note(lock.read_state())
         if not note.get("busy"):
             return note.get("count", 0), False
+        dead = not _alive(note.get("pid"))  # else it failed and cleaned up: any .lock is not its
         head = note.get("head")
         marks = note.get("marks") or {}
         if head and marks and self._published(head):
             current = {rel: read_mark(self._file_lock(rel)) for rel in marks}
             self._publish_marks({rel: seq for rel, seq in marks.items() if seq > current[rel]})
             tree = self.git.commit_tree(self.git.read_ref(self.git.head_ref()) or head)
-            self.git.set_index_entries({rel: (_blob_at(self.git, tree, rel), None) for rel in marks}, recover=True)
-        return note.get("count", 0), True
+            self.git.set_index_entries({rel: (_blob_at(self.git, tree, rel), None) for rel in marks},
+                                       recover=dead)
+        lock.write_state(_note(False, note.get("count", 0)))
+        return note.get("count", 0), dead
 
     def _published(self, head: str) -> bool:
         """True if the branch holds `head` (the dead holder's ref update happened)."""
@@ -214,6 +228,7 @@ class _Chain:
         self.new_marks: dict[str, int] = {}
         self.steps: list[tuple[str, str]] = []  # (commit, reflog message)
         self.answers: dict[int, str] = {}  # ticket -> commit id ('' : nothing to commit)
+        self.versions: dict[tuple[str, int], str] = {}  # (file, edit number) -> its commit
         self.index: dict[str, Edit] = {}
 
     def add(self, edit: Edit, mark: int) -> None:
@@ -231,7 +246,7 @@ class _Chain:
         self.head = self.git.make_commit(self.tree, [self.head] if self.head else [], edit.author, COMMITTER,
                                          edit.message)
         self.steps.append((self.head, f"commit: {edit.message.split(chr(10), 1)[0]}"))
-        self.answers[edit.ticket] = self.head
+        self.answers[edit.ticket] = self.versions[(edit.rel, edit.seq)] = self.head
         self.index[edit.rel] = edit
 
 
@@ -244,8 +259,21 @@ def _note(busy: bool, count: int, head: str | None = None, marks: dict[str, int]
     """The repository lock's state: commits so far, and while busy what the batch publishes."""
     note: dict[str, Any] = {"busy": busy, "count": count}
     if busy:
-        note.update(head=head, marks=marks or {})
+        note.update(head=head, marks=marks or {}, pid=os.getpid())
     return json.dumps(note).encode()
+
+
+def _alive(pid: Any) -> bool:
+    """True if process `pid` exists (a holder that raised rather than died)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _read_note(raw: bytes) -> dict[str, Any]:

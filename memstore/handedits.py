@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 WATCHED = re.compile(r"(blocks|agents)/([A-Za-z0-9_][A-Za-z0-9_.\-]*)\.md")
 
-Action = Literal["unchanged", "committed", "created", "deleted", "invalid"]
+Action = Literal["unchanged", "committed", "created", "deleted", "invalid", "recovered"]
 
 
 class PickUp(BaseModel):
@@ -61,8 +61,8 @@ def pick_up(store: Store, rel: str) -> PickUp:
     commits = store.commits
     with commits.locked(rel) as current:
         if not commits.hand_edited(rel, current):  # as memstore last wrote it
-            if commits.unsettled(rel):  # a writer that died before its commit, or one still waiting
-                return PickUp(path=rel, action="committed", version=commits.settle(rel))
+            if commits.orphaned(rel):  # its writer died before its commit
+                return PickUp(path=rel, action="recovered", version=commits.settle(rel))
             return PickUp(path=rel, action="unchanged")
         head = commits.head_blob(rel)
         if current is None:

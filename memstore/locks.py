@@ -19,8 +19,10 @@ leave without taking the lock at all.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import threading
 import struct
 import time
 import zlib
@@ -71,27 +73,61 @@ class FairLock:
         `done(ticket)` runs when our turn comes: if it says an earlier holder already did
         our work, we leave the line without taking the lock and return False.
         """
+        deadline = time.monotonic() + self.timeout
         self._fd = os.open(self._queue_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             ticket = self.ticket = self._take_ticket(self._fd)
             if queued is not None:
                 queued(ticket)
             if ticket > 1:
-                _byte_lock(self._fd, _TICKETS + ticket - 1)  # returns once our predecessor is gone
-                _byte_lock(self._fd, _TICKETS + ticket - 1, kind=fcntl.F_UNLCK)
+                self._wait_for(ticket - 1, deadline)
             if done is not None and done(ticket):
                 self._close()
                 return False
-            self._take_mutex()
+            self._take_mutex(deadline)
         except BaseException:
             self._close()  # interrupted even right after taking the mutex: give everything back
             raise
         return True
 
-    def _take_mutex(self) -> None:
-        """flock `path` through filelock's descriptor lock; the queue makes waiting here rare."""
+    def _wait_for(self, ticket: int, deadline: float) -> None:
+        """Return once the holder of `ticket` (our predecessor) is gone, or time out.
+
+        A blocking byte-range lock has no timeout, so a helper thread blocks on it while we
+        wait with one; if we give up, it ends when the predecessor does (nothing is held).
+        """
+        assert self._fd is not None
+        fd, offset = self._fd, _TICKETS + ticket
+        try:
+            _byte_lock(fd, offset, wait=False)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            gone, failed = threading.Event(), []
+
+            def wait() -> None:
+                try:
+                    _byte_lock(fd, offset)
+                except OSError as err:  # e.g. the descriptor closed after we gave up
+                    failed.append(err)
+                finally:
+                    gone.set()
+
+            threading.Thread(target=wait, name="memstore-lock-wait", daemon=True).start()
+            if not gone.wait(max(0.0, deadline - time.monotonic())):
+                raise LockTimeoutError(
+                    f"{self.path.name} stayed locked by another process for {self.timeout:.0f}s") from None
+            if failed:
+                raise failed[0] from None
+        _byte_lock(fd, offset, kind=fcntl.F_UNLCK)
+
+    def _take_mutex(self, deadline: float) -> None:
+        """flock `path` through filelock's descriptor lock; the queue makes waiting here rare.
+
+        The deadline counts from joining the line, so when a holder hangs, the waiters
+        behind it give up one right after another, not one timeout each.
+        """
         self._mutex_fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        deadline = time.monotonic() + self.timeout
         while not lock_descriptor(self._mutex_fd, blocking=False):
             if time.monotonic() > deadline:
                 raise LockTimeoutError(f"{self.path.name} stayed locked by another process for {self.timeout:.0f}s")
@@ -225,3 +261,14 @@ def _newest_state(fd: int) -> tuple[int, bytes]:
         if len(data) == size and zlib.crc32(data) == crc:
             best = (generation, data)
     return best
+
+
+def in_line(path: Path, ticket: int) -> bool:
+    """True if the holder of `ticket` for the lock at `path` is still waiting or holding."""
+    fd = os.open(path.parent / f"{path.name}.queue", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        probe = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, _TICKETS + ticket, 1, 0)
+        kind = struct.unpack("hhqqi4x", fcntl.fcntl(fd, fcntl.F_OFD_GETLK, probe))[0]
+    finally:
+        os.close(fd)
+    return kind != fcntl.F_UNLCK

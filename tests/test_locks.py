@@ -85,3 +85,25 @@ def test_waiters_enter_in_arrival_order(tmp_path: Path) -> None:
     for thread in threads:
         thread.join(10)
     assert order == [0, 1, 2, 3, 4]
+
+
+def test_waiters_behind_a_hung_holder_all_give_up_at_their_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "x.lock"
+    holder = FairLock(path)
+    holder.acquire()
+    gave_up: list[float] = []
+    started = time.monotonic()
+
+    def wait() -> None:
+        with pytest.raises(LockTimeoutError):
+            FairLock(path, timeout=1.0).acquire()
+        gave_up.append(time.monotonic() - started)
+
+    threads = [threading.Thread(target=wait) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(gave_up) == 4
+    assert max(gave_up) < 3.0  # not one timeout after another (4 s)
+    holder.release()

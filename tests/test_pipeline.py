@@ -87,8 +87,9 @@ def test_an_edit_whose_writer_died_before_asking_for_a_commit_is_committed_by_th
     _die(store, "before-commit")
     assert "crashfact" in store.get_block("b").value
     result = handedits.pick_up(store, REL)
-    assert result.action == "committed"
+    assert result.action == "recovered" and result.version
     assert _history(store.ws.root)[-1] == "a1: memory_insert b"  # by its agent, not passed off as a hand edit
+    assert git(store.ws.root, "rev-parse", "HEAD").strip() == result.version
     assert_clean_repo(store.ws.root)
 
 
@@ -117,3 +118,43 @@ def test_a_torn_state_record_reads_as_the_previous_one(tmp_path: Path) -> None:
         lock.write_state(b"third record")
     with lock:
         assert lock.read_state() == b"third record"
+
+
+def test_the_watcher_leaves_a_waiting_edit_to_its_live_writer(store: Store) -> None:
+    a1, a2 = _setup(store)
+    blocker, writer = _pending_insert(store, a1, "fact1")
+    assert handedits.pick_up(store, REL).action == "unchanged"  # no waiting on the commit, file lock held
+    second = _in_thread(lambda: store.memory_insert("b", "fact2", actor=a2))
+    deadline = time.monotonic() + 20
+    while b"fact2" not in (store.ws.root / REL).read_bytes():  # the next writer is not held up
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    blocker.release()
+    writer.join(30)
+    second.join(30)
+    assert _history(store.ws.root)[-2:] == ["a1: memory_insert b", "a2: memory_insert b"]
+    assert_clean_repo(store.ws.root)
+
+
+def test_after_a_git_reset_the_file_is_a_hand_edit_not_forgotten(store: Store) -> None:
+    a1, _ = _setup(store)
+    store.memory_insert("b", "fact1", actor=a1)
+    git(store.ws.root, "reset", "-q", "--mixed", "HEAD~1")  # the branch forgets the commit, the file keeps it
+    result = store.memory_insert("b", "fact2", actor=a1)
+    assert _history(store.ws.root)[-2:] == [f"Pat Person: Hand edit {REL}", "a1: memory_insert b"]
+    assert result.version == git(store.ws.root, "rev-parse", "HEAD").strip()
+    assert_clean_repo(store.ws.root)
+
+
+def test_a_commit_that_cannot_be_made_now_is_made_by_the_next_edit(store: Store) -> None:
+    """A git command holding the branch's lock too long: the edit is kept and committed later."""
+    a1, a2 = _setup(store)
+    ref_lock = store.ws.git.common_dir / "refs/heads/main.lock"
+    ref_lock.write_text("held by a slow git command\n")
+    result = store.memory_insert("b", "fact1", actor=a1)  # not an error: the edit happened
+    assert "fact1" in result.block.value and "fact1" in store.get_block("b").value
+    assert ref_lock.exists()  # memstore never removes a lock a live command holds
+    ref_lock.unlink()
+    store.memory_insert("b", "fact2", actor=a2)
+    assert _history(store.ws.root)[-2:] == ["a1: memory_insert b", "a2: memory_insert b"]
+    assert_clean_repo(store.ws.root)
