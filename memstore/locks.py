@@ -22,8 +22,8 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import threading
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Callable
