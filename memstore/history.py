@@ -127,11 +127,14 @@ def maintain(workdir: str) -> None:
 
     At the lowest CPU (and, where the disk scheduler supports it, I/O) priority: packing a
     few thousand loose objects costs ~0.4 s of CPU, which under a burst of edits would
-    otherwise be taken from the writers.
+    otherwise be taken from the writers. It leaves out the steps that lock the branch
+    (packing refs, expiring reflogs): run slowly, they would hold up every commit; a
+    person's own `git gc` still does them.
     """
     script = (
         "ionice -c 3 -p $$ >/dev/null 2>&1; "  # idle I/O priority where the disk scheduler has one
-        "git -c gc.autoDetach=false -c gc.writeCommitGraph=false gc --auto --quiet; "
+        "git -c gc.autoDetach=false -c gc.writeCommitGraph=false -c gc.packRefs=false "
+        "-c gc.reflogExpire=never -c gc.reflogExpireUnreachable=never gc --auto --quiet; "
         "git commit-graph write --reachable --changed-paths --split --size-multiple=4 2>/dev/null"
     )
     subprocess.Popen(  # noqa: S603 - fixed command line
