@@ -9,6 +9,7 @@ library strips the body, which would lose leading and trailing whitespace of a v
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,10 +19,15 @@ import yaml
 from frontmatter.default_handlers import YAMLHandler
 from pydantic import ValidationError
 
+from .cache import LRU
 from .errors import FileFormatError, InvalidNameError
 from .models import DEFAULT_LIMIT, Agent, Block, validate_name
 
 _YAML = YAMLHandler()
+# Front matter rarely changes while a block's text does, and YAML costs more than the rest
+# of an edit's Python work: parsed and rendered front matter is kept by its text.
+_LOADED: LRU[str, dict[str, Any]] = LRU(512)
+_RENDERED: LRU[str, str] = LRU(512)
 _CLOSING_FENCE = re.compile(r"^---[ \t]*\r?$", re.MULTILINE)
 
 
@@ -45,6 +51,11 @@ def parse_document(data: bytes, path: str) -> tuple[dict[str, Any], str]:
 
 
 def _load_yaml(front: str, path: str) -> dict[str, Any]:
+    """The front matter mapping (a copy the caller may change); errors name the file and line."""
+    return copy.deepcopy(_LOADED.get_or_make(front, lambda: _parse_yaml(front, path)))
+
+
+def _parse_yaml(front: str, path: str) -> dict[str, Any]:
     try:
         meta = _YAML.load(front)
     except yaml.MarkedYAMLError as exc:
@@ -62,7 +73,7 @@ def _load_yaml(front: str, path: str) -> dict[str, Any]:
 
 def render_document(meta: dict[str, Any], body: str) -> bytes:
     """Render front matter and body to file bytes (the inverse of parse_document)."""
-    front = _YAML.export(meta, sort_keys=False, width=10_000)
+    front = _RENDERED.get_or_make(repr(meta), lambda: _YAML.export(meta, sort_keys=False, width=10_000))
     return f"---\n{front}\n---\n{body}\n".encode()
 
 

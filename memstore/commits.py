@@ -3,11 +3,12 @@
 Every change of a block or agent file goes through `Committer.locked` + `Committer.write`.
 Under the file's lock the current content is read and checked against what memstore last
 wrote there (a difference is a person's edit, committed first under their name); the new
-content is recorded in the lock as a numbered pending edit, written (temp file, fsync,
-rename) and handed to group commit (`groupcommit.py`), which makes it one commit authored
-by its agent. The writer lets go of the file lock as soon as its request is in line, so
-the next writer of the same file works while the commit is made; the pending edits in the
-lock carry every edit to a commit even when its writer dies.
+content is recorded in the lock as a numbered pending edit, written (temp file, rename;
+flushed first when git's `core.fsync` asks for loose objects to be) and handed to group
+commit (`groupcommit.py`), which makes it one commit authored by its agent. The writer
+lets go of the file lock as soon as its request is in line, so the next writer of the
+same file works while the commit is made; the pending edits in the lock carry every edit
+to a commit even when its writer dies.
 """
 
 from __future__ import annotations
@@ -166,7 +167,8 @@ class Committer:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             os.write(fd, content)
-            os.fsync(fd)
+            if "loose-object" in self.git.flush:  # the file goes with its objects (git's core.fsync)
+                os.fsync(fd)
         except BaseException:
             os.close(fd)
             tmp.unlink(missing_ok=True)

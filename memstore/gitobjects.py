@@ -5,6 +5,9 @@ and tree handling. An edit here writes its loose objects directly, rebuilds only
 on the changed path (parsed trees are cached by id), publishes the commit with a
 compare-and-swap of the branch ref under git's own `.lock` protocol, and patches the one
 index entry so `git status` stays truthful. Reads of packed objects go through GitPython.
+
+What is flushed to disk follows git's own `core.fsync` setting (see `fsync_components`):
+by default git flushes none of loose objects, refs or the index, and neither does memstore.
 """
 
 from __future__ import annotations
@@ -34,6 +37,47 @@ FILE_MODE = b"100644"
 _BIG_OBJECT = 64 * 1024  # larger loose objects are stored uncompressed; `git gc` packs them
 _LOCK_WAIT = 2.0  # seconds to wait for a git command's own .lock file
 _STALE_AGE = 0.5  # a .lock left by a dead memstore writer is removed once this old
+# The `core.fsync` words that name what memstore writes: its loose objects (and with them the
+# block files), the branch ref, the index. Git's other components (packs, commit-graph) are git's.
+_FSYNC_WORDS: dict[str, frozenset[str]] = {
+    "loose-object": frozenset({"loose-object"}),
+    "objects": frozenset({"loose-object"}),
+    "reference": frozenset({"reference"}),
+    "index": frozenset({"index"}),
+    "committed": frozenset({"loose-object", "reference"}),
+    "added": frozenset({"loose-object", "reference", "index"}),
+    "all": frozenset({"loose-object", "reference", "index"}),
+}
+
+
+def fsync_components(value: str | None, object_files: bool = False) -> frozenset[str]:
+    """What git's `core.fsync` value (and the older `core.fsyncObjectFiles`) says to flush.
+
+    As in git: the list adds to the default (which has none of these), `-x` removes x,
+    `none` starts again from nothing; the stricter of the two settings wins.
+    """
+    found: set[str] = set()
+    for word in (value or "").split(","):
+        word = word.strip().lower()
+        if word == "none":
+            found.clear()
+        elif word.startswith("-"):
+            found -= _FSYNC_WORDS.get(word[1:], frozenset())
+        else:
+            found |= _FSYNC_WORDS.get(word, frozenset())
+    if object_files:
+        found.add("loose-object")
+    return frozenset(found)
+
+
+def _configured_fsync(repo: git.Repo) -> frozenset[str]:
+    reader = repo.config_reader()
+    value = reader.get_value("core", "fsync", "")
+    try:
+        legacy = bool(reader.get_value("core", "fsyncObjectFiles", False))
+    except ValueError:
+        legacy = False
+    return fsync_components(str(value), legacy)
 
 
 class RefMovedError(Exception):
@@ -118,6 +162,7 @@ class GitStore:
         self._objects_dir = str(self.objects)
         self._head_file = str(self.git_dir / "HEAD")
         self._common = str(self.common_dir)
+        self.flush = _configured_fsync(repo)  # what to fsync before a rename makes it visible
 
     # -- objects ---------------------------------------------------------------------
 
@@ -153,6 +198,8 @@ class GitStore:
         fd = _create_in(folder, tmp)
         try:
             _write_all(fd, parts)
+            if "loose-object" in self.flush:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, final)
@@ -294,6 +341,8 @@ class GitStore:
             if self.read_ref(ref) != old:
                 raise RefMovedError(ref)
             os.write(fd, f"{new}\n".encode())
+            if "reference" in self.flush:
+                os.fsync(fd)
         except BaseException:
             os.close(fd)
             lock.unlink(missing_ok=True)
@@ -372,6 +421,8 @@ class GitStore:
             raise
         try:
             os.write(fd, new)
+            if "index" in self.flush:
+                os.fsync(fd)
             shape = _shape(os.fstat(fd))
         finally:
             os.close(fd)

@@ -6,7 +6,7 @@ import os
 import subprocess
 
 from memstore import Store
-from memstore.gitobjects import GitStore
+from memstore.gitobjects import GitStore, fsync_components
 
 from .conftest import assert_clean_repo, git
 
@@ -77,3 +77,36 @@ def test_an_object_folder_removed_by_git_gc_meanwhile_is_made_again(store: Store
     sha = GitStore(store.ws.git.repo).write_object(b"blob", b"a brand new object\n")
     assert removed and removed[0].endswith(sha[:2])
     assert git(store.ws.root, "cat-file", "-p", sha) == "a brand new object\n"
+
+
+def test_fsync_components_read_gits_setting_as_git_does() -> None:
+    assert fsync_components(None) == frozenset()  # git's default flushes no loose object, ref or index
+    assert fsync_components("committed") == {"loose-object", "reference"}
+    assert fsync_components("added") == fsync_components("all") == {"loose-object", "reference", "index"}
+    assert fsync_components("all,-index") == {"loose-object", "reference"}
+    assert fsync_components("index,none,reference") == {"reference"}
+    assert fsync_components("pack,commit-graph") == frozenset()  # git's own files, not memstore's
+    assert fsync_components("", object_files=True) == {"loose-object"}
+
+
+def _count_fsyncs(store: Store, monkeypatch) -> list[int]:
+    calls: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real(fd))[1])
+    store.memory_insert("a", "more")
+    return calls
+
+
+def test_edits_flush_nothing_by_default_like_git(store: Store, monkeypatch) -> None:
+    store.create_block("a", "1")
+    assert _count_fsyncs(store, monkeypatch) == []
+
+
+def test_edits_flush_what_core_fsync_asks_for(tmp_path, monkeypatch) -> None:
+    Store.init(tmp_path / "ws")
+    git(tmp_path / "ws", "config", "core.fsync", "added")
+    store = Store.open(tmp_path / "ws")
+    store.create_block("a", "1")
+    # the block file, its blob, two trees and the commit, then the branch ref and the index
+    assert len(_count_fsyncs(store, monkeypatch)) == 7
+    assert_clean_repo(store.ws.root)
