@@ -24,6 +24,7 @@ from .errors import FileFormatError, InvalidNameError
 from .models import DEFAULT_LIMIT, Agent, Block, validate_name
 
 _YAML = YAMLHandler()
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 # Front matter rarely changes while a block's text does, and YAML costs more than the rest
 # of an edit's Python work: parsed and rendered front matter is kept by its text.
 _LOADED: LRU[str, dict[str, Any]] = LRU(512)
@@ -73,8 +74,19 @@ def _parse_yaml(front: str, path: str) -> dict[str, Any]:
 
 def render_document(meta: dict[str, Any], body: str) -> bytes:
     """Render front matter and body to file bytes (the inverse of parse_document)."""
-    front = _RENDERED.get_or_make(repr(meta), lambda: _YAML.export(meta, sort_keys=False, width=10_000))
+    front = _RENDERED.get_or_make(repr(meta), lambda: _dump_yaml(meta))
     return f"---\n{front}\n---\n{body}\n".encode()
+
+
+def _dump_yaml(meta: dict[str, Any]) -> str:
+    """YAML for the front matter, without the final newline.
+
+    Not the handler's `export`, which strips all whitespace at the ends: a last value
+    ending in, say, a no-break space would lose it.
+    """
+    text = yaml.dump(meta, Dumper=_DUMPER, default_flow_style=False, allow_unicode=True,
+                     sort_keys=False, width=10_000)
+    return text.removesuffix("\n")
 
 
 def _field_line(data: bytes, key: str) -> int | None:

@@ -20,6 +20,11 @@ def test_any_unicode_value_round_trips_byte_exactly(value: str) -> None:
     assert render_block(block_from_file(data, "blocks/x.md", "x")) == data
 
 
+def test_metadata_ending_in_unicode_whitespace_keeps_it() -> None:
+    block = Block(id="block-1", label="x", value="v", name="x", metadata={"k": "\xa0", "j": "a\u2003"})
+    assert block_from_file(render_block(block), "blocks/x.md", "x").metadata == block.metadata
+
+
 def test_file_ends_with_one_newline_not_part_of_the_value() -> None:
     data = render_block(Block(id="block-1", label="x", value="line", name="x"))
     assert data.endswith(b"---\nline\n")
