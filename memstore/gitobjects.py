@@ -21,6 +21,8 @@ import threading
 import time
 import zlib
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,7 @@ import git
 from .errors import WorkspaceError
 from .fastio import append_file, read_file
 from .gitindex import IndexFormatUnsupported, patch_index
+from .gitpack import PackReader, write_pack
 
 log = logging.getLogger(__name__)
 
@@ -163,14 +166,23 @@ class GitStore:
         self._head_file = str(self.git_dir / "HEAD")
         self._common = str(self.common_dir)
         self.flush = _configured_fsync(repo)  # what to fsync before a rename makes it visible
+        self._pack_dir = f"{self._objects_dir}/pack"
+        self.packs = PackReader(self._pack_dir)
+        self._packing = threading.local()  # per thread: objects held for the pack being gathered
 
     # -- objects ---------------------------------------------------------------------
 
     def read_object(self, sha: str) -> tuple[bytes, bytes]:
         """(type, body) of an object, loose or packed."""
+        gathering: dict[str, tuple[bytes, bytes]] | None = getattr(self._packing, "objects", None)
+        if gathering is not None and sha in gathering:
+            return gathering[sha]
         try:
             raw = zlib.decompress(read_file(f"{self._objects_dir}/{sha[:2]}/{sha[2:]}"))
         except FileNotFoundError:
+            found = self.packs.read(sha)
+            if found is not None:
+                return found
             with self._odb_lock:
                 try:
                     stream = self.repo.odb.stream(bytes.fromhex(sha))
@@ -180,11 +192,43 @@ class GitStore:
         header, _, body = raw.partition(b"\0")
         return header.split(b" ", 1)[0], body
 
+    @contextmanager
+    def packing(self) -> Iterator[None]:
+        """Objects this thread writes meanwhile go into one pack, written when the block ends.
+
+        Nothing may refer to them from outside (a ref) before then; if the block raises,
+        they are dropped.
+        """
+        if getattr(self._packing, "objects", None) is not None:
+            yield  # already gathering: the outer block writes the pack
+            return
+        objects: dict[str, tuple[bytes, bytes]] = {}
+        self._packing.objects = objects
+        try:
+            yield
+        finally:
+            self._packing.objects = None
+        if objects:
+            self._write_pack(objects)
+
+    def _write_pack(self, objects: dict[str, tuple[bytes, bytes]]) -> None:
+        written = write_pack(self._pack_dir, objects, "loose-object" in self.flush)
+        if written is None:  # too big for one small pack: loose, as usual
+            for kind, body in objects.values():
+                self.write_object(kind, body)
+            return
+        stem, built = written
+        self.packs.add(stem, built.offsets)
+
     def write_object(self, kind: bytes, body: bytes) -> str:
         header = b"%s %d\0" % (kind, len(body))
         digest = hashlib.sha1(header)
         digest.update(body)
         sha = digest.hexdigest()
+        gathering: dict[str, tuple[bytes, bytes]] | None = getattr(self._packing, "objects", None)
+        if gathering is not None:
+            gathering[sha] = (kind, body)
+            return sha
         folder = f"{self._objects_dir}/{sha[:2]}"
         final = f"{folder}/{sha[2:]}"
         if os.path.exists(final):

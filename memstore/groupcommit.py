@@ -139,10 +139,11 @@ class GroupCommit:
         for _ in range(_REF_RETRIES):
             ref = self.git.head_ref()
             parent = self.git.read_ref(ref)
-            chain = _Chain(self.git, parent, {})
-            for _ticket, request in batch:
-                for edit in request:
-                    chain.add(edit, self._mark(chain.marks, edit.rel))
+            with self.git.packing():  # the batch's trees and commits: one pack, two files
+                chain = _Chain(self.git, parent, {})
+                for _ticket, request in batch:
+                    for edit in request:
+                        chain.add(edit, self._mark(chain.marks, edit.rel))
             if chain.head != parent:
                 lock.write_state(_note(True, count, chain.head, chain.new_marks))
                 try:

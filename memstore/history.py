@@ -7,10 +7,12 @@ repository of 100k commits; `maintain` keeps that graph current.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 
 import git
+from filelock import lock_descriptor
 
 from .errors import NotFoundError
 from .gitobjects import GitStore
@@ -130,14 +132,31 @@ def maintain(workdir: str) -> None:
     otherwise be taken from the writers. It leaves out the steps that lock the branch
     (packing refs, expiring reflogs): run slowly, they would hold up every commit; a
     person's own `git gc` still does them.
+
+    Group commit writes a small pack per batch. A geometric repack rolls small packs into
+    bigger ones, so the count stays logarithmic and the work stays proportional to what is
+    new; gc's own trigger on the number of packs (which repacks everything) is off here.
     """
     script = (
         "ionice -c 3 -p $$ >/dev/null 2>&1; "  # idle I/O priority where the disk scheduler has one
-        "git -c gc.autoDetach=false -c gc.writeCommitGraph=false -c gc.packRefs=false "
+        "git -c gc.autoDetach=false -c gc.writeCommitGraph=false -c gc.packRefs=false -c gc.autoPackLimit=0 "
         "-c gc.reflogExpire=never -c gc.reflogExpireUnreachable=never gc --auto --quiet; "
+        "git repack --geometric=2 -d -l -q; "
         "git commit-graph write --reachable --changed-paths --split --size-multiple=4 2>/dev/null"
     )
-    subprocess.Popen(  # noqa: S603 - fixed command line
-        ["nice", "-n", "19", "sh", "-c", script], cwd=workdir, stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
+    # One run at a time: the run holds an flock on this file until it exits (it inherits the
+    # descriptor), and a burst of edits that asks for more meanwhile starts none.
+    lock_path = f"{workdir}/.memstore/locks/maintain.lock"
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError:
+        return
+    try:
+        if not lock_descriptor(fd, blocking=False):
+            return
+        subprocess.Popen(  # noqa: S603 - fixed command line
+            ["nice", "-n", "19", "sh", "-c", script], cwd=workdir, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, pass_fds=(fd,),
+        )
+    finally:
+        os.close(fd)  # ours only: the run keeps its copy, and with it the lock

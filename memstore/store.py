@@ -45,7 +45,7 @@ from .validation import (
 from .workspace import Workspace, init_workspace, open_workspace
 
 DEFAULT_SYSTEM = "You are a helpful assistant with a persistent, shared memory."
-_MAINTAIN_EVERY = 500
+_MAINTAIN_EVERY = 250
 _PARSED_CACHE = 512  # parsed block (and agent) files kept, by content
 
 

@@ -1,0 +1,115 @@
+"""Group commit's small packs: valid for git, readable by every memstore process."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+from filelock import lock_descriptor, unlock_descriptor
+
+from memstore import Store, history
+from memstore.gitpack import build_pack, parse_index
+
+from .conftest import assert_clean_repo, git
+
+
+def _loose(root: Path) -> set[str]:
+    objects = root / ".git/objects"
+    return {f"{d.name}{f.name}" for d in objects.iterdir() if len(d.name) == 2 for f in d.iterdir()
+            if not f.name.startswith("tmp_")}
+
+
+def _packs(root: Path) -> list[Path]:
+    return sorted((root / ".git/objects/pack").glob("pack-*.pack"))
+
+
+def test_an_edit_writes_its_trees_and_commit_as_one_pack_git_reads(store: Store) -> None:
+    store.create_block("notes", "first")
+    loose, packs = _loose(store.ws.root), _packs(store.ws.root)
+    result = store.memory_insert("notes", "second")
+    new_loose = _loose(store.ws.root) - loose
+    assert len(new_loose) == 1  # the blob, written by the writer before its commit request
+    assert git(store.ws.root, "cat-file", "-t", new_loose.pop()).strip() == "blob"
+    new_packs = sorted(set(_packs(store.ws.root)) - set(packs))
+    assert len(new_packs) == 1
+    listed = git(store.ws.root, "verify-pack", "-v", str(new_packs[0].with_suffix(".idx")))
+    kinds = sorted(line.split()[1] for line in listed.splitlines() if len(line.split()) > 2
+                   and line.split()[1] in ("commit", "tree", "blob"))
+    assert kinds == ["commit", "tree", "tree"]  # the root tree, blocks/, the commit
+    assert result.version in listed
+    assert git(store.ws.root, "show", "-s", "--format=%an", result.version).strip() == "Pat Person"
+    assert_clean_repo(store.ws.root)
+
+
+def test_index_parses_back_what_was_built() -> None:
+    bodies = [b"x" * n for n in (1, 300, 70_000)]  # the last one is stored, not compressed
+    objects = [(hashlib.sha1(b"blob %d\0" % len(b) + b).hexdigest(), b"blob", b) for b in bodies]
+    built = build_pack(objects)
+    assert built is not None
+    index = parse_index(built.index)
+    assert index == built.offsets and len(index) == 3
+
+
+def test_another_process_reads_objects_from_packs_it_did_not_write(ws_path: Path) -> None:
+    writer = Store.init(ws_path)
+    reader = Store.open(ws_path)
+    writer.create_block("notes", "one")
+    for i in range(5):
+        result = writer.memory_insert("notes", f"line {i}")
+    assert reader.ws.git.packs.read(result.version) is not None  # found by scanning the new packs
+    assert reader.get_block("notes").value == "one\nline 0\nline 1\nline 2\nline 3\nline 4"
+    assert reader.memory_insert("notes", "from the reader").version
+    assert [h.version for h in reader.block_history("notes", limit=7)][1] == result.version
+    assert_clean_repo(ws_path)
+
+
+def test_packs_rolled_up_by_git_meanwhile_are_read_through_git(ws_path: Path) -> None:
+    first = Store.init(ws_path)
+    second = Store.open(ws_path)
+    first.create_block("notes", "one")
+    for i in range(3):
+        first.memory_insert("notes", f"a{i}")
+    second.get_block("notes")  # knows today's small packs
+    git(ws_path, "repack", "-a", "-d", "-q")  # one pack, with deltas; the small packs are gone
+    assert len(_packs(ws_path)) == 1
+    second.ws.git._trees.clear()
+    second.ws.git._commit_trees.clear()
+    second.memory_insert("notes", "after the repack")
+    first.memory_insert("notes", "and another")
+    assert first.get_block("notes").value.endswith("a2\nafter the repack\nand another")
+    assert_clean_repo(ws_path)
+
+
+def test_maintenance_rolls_small_packs_up(store: Store) -> None:
+    store.create_block("b", "")
+    for i in range(40):
+        store.memory_insert("b", f"line {i}")
+    before = len(_packs(store.ws.root))
+    assert before >= 40
+    history.maintain(str(store.ws.root))
+    deadline = time.monotonic() + 60
+    while len(_packs(store.ws.root)) > before // 4:
+        assert time.monotonic() < deadline, "maintenance never rolled the packs up"
+        time.sleep(0.1)
+    while (store.ws.root / ".memstore/locks/maintain.lock").exists() and _maintaining(store.ws.root):
+        assert time.monotonic() < deadline, "maintenance never finished"
+        time.sleep(0.1)
+    counts = dict(line.split(": ") for line in git(store.ws.root, "count-objects", "-v").splitlines())
+    assert counts["garbage"] == "0" and counts["count"] == "0"  # the loose blobs were packed too
+    assert_clean_repo(store.ws.root)
+    store.memory_insert("b", "after maintenance")
+    assert store.get_block("b").value.endswith("line 39\nafter maintenance")
+
+
+def _maintaining(root: Path) -> bool:
+    """True while a maintenance run holds its lock."""
+    fd = os.open(root / ".memstore/locks/maintain.lock", os.O_RDWR)
+    try:
+        if lock_descriptor(fd, blocking=False):
+            unlock_descriptor(fd)
+            return False
+        return True
+    finally:
+        os.close(fd)
