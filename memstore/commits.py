@@ -13,7 +13,6 @@ to a commit even when its writer dies.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -25,18 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MemstoreError, WorkspaceError
-from .fastio import read_file
-from .gitobjects import Ident
+from .fastio import read_file, remove_file
+from .gitobjects import Ident, blob_id
 from .groupcommit import Edit, GroupCommit, stat_key
-from .locks import FairLock
+from .locks import FairLock, read_mark
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
 _MAX_PENDING = 16  # past this many uncommitted edits of a file, a writer waits for its commit holding the lock
-
-
-def blob_id(content: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
 
 
 def commit_message(subject: str, trailers: dict[str, str | None]) -> str:
@@ -54,10 +49,28 @@ class Committer:
         self._held = threading.local()  # per thread: lock objects, and the files it holds
         self._root = str(ws.root)
         self.group = GroupCommit(ws.git, ws.locks_dir, self._lock_path, self._root,
-                                 lambda: self._fair_lock(ws.locks_dir / "repo.lock"), on_commit)
+                                 lambda: self._fair_lock(ws.locks_dir / "repo.lock"), self.pending_path, on_commit)
+        self._pending_dir = str(ws.pending_dir)
+        self._sweep_pending()
+        ws.git.trash_dir = str(ws.trash_dir)
 
     def _lock_path(self, rel: str) -> Path:
         return self.ws.locks_dir / (rel.replace("/", "__") + ".lock")
+
+    def _sweep_pending(self) -> None:
+        """Remove contents kept for edits already committed (their committer died before it could)."""
+        try:
+            entries = list(os.scandir(self._pending_dir))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            stem, _, seq = entry.name.rpartition(".")
+            if seq.isdigit() and int(seq) <= read_mark(self.ws.locks_dir / f"{stem}.lock"):
+                remove_file(entry.path)
+
+    def pending_path(self, rel: str, seq: int) -> str:
+        """Where the content of edit `seq` of `rel` waits for its commit (a hard link to the file)."""
+        return f"{self._pending_dir}/{rel.replace('/', '__')}.{seq}"
 
     @contextmanager
     def locked(self, rel: str) -> Iterator[bytes | None]:
@@ -141,14 +154,13 @@ class Committer:
             return None
         held: _Held = self._held.files[rel]  # callers hold `locked(rel)`
         assert not held.released, "one write per hold of a file lock"
-        new = self.git.write_object(b"blob", content) if content is not None else None
-        edit = held.add(new, author, message)
+        edit = held.add(blob_id(content) if content is not None else None, author, message)
         held.save()  # before the file changes: a crash from here on is finished by the next writer
         target = f"{self._root}/{rel}"
         if content is None:
             Path(target).unlink(missing_ok=True)
         else:
-            self._atomic_write(Path(target), content)
+            self._atomic_write(Path(target), content, self.pending_path(rel, edit.seq))
             edit.stat = _stat(target)
         edit.written = True
         held.save()
@@ -162,18 +174,32 @@ class Committer:
             log.warning("%s: edit written, its commit is waiting: %s", rel, exc)
             return None
 
-    def _atomic_write(self, target: Path, content: bytes) -> None:
+    def _atomic_write(self, target: Path, content: bytes, keep: str) -> None:
+        """Replace `target` with `content` by a rename, keeping a hard link to it at `keep`.
+
+        The link is the content for the edit's commit, which writes the blob into its batch's
+        pack: no loose object per edit. It also means the rename frees no file (the old one
+        lives on as its own edit's link until that commit), so the next writer is not held
+        up by the disk's work of freeing it.
+        """
         tmp = self.ws.tmp_dir / f"{target.name}.{secrets.token_hex(6)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            os.write(fd, content)
+            _write_all(fd, content)
             if "loose-object" in self.git.flush:  # the file goes with its objects (git's core.fsync)
                 os.fsync(fd)
-        except BaseException:
             os.close(fd)
+            fd = -1
+            try:
+                os.link(tmp, keep)
+            except FileExistsError:  # left by an edit that never reached the file (its writer died)
+                os.unlink(keep)
+                os.link(tmp, keep)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
             tmp.unlink(missing_ok=True)
             raise
-        os.close(fd)
         try:
             os.replace(tmp, target)
         except FileNotFoundError:  # a new folder (an agent's first conversation log)
@@ -206,8 +232,8 @@ class _Held:
         if pending and not pending[-1].written:  # its writer died around writing the file
             if disk == pending[-1].new:
                 pending[-1].written = True
-            else:
-                pending.pop()  # it never reached the file: it never happened
+            else:  # it never reached the file: it never happened
+                remove_file(committer.pending_path(rel, pending.pop().seq))
         # What the file holds unless a person changed it: the last edit still waiting for its
         # commit, else the branch (so any other difference, e.g. after a `git reset`, is a hand edit).
         expected = pending[-1].new if pending else committer.head_blob(rel)
@@ -229,6 +255,12 @@ class _Held:
         self.save()
         self.lock.release()
         self.released = True
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _read_state(raw: bytes) -> dict[str, Any]:

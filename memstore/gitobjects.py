@@ -21,7 +21,7 @@ import threading
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +29,7 @@ from pathlib import Path
 import git
 
 from .errors import WorkspaceError
-from .fastio import append_file, read_file
+from .fastio import append_file, read_file, remove_file
 from .gitindex import IndexFormatUnsupported, patch_index
 from .gitpack import PackReader, write_pack
 
@@ -51,6 +51,11 @@ _FSYNC_WORDS: dict[str, frozenset[str]] = {
     "added": frozenset({"loose-object", "reference", "index"}),
     "all": frozenset({"loose-object", "reference", "index"}),
 }
+
+
+def blob_id(content: bytes) -> str:
+    """The id git gives a file with this content."""
+    return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
 
 
 def fsync_components(value: str | None, object_files: bool = False) -> frozenset[str]:
@@ -169,6 +174,9 @@ class GitStore:
         self._pack_dir = f"{self._objects_dir}/pack"
         self.packs = PackReader(self._pack_dir)
         self._packing = threading.local()  # per thread: objects held for the pack being gathered
+        self.on_pack: Callable[[str], None] | None = None  # told each new pack's name (pack-<checksum>)
+        self.trash_dir: str | None = None  # where replaced files wait to be freed (see `_replace`)
+        self._replaced = threading.local()
 
     # -- objects ---------------------------------------------------------------------
 
@@ -200,12 +208,12 @@ class GitStore:
         they are dropped.
         """
         if getattr(self._packing, "objects", None) is not None:
-            yield  # already gathering: the outer block writes the pack
+            yield None  # already gathering: the outer block writes the pack
             return
         objects: dict[str, tuple[bytes, bytes]] = {}
         self._packing.objects = objects
         try:
-            yield
+            yield None
         finally:
             self._packing.objects = None
         if objects:
@@ -219,6 +227,8 @@ class GitStore:
             return
         stem, built = written
         self.packs.add(stem, built.offsets)
+        if self.on_pack is not None:
+            self.on_pack(os.path.basename(stem))
 
     def write_object(self, kind: bytes, body: bytes) -> str:
         header = b"%s %d\0" % (kind, len(body))
@@ -226,8 +236,8 @@ class GitStore:
         digest.update(body)
         sha = digest.hexdigest()
         gathering: dict[str, tuple[bytes, bytes]] | None = getattr(self._packing, "objects", None)
-        if gathering is not None:
-            gathering[sha] = (kind, body)
+        if gathering is not None and len(body) < _BIG_OBJECT:  # a big one (a tree of 10k blocks)
+            gathering[sha] = (kind, body)  # would cost more to checksum twice than to create
             return sha
         folder = f"{self._objects_dir}/{sha[:2]}"
         final = f"{folder}/{sha[2:]}"
@@ -392,7 +402,7 @@ class GitStore:
             lock.unlink(missing_ok=True)
             raise
         os.close(fd)
-        os.replace(lock, self.common_dir / ref)
+        self._replace(str(lock), f"{self._common}/{ref}")
         now = time.time()
         who_line = who.line(now, local_tz_offset(now))
         lines, prev = [], old or "0" * 40
@@ -470,8 +480,29 @@ class GitStore:
             shape = _shape(os.fstat(fd))
         finally:
             os.close(fd)
-        os.replace(lock, self.git_dir / "index")
+        self._replace(str(lock), f"{self.git_dir}/index")
         self._index = (shape, new)
+
+    def _replace(self, src: str, dst: str) -> None:
+        """Rename `src` over `dst`, keeping the old `dst` alive under `trash_dir` for now.
+
+        Freeing a file is the dearest step of a rename on some disks (a millisecond and more,
+        here). Kept, it is freed by `free_replaced` once the lock that serialises the rename
+        is let go, so that the next committer does not wait for it.
+        """
+        if self.trash_dir is not None:
+            keep = f"{self.trash_dir}/{secrets.token_hex(8)}"
+            try:
+                os.link(dst, keep)
+                self._replaced.__dict__.setdefault("paths", []).append(keep)
+            except OSError:  # no old file, or another file system: free it now
+                pass
+        os.replace(src, dst)
+
+    def free_replaced(self) -> None:
+        """Free the files this thread's renames replaced (see `_replace`)."""
+        for path in self._replaced.__dict__.pop("paths", []):
+            remove_file(path)
 
     def _index_via_git(self, path: str, blob: str | None) -> None:
         """Let git update an index we do not patch; rebuild a missing one from HEAD."""

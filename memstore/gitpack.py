@@ -18,7 +18,7 @@ import secrets
 import struct
 import threading
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 _KINDS = {b"commit": 1, b"tree": 2, b"blob": 3, b"tag": 4}
@@ -26,7 +26,7 @@ _NAMES = {code: kind for kind, code in _KINDS.items()}
 _IDX_MAGIC = b"\377tOc"
 _MAX_OFFSET = 1 << 31  # index v2 needs a second offset table past this: such packs are not ours
 _READ_INDEX_UP_TO = 1 << 20  # bigger indexes are git's own packs, read through git
-_BIG = 64 * 1024  # bodies this big are stored, not compressed (git repacks them later anyway)
+_KEEP = 256  # packs whose indexes a process keeps in memory
 
 
 def _entry_header(code: int, size: int) -> bytes:
@@ -53,7 +53,7 @@ def build_pack(objects: Iterable[tuple[str, bytes, bytes]]) -> Built | None:
     """A pack of objects given as (id, kind, body); None if too big for one."""
     records, entries, offset = [], [], 12
     for sha, kind, body in objects:
-        record = _entry_header(_KINDS[kind], len(body)) + zlib.compress(body, 0 if len(body) >= _BIG else 1)
+        record = _entry_header(_KINDS[kind], len(body)) + zlib.compress(body, 1)
         entries.append((bytes.fromhex(sha), zlib.crc32(record), offset))
         records.append(record)
         offset += len(record)
@@ -132,6 +132,7 @@ class PackReader:
 
     def __init__(self, pack_dir: str) -> None:
         self._dir = pack_dir
+        self.newest: Callable[[], str | None] = lambda: None  # names the pack written last, if known
         self._packs: dict[str, dict[bytes, int] | None] = {}  # stem -> index (None: not ours to read)
         self._seen: tuple[int, int] | None = None  # the folder's (mtime, size) at the last scan
         self._lock = threading.Lock()
@@ -140,12 +141,34 @@ class PackReader:
         """Know a pack this process just wrote without reading its index back."""
         with self._lock:
             self._packs[stem] = offsets
+            while len(self._packs) > _KEEP:  # the oldest go; a scan finds them again if needed
+                del self._packs[next(iter(self._packs))]
+
+    def hint(self, name: str) -> bool:
+        """Learn of the pack `name` (pack-<checksum>), which another process says it wrote last;
+        False if it was known already or is not there.
+
+        Cheaper than a scan of the folder, which holds hundreds of packs between repacks.
+        """
+        stem = f"{self._dir}/{name}"
+        with self._lock:
+            if stem in self._packs:
+                return False
+        index = _load_index(f"{stem}.idx")
+        if index is None:
+            return False
+        self.add(stem, index)
+        return True
 
     def read(self, sha: str) -> tuple[bytes, bytes] | None:
         """(kind, body) of object `sha` if a small pack holds it whole; else None."""
         key = bytes.fromhex(sha)
         for attempt in (0, 1):
             found = self._find(key)
+            if found is None and not attempt:
+                newest = self.newest()
+                if newest is not None and self.hint(newest):
+                    found = self._find(key)
             if found is None:
                 if attempt or not self._rescan():
                     return None
@@ -163,7 +186,8 @@ class PackReader:
 
     def _find(self, key: bytes) -> tuple[str, int] | None:
         with self._lock:
-            for stem, index in self._packs.items():
+            for stem in reversed(self._packs):  # newest first: a commit builds on the last one
+                index = self._packs[stem]
                 if index is not None and key in index:
                     return stem, index[key]
         return None

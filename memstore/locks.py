@@ -35,14 +35,19 @@ from filelock import lock_descriptor, unlock_descriptor
 from .errors import LockTimeoutError
 
 DEFAULT_TIMEOUT = 60.0
-_TICKETS = 1 << 20  # ticket n is the lock on byte _TICKETS + n; bytes 0-7 hold the counter
+_TICKETS = 1 << 20  # ticket n is the lock on byte _TICKETS + n (locks and data do not mix); bytes 0-7 count
 _MARK = 16  # a number others may set without holding the lock (see `write_mark`)
+_HINT = 24  # a few bytes anyone may read without taking the lock (see `write_hint`)
+HINT_SIZE = 32
 _STATE = 64  # the holder's state record, in two areas written in turn (see `write_state`)
 _STATE_HEAD = struct.Struct("<QII")  # generation, length, crc32
 _STATE_AREA = 32 * 1024 - 32
 _STATE_ROOM = _STATE_AREA - 16
-SLOTS = 256  # mailbox slots, by ticket modulo SLOTS; between the state record and the tickets
-SLOT_SIZE = 2048
+SLOTS = 256  # mailbox slots, by ticket modulo SLOTS, after the state record (a sparse file)
+# A request carries every edit of its file still waiting for a commit (up to 16, ~500 bytes
+# each); one that did not fit would be invisible to the holder, which then could not batch it.
+SLOT_SIZE = 16 * 1024
+_SLOT_FIRST_READ = 4096  # most messages fit: one read
 _SLOT_AT = 64 * 1024
 _SLOT_HEAD = struct.Struct("<QII")  # ticket, payload length, crc32 of payload
 SLOT_PAYLOAD = SLOT_SIZE - _SLOT_HEAD.size
@@ -199,10 +204,13 @@ class FairLock:
     def read_slot(self, ticket: int) -> bytes | None:
         """What is in `ticket`'s mailbox; None if it holds another ticket's or a torn message."""
         assert self._fd is not None, "read_slot needs a place in line"
-        raw = os.pread(self._fd, SLOT_SIZE, _SLOT_AT + (ticket % SLOTS) * SLOT_SIZE)
+        at = _SLOT_AT + (ticket % SLOTS) * SLOT_SIZE
+        raw = os.pread(self._fd, _SLOT_FIRST_READ, at)
         if len(raw) < _SLOT_HEAD.size:
             return None
         owner, size, crc = _SLOT_HEAD.unpack_from(raw)
+        if owner == ticket and _SLOT_HEAD.size + size > len(raw) and size <= SLOT_PAYLOAD:
+            raw += os.pread(self._fd, _SLOT_HEAD.size + size - len(raw), at + len(raw))
         data = raw[_SLOT_HEAD.size : _SLOT_HEAD.size + size]
         if owner != ticket or size > SLOT_PAYLOAD or len(data) != size or zlib.crc32(data) != crc:
             return None
@@ -242,6 +250,30 @@ def write_mark(path: Path, value: int) -> None:
     fd = os.open(path.parent / f"{path.name}.queue", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         os.pwrite(fd, struct.pack("<Q", value), _MARK)
+    finally:
+        os.close(fd)
+
+
+def write_hint(path: Path, data: bytes) -> None:
+    """Leave up to HINT_SIZE bytes with the lock at `path` for anyone to read without it.
+
+    Only a hint: a reader may see it torn or stale, so it must check what it is told.
+    """
+    fd = os.open(path.parent / f"{path.name}.queue", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        os.pwrite(fd, data[:HINT_SIZE].ljust(HINT_SIZE, b"\0"), _HINT)
+    finally:
+        os.close(fd)
+
+
+def read_hint(path: Path) -> bytes:
+    """What `write_hint` left with the lock at `path` (zero bytes if nothing)."""
+    try:
+        fd = os.open(path.parent / f"{path.name}.queue", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return b""
+    try:
+        return os.pread(fd, HINT_SIZE, _HINT)
     finally:
         os.close(fd)
 

@@ -25,19 +25,18 @@ def _packs(root: Path) -> list[Path]:
     return sorted((root / ".git/objects/pack").glob("pack-*.pack"))
 
 
-def test_an_edit_writes_its_trees_and_commit_as_one_pack_git_reads(store: Store) -> None:
+def test_an_edit_writes_its_blob_trees_and_commit_as_one_pack_git_reads(store: Store) -> None:
     store.create_block("notes", "first")
     loose, packs = _loose(store.ws.root), _packs(store.ws.root)
     result = store.memory_insert("notes", "second")
-    new_loose = _loose(store.ws.root) - loose
-    assert len(new_loose) == 1  # the blob, written by the writer before its commit request
-    assert git(store.ws.root, "cat-file", "-t", new_loose.pop()).strip() == "blob"
+    assert _loose(store.ws.root) == loose
+    assert not list((store.ws.root / ".memstore/pending").iterdir())  # the blob's content, once committed
     new_packs = sorted(set(_packs(store.ws.root)) - set(packs))
     assert len(new_packs) == 1
     listed = git(store.ws.root, "verify-pack", "-v", str(new_packs[0].with_suffix(".idx")))
     kinds = sorted(line.split()[1] for line in listed.splitlines() if len(line.split()) > 2
                    and line.split()[1] in ("commit", "tree", "blob"))
-    assert kinds == ["commit", "tree", "tree"]  # the root tree, blocks/, the commit
+    assert kinds == ["blob", "commit", "tree", "tree"]  # the block, the root tree, blocks/, the commit
     assert result.version in listed
     assert git(store.ws.root, "show", "-s", "--format=%an", result.version).strip() == "Pat Person"
     assert_clean_repo(store.ws.root)
@@ -113,3 +112,19 @@ def _maintaining(root: Path) -> bool:
         return True
     finally:
         os.close(fd)
+
+
+def test_the_newest_pack_is_found_from_the_hint_without_scanning(ws_path: Path, monkeypatch) -> None:
+    writer = Store.init(ws_path)
+    reader = Store.open(ws_path)
+    writer.create_block("notes", "one")
+    reader.get_block("notes")
+    result = writer.memory_insert("notes", "two")
+
+    def no_scan() -> bool:
+        raise AssertionError("scanned the pack folder")
+
+    monkeypatch.setattr(reader.ws.git.packs, "_rescan", no_scan)
+    assert reader.ws.git.read_object(result.version)[0] == b"commit"
+    assert reader.memory_insert("notes", "three").version  # builds on the writer's commit
+    assert writer.get_block("notes").value == "one\ntwo\nthree"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from memstore import Store
+from memstore.commits import _MAX_PENDING
 from memstore.gitobjects import GitStore, Ident
 from memstore.groupcommit import Edit
 from memstore.locks import SLOT_PAYLOAD, FairLock
@@ -32,6 +34,27 @@ def test_a_slot_answers_only_its_own_ticket(tmp_path: Path) -> None:
         assert lock.read_slot(8) is None  # never written
         assert not lock.write_slot(9, b"x" * (SLOT_PAYLOAD + 1))  # too big: nothing written
         assert lock.read_slot(9) is None
+
+
+def test_a_slot_holds_a_request_carrying_the_most_edits_a_file_can_have_waiting(store: Store) -> None:
+    """A request that did not fit would be invisible to the holder, and batching would stop."""
+    name = "x" * 64
+    edit = Edit(f"blocks/{name}.md", 10**6, "a" * 40, "b" * 40, Ident(name, f"agent-{'f' * 36}@agents.memstore"),
+                f"memory_rethink {name}\n\nMemstore-Op: memory_rethink\nMemstore-Block: block-{'f' * 36}\n"
+                f"Memstore-Agent: agent-{'f' * 36}\n", 10**9, True, (10**9, 10**6, 10**18, 10**18))
+    request = b"Q" + json.dumps([edit.to_json()] * _MAX_PENDING).encode()
+    with FairLock(store.ws.locks_dir / "probe.lock") as lock:
+        assert lock.write_slot(5, request)
+        assert lock.read_slot(5) == request
+
+
+def test_replaced_git_files_are_freed_after_the_commit(store: Store) -> None:
+    store.create_block("b", "x")
+    for i in range(3):
+        store.memory_insert("b", f"line {i}")
+    assert list(store.ws.trash_dir.iterdir()) == []
+    assert list(store.ws.pending_dir.iterdir()) == []
+    assert_clean_repo(store.ws.root)
 
 
 def test_a_torn_slot_reads_as_empty(tmp_path: Path) -> None:
