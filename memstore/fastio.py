@@ -9,6 +9,8 @@ reads and appends through these instead.
 from __future__ import annotations
 
 import os
+import queue
+import threading
 
 _CHUNK = 1 << 16
 
@@ -43,3 +45,54 @@ def remove_file(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+class _Freer:
+    """Removes files on a background thread of this process.
+
+    Freeing a big file (a 1 MB index replaced by the next) takes milliseconds on some disks;
+    nobody needs to wait for it. A file still queued when the process ends is found by the
+    next sweep of its folder (see `Committer`).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+        self._queue: queue.Queue[str] = queue.Queue()
+
+    def put(self, paths: list[str]) -> None:
+        with self._lock:
+            if self._pid != os.getpid():  # first use, or a forked child: no thread yet
+                self._pid, self._queue = os.getpid(), queue.Queue()
+                threading.Thread(target=self._run, args=(self._queue,), name="memstore-free", daemon=True).start()
+            for path in paths:
+                self._queue.put(path)
+
+    def wait(self) -> None:
+        """Return once every file queued so far is removed."""
+        self._queue.join()
+
+    @staticmethod
+    def _run(paths: queue.Queue[str]) -> None:
+        while True:
+            path = paths.get()
+            try:
+                remove_file(path)
+            except OSError:
+                pass
+            finally:
+                paths.task_done()
+
+
+_freer = _Freer()
+
+
+def remove_later(paths: list[str]) -> None:
+    """Remove these files soon, on a background thread (see `_Freer`)."""
+    if paths:
+        _freer.put(paths)
+
+
+def wait_for_removals() -> None:
+    """Return once the files given to `remove_later` so far are gone."""
+    _freer.wait()

@@ -29,7 +29,7 @@ from pathlib import Path
 import git
 
 from .errors import WorkspaceError
-from .fastio import append_file, read_file, remove_file
+from .fastio import append_file, read_file, remove_later
 from .gitindex import IndexFormatUnsupported, patch_index
 from .gitpack import PackReader, write_pack
 
@@ -487,8 +487,8 @@ class GitStore:
         """Rename `src` over `dst`, keeping the old `dst` alive under `trash_dir` for now.
 
         Freeing a file is the dearest step of a rename on some disks (a millisecond and more,
-        here). Kept, it is freed by `free_replaced` once the lock that serialises the rename
-        is let go, so that the next committer does not wait for it.
+        here). Kept, it is freed in the background after the lock that serialises the rename
+        is let go (`free_replaced`), so that no committer waits for it.
         """
         if self.trash_dir is not None:
             keep = f"{self.trash_dir}/{secrets.token_hex(8)}"
@@ -500,9 +500,8 @@ class GitStore:
         os.replace(src, dst)
 
     def free_replaced(self) -> None:
-        """Free the files this thread's renames replaced (see `_replace`)."""
-        for path in self._replaced.__dict__.pop("paths", []):
-            remove_file(path)
+        """Free the files this thread's renames replaced (see `_replace`), in the background."""
+        remove_later(self._replaced.__dict__.pop("paths", []))
 
     def _index_via_git(self, path: str, blob: str | None) -> None:
         """Let git update an index we do not patch; rebuild a missing one from HEAD."""

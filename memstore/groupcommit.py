@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import WorkspaceError
-from .fastio import read_file, remove_file
+from .fastio import read_file, remove_later
 from .gitobjects import GitStore, Ident, RefMovedError, blob_id
 from .locks import FairLock, in_line, read_hint, read_mark, write_hint, write_mark
 from .workspace import COMMITTER
@@ -123,8 +123,8 @@ class GroupCommit:
         finally:
             lock.release()
             self.git.free_replaced()  # off the lock: freeing files is slow on some disks
-        for edit in done:  # committed, or never to be: their contents may go
-            remove_file(self._pending_path(edit.rel, edit.seq))
+        # Committed, or never to be: their contents may go (a sweep finds any left by a crash).
+        remove_later([self._pending_path(edit.rel, edit.seq) for edit in done])
         if self._on_commit is not None and made:
             self._on_commit(count, count + made)
         return version

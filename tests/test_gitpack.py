@@ -10,6 +10,7 @@ from pathlib import Path
 from filelock import lock_descriptor, unlock_descriptor
 
 from memstore import Store, history
+from memstore.fastio import wait_for_removals
 from memstore.gitpack import build_pack, parse_index
 
 from .conftest import assert_clean_repo, git
@@ -30,6 +31,7 @@ def test_an_edit_writes_its_blob_trees_and_commit_as_one_pack_git_reads(store: S
     loose, packs = _loose(store.ws.root), _packs(store.ws.root)
     result = store.memory_insert("notes", "second")
     assert _loose(store.ws.root) == loose
+    wait_for_removals()
     assert not list((store.ws.root / ".memstore/pending").iterdir())  # the blob's content, once committed
     new_packs = sorted(set(_packs(store.ws.root)) - set(packs))
     assert len(new_packs) == 1

@@ -16,6 +16,7 @@ import pytest
 
 from memstore import Store
 from memstore.commits import _MAX_PENDING
+from memstore.fastio import wait_for_removals
 from memstore.gitobjects import GitStore, Ident
 from memstore.groupcommit import Edit
 from memstore.locks import SLOT_PAYLOAD, FairLock
@@ -52,6 +53,7 @@ def test_replaced_git_files_are_freed_after_the_commit(store: Store) -> None:
     store.create_block("b", "x")
     for i in range(3):
         store.memory_insert("b", f"line {i}")
+    wait_for_removals()  # freed in the background
     assert list(store.ws.trash_dir.iterdir()) == []
     assert list(store.ws.pending_dir.iterdir()) == []
     assert_clean_repo(store.ws.root)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from memstore import Store, handedits
+from memstore.fastio import wait_for_removals
 from memstore.locks import FairLock
 
 from .conftest import assert_clean_repo, git
@@ -172,6 +173,7 @@ def test_a_written_edits_content_waits_as_a_link_until_its_commit(store: Store) 
     assert (store.ws.pending_dir / waiting[0]).stat().st_ino == (store.ws.root / REL).stat().st_ino
     blocker.release()
     thread.join()
+    wait_for_removals()
     assert _pending(store) == []
     assert _history(store.ws.root)[-1] == "a1: memory_insert b"
     assert_clean_repo(store.ws.root)
