@@ -8,9 +8,11 @@ reads and appends through these instead.
 
 from __future__ import annotations
 
+import atexit
 import os
 import queue
 import threading
+import time
 
 _CHUNK = 1 << 16
 
@@ -65,12 +67,19 @@ class _Freer:
             if self._pid != os.getpid():  # first use, or a forked child: no thread yet
                 self._pid, self._queue = os.getpid(), queue.Queue()
                 threading.Thread(target=self._run, args=(self._queue,), name="memstore-free", daemon=True).start()
+                atexit.register(self.finish)
             for path in paths:
                 self._queue.put(path)
 
     def wait(self) -> None:
         """Return once every file queued so far is removed."""
         self._queue.join()
+
+    def finish(self, timeout: float = 2.0) -> None:
+        """At exit: give the thread a moment to remove what is queued (the rest waits for a sweep)."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.001)
 
     @staticmethod
     def _run(paths: queue.Queue[str]) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,6 +16,8 @@ from memstore.fastio import wait_for_removals
 from memstore.gitpack import build_pack, parse_index
 
 from .conftest import assert_clean_repo, git
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _loose(root: Path) -> set[str]:
@@ -130,3 +134,28 @@ def test_the_newest_pack_is_found_from_the_hint_without_scanning(ws_path: Path, 
     assert reader.ws.git.read_object(result.version)[0] == b"commit"
     assert reader.memory_insert("notes", "three").version  # builds on the writer's commit
     assert writer.get_block("notes").value == "one\ntwo\nthree"
+
+
+def test_writers_in_processes_lose_nothing_while_git_repacks_all_the_time(ws_path: Path) -> None:
+    """Packs vanish under readers (rolled up by git) while the writers build on them."""
+    store = Store.init(ws_path)
+    ids = [store.create_block(f"b{i}", "", limit=1_000_000).id for i in range(2)]
+    for n in range(4):
+        store.create_agent(f"w{n}", "m/x", block_ids=[ids[n % 2]])
+    go, count = ws_path / ".memstore/go", 60
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.workers", "insert", str(ws_path), f"w{n}", f"b{n % 2}",
+                               str(count), f"w{n}", str(go)], cwd=ROOT) for n in range(4)]
+    time.sleep(1)
+    go.touch()
+    repacks = 0
+    while any(p.poll() is None for p in procs):
+        how = ["-a"] if repacks % 2 == 0 else ["--geometric=2"]  # everything, or just the small packs
+        subprocess.run(["git", "repack", *how, "-d", "-q"], cwd=ws_path, capture_output=True, check=False)
+        repacks += 1
+    assert [p.wait() for p in procs] == [0, 0, 0, 0]
+    assert repacks >= 2
+    lines = store.get_block("b0").value.split("\n") + store.get_block("b1").value.split("\n")
+    assert sorted(lines) == sorted(f"w{n}-{i}" for n in range(4) for i in range(count))
+    assert git(ws_path, "rev-list", "--count", "HEAD", "--author=agents.memstore").strip() == str(4 * count)
+    assert_clean_repo(ws_path)
+    assert list(store.ws.pending_dir.iterdir()) == []  # each writer removed what it committed before it exited
