@@ -195,6 +195,8 @@ class Committer:
             except FileExistsError:  # left by an edit that never reached the file (its writer died)
                 os.unlink(keep)
                 os.link(tmp, keep)
+            except OSError:  # a file system without hard links: the blob goes in as a loose object
+                self.git.write_object(b"blob", content)
         except BaseException:
             if fd >= 0:
                 os.close(fd)

@@ -203,3 +203,16 @@ def test_content_changed_in_place_before_its_commit_is_not_committed_as_the_edit
     assert "agent text" in value and "person text" in value  # nothing lost, though it is the person's now
     assert _history(store.ws.root)[-2:] == ["Pat Person: Hand edit blocks/b.md", "a2: memory_insert b"]
     assert_clean_repo(store.ws.root)
+
+
+def test_without_hard_links_the_blob_is_written_as_a_loose_object(store: Store, monkeypatch) -> None:
+    a1, _ = _setup(store)
+
+    def no_links(src, dst) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr("os.link", no_links)
+    result = store.memory_insert("b", "no links here", actor=a1)
+    assert git(store.ws.root, "show", f"{result.version}:{REL}").endswith("no links here\n")
+    assert _pending(store) == []
+    assert_clean_repo(store.ws.root)
