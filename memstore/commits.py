@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MemstoreError, WorkspaceError
-from .fastio import read_file, remove_file
+from .fastio import read_file
 from .gitobjects import Ident, blob_id
 from .groupcommit import Edit, GroupCommit, stat_key
-from .locks import FairLock, read_mark
+from .locks import FairLock
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -49,28 +49,12 @@ class Committer:
         self._held = threading.local()  # per thread: lock objects, and the files it holds
         self._root = str(ws.root)
         self.group = GroupCommit(ws.git, ws.locks_dir, self._lock_path, self._root,
-                                 lambda: self._fair_lock(ws.locks_dir / "repo.lock"), self.pending_path, on_commit)
-        self._pending_dir = str(ws.pending_dir)
-        self._sweep_pending()
+                                 lambda: self._fair_lock(ws.locks_dir / "repo.lock"), on_commit)
         ws.git.trash_dir = str(ws.trash_dir)
+        ws.git.keep_spare = str(ws.locks_dir / "pack.keep")
 
     def _lock_path(self, rel: str) -> Path:
         return self.ws.locks_dir / (rel.replace("/", "__") + ".lock")
-
-    def _sweep_pending(self) -> None:
-        """Remove contents kept for edits already committed (their committer died before it could)."""
-        try:
-            entries = list(os.scandir(self._pending_dir))
-        except FileNotFoundError:
-            return
-        for entry in entries:
-            stem, _, seq = entry.name.rpartition(".")
-            if seq.isdigit() and int(seq) <= read_mark(self.ws.locks_dir / f"{stem}.lock"):
-                remove_file(entry.path)
-
-    def pending_path(self, rel: str, seq: int) -> str:
-        """Where the content of edit `seq` of `rel` waits for its commit (a hard link to the file)."""
-        return f"{self._pending_dir}/{rel.replace('/', '__')}.{seq}"
 
     @contextmanager
     def locked(self, rel: str) -> Iterator[bytes | None]:
@@ -154,13 +138,14 @@ class Committer:
             return None
         held: _Held = self._held.files[rel]  # callers hold `locked(rel)`
         assert not held.released, "one write per hold of a file lock"
-        edit = held.add(blob_id(content) if content is not None else None, author, message)
+        new = self.git.write_object(b"blob", content) if content is not None else None
+        edit = held.add(new, author, message)
         held.save()  # before the file changes: a crash from here on is finished by the next writer
         target = f"{self._root}/{rel}"
         if content is None:
             Path(target).unlink(missing_ok=True)
         else:
-            self._atomic_write(Path(target), content, self.pending_path(rel, edit.seq))
+            self._atomic_write(Path(target), content)
             edit.stat = _stat(target)
         edit.written = True
         held.save()
@@ -174,13 +159,11 @@ class Committer:
             log.warning("%s: edit written, its commit is waiting: %s", rel, exc)
             return None
 
-    def _atomic_write(self, target: Path, content: bytes, keep: str) -> None:
-        """Replace `target` with `content` by a rename, keeping a hard link to it at `keep`.
+    def _atomic_write(self, target: Path, content: bytes) -> None:
+        """Replace `target` with `content` by a rename; the old file is freed in the background.
 
-        The link is the content for the edit's commit, which writes the blob into its batch's
-        pack: no loose object per edit. It also means the rename frees no file (the old one
-        lives on as its own edit's link until that commit), so the next writer is not held
-        up by the disk's work of freeing it.
+        Freeing a file costs a millisecond and more on some disks; done here it would hold
+        up the next writer of the file, which waits for this lock.
         """
         tmp = self.ws.tmp_dir / f"{target.name}.{secrets.token_hex(6)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -188,25 +171,17 @@ class Committer:
             _write_all(fd, content)
             if "loose-object" in self.git.flush:  # the file goes with its objects (git's core.fsync)
                 os.fsync(fd)
-            os.close(fd)
-            fd = -1
-            try:
-                os.link(tmp, keep)
-            except FileExistsError:  # left by an edit that never reached the file (its writer died)
-                os.unlink(keep)
-                os.link(tmp, keep)
-            except OSError:  # a file system without hard links: the blob goes in as a loose object
-                self.git.write_object(b"blob", content)
         except BaseException:
-            if fd >= 0:
-                os.close(fd)
+            os.close(fd)
             tmp.unlink(missing_ok=True)
             raise
+        os.close(fd)
         try:
-            os.replace(tmp, target)
+            self.git.replace_later_free(str(tmp), str(target))
         except FileNotFoundError:  # a new folder (an agent's first conversation log)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, target)
+        self.git.free_replaced()
 
 
 class _Held:
@@ -234,8 +209,8 @@ class _Held:
         if pending and not pending[-1].written:  # its writer died around writing the file
             if disk == pending[-1].new:
                 pending[-1].written = True
-            else:  # it never reached the file: it never happened
-                remove_file(committer.pending_path(rel, pending.pop().seq))
+            else:
+                pending.pop()  # it never reached the file: it never happened
         # What the file holds unless a person changed it: the last edit still waiting for its
         # commit, else the branch (so any other difference, e.g. after a `git reset`, is a hand edit).
         expected = pending[-1].new if pending else committer.head_blob(rel)

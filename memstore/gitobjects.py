@@ -40,8 +40,10 @@ FILE_MODE = b"100644"
 _BIG_OBJECT = 64 * 1024  # larger loose objects are stored uncompressed; `git gc` packs them
 _LOCK_WAIT = 2.0  # seconds to wait for a git command's own .lock file
 _STALE_AGE = 0.5  # a .lock left by a dead memstore writer is removed once this old
+_KEEP_NOTE = b"memstore: objects on their way to the branch\n"  # what our packs' `.keep` files say
 # The `core.fsync` words that name what memstore writes: its loose objects (and with them the
-# block files), the branch ref, the index. Git's other components (packs, commit-graph) are git's.
+# block files and the small per-batch packs, which stand in for the loose trees and commits a
+# `git commit` would write), the branch ref, the index. Git's own packs and commit-graph are git's.
 _FSYNC_WORDS: dict[str, frozenset[str]] = {
     "loose-object": frozenset({"loose-object"}),
     "objects": frozenset({"loose-object"}),
@@ -175,7 +177,7 @@ class GitStore:
         self.packs = PackReader(self._pack_dir)
         self._packing = threading.local()  # per thread: objects held for the pack being gathered
         self.on_pack: Callable[[str], None] | None = None  # told each new pack's name (pack-<checksum>)
-        self.trash_dir: str | None = None  # where replaced files wait to be freed (see `_replace`)
+        self.trash_dir: str | None = None  # where replaced files wait to be freed (see `replace_later_free`)
         self._replaced = threading.local()
 
     # -- objects ---------------------------------------------------------------------
@@ -220,7 +222,7 @@ class GitStore:
             self._write_pack(objects)
 
     def _write_pack(self, objects: dict[str, tuple[bytes, bytes]]) -> None:
-        written = write_pack(self._pack_dir, objects, "loose-object" in self.flush)
+        written = write_pack(self._pack_dir, objects, "loose-object" in self.flush, self._keep)
         if written is None:  # too big for one small pack: loose, as usual
             for kind, body in objects.values():
                 self.write_object(kind, body)
@@ -229,6 +231,57 @@ class GitStore:
         self.packs.add(stem, built.offsets)
         if self.on_pack is not None:
             self.on_pack(os.path.basename(stem))
+
+    def _keep(self, keep_file: str) -> None:
+        """Make a pack's `.keep` file: the spare one if there is one (no file to create).
+
+        Callers hold the repository lock. With no spare, the last holder died holding it: the
+        `.keep` files it left (ours say so inside; git's own are left alone) go first.
+        """
+        kept: list[str] = self._packing.__dict__.setdefault("kept", [])
+        if self.keep_spare is not None and not kept:
+            try:
+                os.rename(self.keep_spare, keep_file)
+                kept.append(keep_file)
+                return
+            except FileNotFoundError:
+                self._remove_left_keeps()
+            except OSError:  # e.g. another file system
+                pass
+        fd = os.open(keep_file, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, _KEEP_NOTE)
+        finally:
+            os.close(fd)
+        kept.append(keep_file)
+
+    def _remove_left_keeps(self) -> None:
+        for name in os.listdir(self._pack_dir):
+            if name.endswith(".keep"):
+                path = f"{self._pack_dir}/{name}"
+                try:
+                    if read_file(path) == _KEEP_NOTE:
+                        os.unlink(path)
+                except (FileNotFoundError, IsADirectoryError):
+                    pass
+
+    def release_packs(self) -> None:
+        """Let git repack this thread's packs now that the branch reaches (or never will) their objects.
+
+        The first `.keep` becomes the spare again; callers hold the repository lock, so no
+        one else uses the spare meanwhile.
+        """
+        kept: list[str] = self._packing.__dict__.pop("kept", [])
+        for n, keep_file in enumerate(kept):
+            try:
+                if n == 0 and self.keep_spare is not None:
+                    os.rename(keep_file, self.keep_spare)
+                else:
+                    os.unlink(keep_file)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                remove_later([keep_file])
 
     def write_object(self, kind: bytes, body: bytes) -> str:
         header = b"%s %d\0" % (kind, len(body))
@@ -402,7 +455,7 @@ class GitStore:
             lock.unlink(missing_ok=True)
             raise
         os.close(fd)
-        self._replace(str(lock), f"{self._common}/{ref}")
+        self.replace_later_free(str(lock), f"{self._common}/{ref}")
         now = time.time()
         who_line = who.line(now, local_tz_offset(now))
         lines, prev = [], old or "0" * 40
@@ -480,10 +533,10 @@ class GitStore:
             shape = _shape(os.fstat(fd))
         finally:
             os.close(fd)
-        self._replace(str(lock), f"{self.git_dir}/index")
+        self.replace_later_free(str(lock), f"{self.git_dir}/index")
         self._index = (shape, new)
 
-    def _replace(self, src: str, dst: str) -> None:
+    def replace_later_free(self, src: str, dst: str) -> None:
         """Rename `src` over `dst`, keeping the old `dst` alive under `trash_dir` for now.
 
         Freeing a file is the dearest step of a rename on some disks (a millisecond and more,
@@ -500,7 +553,7 @@ class GitStore:
         os.replace(src, dst)
 
     def free_replaced(self) -> None:
-        """Free the files this thread's renames replaced (see `_replace`), in the background."""
+        """Free the files this thread's renames replaced (see `replace_later_free`), in the background."""
         remove_later(self._replaced.__dict__.pop("paths", []))
 
     def _index_via_git(self, path: str, blob: str | None) -> None:

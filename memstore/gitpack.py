@@ -78,16 +78,20 @@ def build_pack(objects: Iterable[tuple[str, bytes, bytes]]) -> Built | None:
                  {sha: at for sha, _, at in entries})
 
 
-def write_pack(pack_dir: str, objects: dict[str, tuple[bytes, bytes]], flush: bool) -> tuple[str, Built] | None:
+def write_pack(pack_dir: str, objects: dict[str, tuple[bytes, bytes]], flush: bool,
+               keep: Callable[[str], None]) -> tuple[str, Built] | None:
     """Write `objects` (id -> (kind, body)) as one pack; (its file name stem, it), None if not packed.
 
     As git does: each file is written under a temporary name and renamed, the pack before
     its index (a pack without an index is invisible), so a crash leaves no torn pack.
+    `keep(keep_file)` makes the pack's `.keep` file before the pack shows: until a ref
+    reaches its objects, a `git repack -a -d` would otherwise drop them and delete it.
     """
     built = build_pack((sha, kind, body) for sha, (kind, body) in objects.items())
     if built is None:
         return None
     stem = f"{pack_dir}/pack-{built.checksum}"
+    keep(f"{stem}.keep")
     if os.path.exists(f"{stem}.idx"):
         return stem, built
     for data, suffix, tmp_prefix in ((built.pack, ".pack", "tmp_pack_"), (built.index, ".idx", "tmp_idx_")):

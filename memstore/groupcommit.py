@@ -18,7 +18,6 @@ finishes from.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,12 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import WorkspaceError
-from .fastio import read_file, remove_later
-from .gitobjects import GitStore, Ident, RefMovedError, blob_id
+from .gitobjects import GitStore, Ident, RefMovedError
 from .locks import FairLock, in_line, read_hint, read_mark, write_hint, write_mark
 from .workspace import COMMITTER
 
-log = logging.getLogger(__name__)
 _REF_RETRIES = 20
 _BATCH = 64  # most requests one holder commits for others, so it does not hold the lock for long
 _REQUEST, _ANSWER = b"Q", b"A"
@@ -76,10 +73,8 @@ class GroupCommit:
     """Commits chains of edits through the repository lock, batching waiters' requests."""
 
     def __init__(self, git: GitStore, locks_dir: Path, file_lock: Callable[[str], Path], work_tree: str,
-                 repo_lock: Callable[[], FairLock], pending_path: Callable[[str, int], str],
-                 on_commit: Callable[[int, int], None] | None = None) -> None:
+                 repo_lock: Callable[[], FairLock], on_commit: Callable[[int, int], None] | None = None) -> None:
         self.git = git
-        self._pending_path = pending_path
         self._repo_lock_path = locks_dir / "repo.lock"
         self._file_lock = file_lock
         self._work_tree = work_tree
@@ -119,12 +114,11 @@ class GroupCommit:
                 return answers[0]
             count, recover = self._finish_dead_holder(lock)
             batch = [(lock.ticket, chain), *self._queued(lock)]
-            version, made, done = self._commit_batch(lock, batch, count, recover)
+            version, made = self._commit_batch(lock, batch, count, recover)
         finally:
+            self.git.release_packs()  # before the lock goes: the spare `.keep` is the holder's
             lock.release()
             self.git.free_replaced()  # off the lock: freeing files is slow on some disks
-        # Committed, or never to be: their contents may go (a sweep finds any left by a crash).
-        remove_later([self._pending_path(edit.rel, edit.seq) for edit in done])
         if self._on_commit is not None and made:
             self._on_commit(count, count + made)
         return version
@@ -150,13 +144,13 @@ class GroupCommit:
         return found
 
     def _commit_batch(self, lock: FairLock, batch: list[tuple[int, list[Edit]]], count: int, recover: bool
-                      ) -> tuple[str | None, int, list[Edit]]:
-        """Publish the batch as one chain; (the holder's own commit id, commits made, edits done)."""
+                      ) -> tuple[str | None, int]:
+        """Publish the batch as one chain; (the holder's own commit id, commits made)."""
         for _ in range(_REF_RETRIES):
             ref = self.git.head_ref()
             parent = self.git.read_ref(ref)
-            with self.git.packing():  # the batch's blobs, trees and commits: one pack, two files
-                chain = _Chain(self.git, parent, {}, self._blob_for)
+            with self.git.packing():  # the batch's trees and commits: one pack, two files
+                chain = _Chain(self.git, parent, {})
                 for _ticket, request in batch:
                     for edit in request:
                         chain.add(edit, self._mark(chain.marks, edit.rel))
@@ -179,31 +173,8 @@ class GroupCommit:
                 if ticket > lock.ticket:  # earlier tickets have left the line
                     lock.write_slot(ticket, _ANSWER + (version or "").encode())
             lock.write_state(_note(False, count + len(chain.steps)))
-            return answers.get(lock.ticket) or None, len(chain.steps), chain.consumed
+            return answers.get(lock.ticket) or None, len(chain.steps)
         raise WorkspaceError("the branch kept moving while memstore committed; is a git command looping?")
-
-    def _blob_for(self, edit: Edit) -> bool:
-        """Make sure the repository (or the pack being gathered) holds `edit.new`; False if it cannot.
-
-        A writer leaves its content as a link in the pending folder; an edit made otherwise (a
-        person's, adopted) wrote its blob itself.
-        """
-        assert edit.new is not None
-        for path in (self._pending_path(edit.rel, edit.seq), f"{self._work_tree}/{edit.rel}"):
-            try:
-                content = read_file(path)
-            except (FileNotFoundError, IsADirectoryError):
-                continue
-            if blob_id(content) == edit.new:
-                self.git.write_object(b"blob", content)
-                return True
-        try:
-            self.git.read_object(edit.new)
-            return True
-        except WorkspaceError:
-            log.warning("%s: the content of edit %d is gone (changed in place?); not committed",
-                        edit.rel, edit.seq)
-            return False
 
     def _mark(self, marks: dict[str, int], rel: str) -> int:
         if rel not in marks:
@@ -260,11 +231,8 @@ class GroupCommit:
 class _Chain:
     """Commits being built on top of `parent` for one batch."""
 
-    def __init__(self, git: GitStore, parent: str | None, marks: dict[str, int],
-                 blob_for: Callable[[Edit], bool]) -> None:
+    def __init__(self, git: GitStore, parent: str | None, marks: dict[str, int]) -> None:
         self.git = git
-        self._blob_for = blob_for
-        self.consumed: list[Edit] = []  # edits this batch took care of (committed or skipped)
         self.head = parent
         self.tree = git.commit_tree(parent) if parent else None
         self.marks = marks  # per file: the highest edit number committed (as read, then as advanced)
@@ -278,10 +246,9 @@ class _Chain:
         if edit.seq <= mark:
             return  # committed before
         self.marks[edit.rel] = self.new_marks[edit.rel] = edit.seq
-        self.consumed.append(edit)
         entry = self.git.entry_at(self.tree, edit.rel) if self.tree else None
         branch = entry[1] if entry else None
-        if branch == edit.new or branch != edit.old or (edit.new is not None and not self._blob_for(edit)):
+        if branch == edit.new or branch != edit.old:
             # The branch has it already, or a person committed the file with git meanwhile: their
             # commit holds what they saw on disk, and an edit made before it must not undo it.
             self.answers.setdefault(edit.ticket, "")

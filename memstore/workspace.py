@@ -73,10 +73,6 @@ class Workspace:
         """Replaced git files (index, branch ref) waiting to be freed off the lock."""
         return self.state_dir / "trash"
 
-    @cached_property
-    def pending_dir(self) -> Path:
-        """Written edits' contents until their commits take them (see `commits.py`)."""
-        return self.state_dir / "pending"
 
     def read_state(self, name: str) -> str | None:
         """A small local-state note in `.memstore/` (never committed), or None."""
@@ -133,7 +129,7 @@ def open_workspace(path: str | os.PathLike[str] | None = None) -> Workspace:
     if head is None:
         raise WorkspaceError(f"{root}: the repository has no commits yet. Run `memstore init` on a new folder.")
     ws = Workspace(root=root, git=store, person=person_ident(repo))
-    for folder in (ws.locks_dir, ws.tmp_dir, ws.pending_dir, ws.trash_dir, ws.agents_dir):
+    for folder in (ws.locks_dir, ws.tmp_dir, ws.trash_dir, ws.agents_dir):
         folder.mkdir(parents=True, exist_ok=True)
     _remove_stale_temp_files(ws.tmp_dir)
     _remove_stale_temp_files(ws.trash_dir, age=60)  # left by a committer that died

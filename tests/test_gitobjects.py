@@ -107,6 +107,6 @@ def test_edits_flush_what_core_fsync_asks_for(tmp_path, monkeypatch) -> None:
     git(tmp_path / "ws", "config", "core.fsync", "added")
     store = Store.open(tmp_path / "ws")
     store.create_block("a", "1")
-    # the block file, the pack and its index (blob, trees, commit), the branch ref, the index
-    assert len(_count_fsyncs(store, monkeypatch)) == 5
+    # the block file and its blob, the pack and its index (trees, commit), the branch ref, the index
+    assert len(_count_fsyncs(store, monkeypatch)) == 6
     assert_clean_repo(store.ws.root)

@@ -12,7 +12,7 @@ from pathlib import Path
 from filelock import lock_descriptor, unlock_descriptor
 
 from memstore import Store, history
-from memstore.fastio import wait_for_removals
+from memstore.gitobjects import GitStore
 from memstore.gitpack import build_pack, parse_index
 
 from .conftest import assert_clean_repo, git
@@ -30,19 +30,19 @@ def _packs(root: Path) -> list[Path]:
     return sorted((root / ".git/objects/pack").glob("pack-*.pack"))
 
 
-def test_an_edit_writes_its_blob_trees_and_commit_as_one_pack_git_reads(store: Store) -> None:
+def test_an_edit_writes_its_trees_and_commit_as_one_pack_git_reads(store: Store) -> None:
     store.create_block("notes", "first")
     loose, packs = _loose(store.ws.root), _packs(store.ws.root)
     result = store.memory_insert("notes", "second")
-    assert _loose(store.ws.root) == loose
-    wait_for_removals()
-    assert not list((store.ws.root / ".memstore/pending").iterdir())  # the blob's content, once committed
+    new_loose = _loose(store.ws.root) - loose
+    assert len(new_loose) == 1  # the blob, written by the writer before it asks for its commit
+    assert git(store.ws.root, "cat-file", "-t", new_loose.pop()).strip() == "blob"
     new_packs = sorted(set(_packs(store.ws.root)) - set(packs))
     assert len(new_packs) == 1
     listed = git(store.ws.root, "verify-pack", "-v", str(new_packs[0].with_suffix(".idx")))
     kinds = sorted(line.split()[1] for line in listed.splitlines() if len(line.split()) > 2
                    and line.split()[1] in ("commit", "tree", "blob"))
-    assert kinds == ["blob", "commit", "tree", "tree"]  # the block, the root tree, blocks/, the commit
+    assert kinds == ["commit", "tree", "tree"]  # the root tree, blocks/, the commit
     assert result.version in listed
     assert git(store.ws.root, "show", "-s", "--format=%an", result.version).strip() == "Pat Person"
     assert_clean_repo(store.ws.root)
@@ -158,4 +158,35 @@ def test_writers_in_processes_lose_nothing_while_git_repacks_all_the_time(ws_pat
     assert sorted(lines) == sorted(f"w{n}-{i}" for n in range(4) for i in range(count))
     assert git(ws_path, "rev-list", "--count", "HEAD", "--author=agents.memstore").strip() == str(4 * count)
     assert_clean_repo(ws_path)
-    assert list(store.ws.pending_dir.iterdir()) == []  # each writer removed what it committed before it exited
+
+
+def test_a_full_repack_between_the_pack_and_the_branch_update_keeps_the_batch(store: Store, monkeypatch) -> None:
+    """`git repack -a -d` drops objects no ref reaches: a batch's pack is kept until the branch does."""
+    store.create_block("org", "hello")
+    real = GitStore.update_ref
+    fired: list[str] = []
+
+    def repack_first(self, *args, **kwargs):
+        if not fired:
+            fired.append(git(store.ws.root, "repack", "-a", "-d", "-q"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(GitStore, "update_ref", repack_first)
+    result = store.memory_insert("org", "more text")
+    assert fired
+    assert git(store.ws.root, "show", f"{result.version}:blocks/org.md").endswith("hello\nmore text\n")
+    assert_clean_repo(store.ws.root)
+    assert list((store.ws.root / ".git/objects/pack").glob("*.keep")) == []  # let go once published
+
+
+def test_keep_files_left_by_a_dead_committer_are_removed_and_gits_own_stay(store: Store) -> None:
+    store.create_block("org", "hello")
+    packs = store.ws.root / ".git/objects/pack"
+    spare = store.ws.locks_dir / "pack.keep"
+    assert spare.exists()  # the one `.keep` memstore moves onto each new pack and back
+    ours, gits = packs / f"pack-{'1' * 40}.keep", packs / f"pack-{'2' * 40}.keep"
+    spare.rename(ours)  # as a committer killed before it let go of its pack leaves it
+    gits.write_text("fetch-pack 123 on host\n")
+    store.memory_insert("org", "more")
+    assert not ours.exists() and gits.exists()
+    assert spare.exists()
