@@ -13,6 +13,7 @@ to a commit even when its writer dies.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -24,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MemstoreError, WorkspaceError
-from .fastio import read_file
+from .fastio import read_file, remove_file
 from .gitobjects import Ident, blob_id
 from .groupcommit import Edit, GroupCommit, stat_key
-from .locks import FairLock
+from .locks import CONTENT_AT, FairLock
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ class Committer:
                                  lambda: self._fair_lock(ws.locks_dir / "repo.lock"), on_commit)
         ws.git.trash_dir = str(ws.trash_dir)
         ws.git.keep_spare = str(ws.locks_dir / "pack.keep")
+        if _same_file_system(ws.tmp_dir, ws.git.objects):  # spares are renamed or linked into .git
+            ws.git.spare_dir = str(ws.tmp_dir)
 
     def _lock_path(self, rel: str) -> Path:
         return self.ws.locks_dir / (rel.replace("/", "__") + ".lock")
@@ -64,6 +67,7 @@ class Committer:
         """
         lock = self._fair_lock(self._lock_path(rel))
         held = self._held.__dict__.setdefault("files", {})
+        self._spare_file()  # made before the lock: creating a file is slow on some disks
         lock.acquire()
         held_file: _Held | None = None
         try:
@@ -138,8 +142,9 @@ class Committer:
             return None
         held: _Held = self._held.files[rel]  # callers hold `locked(rel)`
         assert not held.released, "one write per hold of a file lock"
-        new = self.git.write_object(b"blob", content) if content is not None else None
-        edit = held.add(new, author, message)
+        edit = held.add(self._keep_content(held, content), author, message)
+        if content is not None and "loose-object" not in self.git.flush:
+            edit.at, edit.size = held.content_at - len(content), len(content)
         held.save()  # before the file changes: a crash from here on is finished by the next writer
         target = f"{self._root}/{rel}"
         if content is None:
@@ -159,29 +164,59 @@ class Committer:
             log.warning("%s: edit written, its commit is waiting: %s", rel, exc)
             return None
 
+    def _keep_content(self, held: _Held, content: bytes | None) -> str | None:
+        """The new blob's id, its content kept for the commit.
+
+        Kept in the file's lock (after the contents of its edits still waiting), which costs
+        no new file; or, when git's `core.fsync` asks for flushed objects, written as a loose
+        object and flushed.
+        """
+        if content is None:
+            return None
+        if "loose-object" in self.git.flush:
+            return self.git.write_object(b"blob", content)
+        held.lock.write_content(held.content_at, content)
+        held.content_at += len(content)
+        return blob_id(content)
+
     def _atomic_write(self, target: Path, content: bytes) -> None:
         """Replace `target` with `content` by a rename; the old file is freed in the background.
 
         Freeing a file costs a millisecond and more on some disks; done here it would hold
         up the next writer of the file, which waits for this lock.
         """
-        tmp = self.ws.tmp_dir / f"{target.name}.{secrets.token_hex(6)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        tmp, fd = self._spare_file()
+        del self._held.spare
+        _SPARES.discard(tmp)
         try:
             _write_all(fd, content)
             if "loose-object" in self.git.flush:  # the file goes with its objects (git's core.fsync)
                 os.fsync(fd)
         except BaseException:
             os.close(fd)
-            tmp.unlink(missing_ok=True)
+            remove_file(tmp)
             raise
         os.close(fd)
         try:
-            self.git.replace_later_free(str(tmp), str(target))
+            self.git.replace_later_free(tmp, str(target))
         except FileNotFoundError:  # a new folder (an agent's first conversation log)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, target)
         self.git.free_replaced()
+
+    def _spare_file(self) -> tuple[str, int]:
+        """This thread's empty temp file for its next write (path, descriptor), made if need be.
+
+        Made before the file's lock is taken, so the next writer of the file does not wait
+        for the disk to create it; kept for the next edit if this one writes nothing.
+        """
+        spare: tuple[str, int, int] | None = self._held.__dict__.get("spare")
+        if spare is None or spare[2] != os.getpid():  # none yet, or made by the parent of a fork
+            path = f"{self.ws.tmp_dir}/next.{os.getpid()}.{secrets.token_hex(6)}"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            spare = self._held.spare = (path, fd, os.getpid())
+            _SPARES.add(path)
+        return spare[0], spare[1]
 
 
 class _Held:
@@ -199,6 +234,8 @@ class _Held:
         self.pending = pending
         self.expected = expected  # what the file holds unless a person changed it
         self.released = False
+        # Where the next content goes: after those of the edits still waiting, which must stay.
+        self.content_at = max((e.at + e.size for e in pending if e.at is not None), default=CONTENT_AT)
 
     @classmethod
     def open(cls, committer: Committer, rel: str, lock: FairLock, current: bytes | None) -> _Held:
@@ -232,6 +269,22 @@ class _Held:
         self.save()
         self.lock.release()
         self.released = True
+
+
+def _same_file_system(a: Path, b: Path) -> bool:
+    try:
+        return os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:
+        return False
+
+
+_SPARES: set[str] = set()  # this process's unused spare temp files, removed at exit
+
+
+@atexit.register
+def _remove_spares() -> None:
+    for path in list(_SPARES):
+        remove_file(path)
 
 
 def _write_all(fd: int, data: bytes) -> None:

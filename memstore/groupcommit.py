@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import WorkspaceError
-from .gitobjects import GitStore, Ident, RefMovedError
-from .locks import FairLock, in_line, read_hint, read_mark, write_hint, write_mark
+from .gitobjects import GitStore, Ident, RefMovedError, blob_id
+from .locks import FairLock, in_line, read_content, read_hint, read_mark, write_hint, write_mark
 from .workspace import COMMITTER
 
 _REF_RETRIES = 20
@@ -48,20 +48,24 @@ class Edit:
     ticket: int = 0  # the repository-lock ticket of the writer waiting for it (0: none yet)
     written: bool = False  # the file holds `new` (a writer that dies before that never made the edit)
     stat: tuple[int, int, int, int] | None = field(default=None)  # the file as written: ino, size, mtime, ctime
+    at: int | None = None  # where the file's lock keeps the new content (None: its blob was written)
+    size: int = 0
 
     def to_json(self) -> list[Any]:
         return [self.rel, self.seq, self.old, self.new, self.author.name, self.author.email, self.message,
-                self.ticket, self.written, list(self.stat) if self.stat else None]
+                self.ticket, self.written, list(self.stat) if self.stat else None, self.at, self.size]
 
     @classmethod
     def from_json(cls, item: Any) -> Edit:
-        rel, seq, old, new, name, email, message, ticket, written, stat = item
+        rel, seq, old, new, name, email, message, ticket, written, stat, *place = item
+        at, size = place if len(place) == 2 else (None, 0)  # records from before contents were kept
         if not (isinstance(rel, str) and isinstance(seq, int) and isinstance(ticket, int)
                 and isinstance(written, bool) and all(isinstance(v, str | None) for v in (old, new))
-                and all(isinstance(v, str) for v in (name, email, message))):
+                and all(isinstance(v, str) for v in (name, email, message))
+                and isinstance(at, int | None) and isinstance(size, int)):
             raise ValueError("malformed edit record")
         return cls(rel, seq, old, new, Ident(name, email), message, ticket, written,
-                   tuple(int(v) for v in stat) if stat else None)  # type: ignore[arg-type]
+                   tuple(int(v) for v in stat) if stat else None, at, size)  # type: ignore[arg-type]
 
 
 def stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -100,6 +104,7 @@ class GroupCommit:
             lock.write_slot(ticket, _REQUEST + json.dumps([e.to_json() for e in chain]).encode())
             if queued is not None:
                 queued(ticket)
+            self.git.prepare_spares()  # while in line, not while holding a lock: see there
 
         def answered(ticket: int) -> bool:
             answer = _answer(lock.read_slot(ticket))
@@ -149,8 +154,8 @@ class GroupCommit:
         for _ in range(_REF_RETRIES):
             ref = self.git.head_ref()
             parent = self.git.read_ref(ref)
-            with self.git.packing():  # the batch's trees and commits: one pack, two files
-                chain = _Chain(self.git, parent, {})
+            with self.git.packing():  # the batch's blobs, trees and commits: one pack, two files
+                chain = _Chain(self.git, parent, {}, self._blob)
                 for _ticket, request in batch:
                     for edit in request:
                         chain.add(edit, self._mark(chain.marks, edit.rel))
@@ -175,6 +180,24 @@ class GroupCommit:
             lock.write_state(_note(False, count + len(chain.steps)))
             return answers.get(lock.ticket) or None, len(chain.steps)
         raise WorkspaceError("the branch kept moving while memstore committed; is a git command looping?")
+
+    def _blob(self, edit: Edit) -> None:
+        """Put `edit.new` in the batch's pack from the content its writer left in the file's lock.
+
+        Raises, so that nothing is published, if that content is gone and the repository
+        does not hold the blob either: a commit must never name a missing object.
+        """
+        if edit.new is None or edit.at is None:
+            return  # a deletion, or a writer that wrote the blob itself
+        content = read_content(self._file_lock(edit.rel), edit.at, edit.size)
+        if blob_id(content) == edit.new:
+            self.git.write_object(b"blob", content)
+            return
+        try:
+            self.git.read_object(edit.new)
+        except WorkspaceError:
+            raise WorkspaceError(f"{edit.rel}: the content of edit {edit.seq} is no longer in its lock file; "
+                                 "nothing was committed") from None
 
     def _mark(self, marks: dict[str, int], rel: str) -> int:
         if rel not in marks:
@@ -231,8 +254,10 @@ class GroupCommit:
 class _Chain:
     """Commits being built on top of `parent` for one batch."""
 
-    def __init__(self, git: GitStore, parent: str | None, marks: dict[str, int]) -> None:
+    def __init__(self, git: GitStore, parent: str | None, marks: dict[str, int],
+                 blob: Callable[[Edit], None]) -> None:
         self.git = git
+        self._blob = blob
         self.head = parent
         self.tree = git.commit_tree(parent) if parent else None
         self.marks = marks  # per file: the highest edit number committed (as read, then as advanced)
@@ -253,6 +278,7 @@ class _Chain:
             # commit holds what they saw on disk, and an edit made before it must not undo it.
             self.answers.setdefault(edit.ticket, "")
             return
+        self._blob(edit)
         self.tree = self.git.with_path(self.tree, edit.rel, edit.new) or self.git.write_object(b"tree", b"")
         self.head = self.git.make_commit(self.tree, [self.head] if self.head else [], edit.author, COMMITTER,
                                          edit.message)

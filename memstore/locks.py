@@ -50,6 +50,7 @@ SLOT_SIZE = 16 * 1024
 _SLOT_FIRST_READ = 4096  # most messages fit: one read
 _SLOT_AT = 64 * 1024
 _SLOT_HEAD = struct.Struct("<QII")  # ticket, payload length, crc32 of payload
+CONTENT_AT = 8 << 20  # past the slots: contents of a file's edits waiting for commits (see `write_content`)
 SLOT_PAYLOAD = SLOT_SIZE - _SLOT_HEAD.size
 
 
@@ -216,6 +217,19 @@ class FairLock:
             return None
         return data
 
+    def write_content(self, at: int, data: bytes) -> None:
+        """Keep `data` at offset `at` (>= CONTENT_AT) of the queue file, for `read_content`.
+
+        The contents of edits waiting for their commits live here: writing into a file that
+        is already open creates no file, which on some disks is the dearest step of an edit.
+        """
+        assert self._mutex_fd is not None and self._fd is not None, "write_content needs the lock held"
+        assert at >= CONTENT_AT
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(self._fd, view, at)
+            view, at = view[written:], at + written
+
     def release(self) -> None:
         assert self._mutex_fd is not None, "release needs the lock held"
         unlock_descriptor(self._mutex_fd)
@@ -276,6 +290,22 @@ def read_hint(path: Path) -> bytes:
         return os.pread(fd, HINT_SIZE, _HINT)
     finally:
         os.close(fd)
+
+
+def read_content(path: Path, at: int, size: int) -> bytes:
+    """What `write_content` kept at `at` with the lock at `path` (shorter if the file is)."""
+    fd = os.open(path.parent / f"{path.name}.queue", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        parts, got = [], 0
+        while got < size:
+            chunk = os.pread(fd, size - got, at + got)
+            if not chunk:
+                break
+            parts.append(chunk)
+            got += len(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(parts)
 
 
 def _newest_state(fd: int) -> tuple[int, bytes]:

@@ -137,14 +137,30 @@ def open_workspace(path: str | os.PathLike[str] | None = None) -> Workspace:
 
 
 def _remove_stale_temp_files(folder: Path, age: float = 3600) -> None:
-    """Temp files of writers that were killed mid-write; a live writer renames its own in ms."""
+    """Temp files of writers that were killed mid-write; a live writer renames its own in ms.
+
+    Spare files a live process made ahead for its next write (`<kind>.<pid>.<random>`) stay.
+    """
     cutoff = time.time() - age
     for entry in os.scandir(folder):
         try:
-            if entry.stat().st_mtime < cutoff:
+            if entry.stat().st_mtime < cutoff and not _spare_of_live_process(entry.name):
                 os.unlink(entry.path)
         except FileNotFoundError:
             pass
+
+
+def _spare_of_live_process(name: str) -> bool:
+    parts = name.split(".")
+    if len(parts) != 3 or not parts[1].isdigit():
+        return False
+    try:
+        os.kill(int(parts[1]), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def person_ident(repo: git.Repo | None = None) -> Ident:

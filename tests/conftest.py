@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from filelock import lock_descriptor, unlock_descriptor
 
 from memstore import Store
 
@@ -48,8 +50,25 @@ def commit_count(ws: Path) -> int:
     return int(git(ws, "rev-list", "--count", "HEAD").strip())
 
 
+def wait_for_maintenance(ws: Path, timeout: float = 60) -> None:
+    """Wait until no background maintenance runs (a repack deletes packs that fsck is reading)."""
+    lock = ws / ".memstore/locks/maintain.lock"
+    if not lock.exists():
+        return
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        deadline = time.monotonic() + timeout
+        while not lock_descriptor(fd, blocking=False):
+            assert time.monotonic() < deadline, "background maintenance never finished"
+            time.sleep(0.05)
+        unlock_descriptor(fd)
+    finally:
+        os.close(fd)
+
+
 def assert_clean_repo(ws: Path) -> None:
     """fsck is clean and the work tree matches HEAD (nothing uncommitted, index in sync)."""
+    wait_for_maintenance(ws)
     result = subprocess.run(["git", "fsck", "--strict"], cwd=ws, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert git(ws, "status", "--porcelain") == ""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import threading
@@ -9,8 +11,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from memstore import Store, handedits
-from memstore.locks import FairLock
+import pytest
+
+from memstore import MemstoreError, Store, handedits
+from memstore.groupcommit import Edit
+from memstore.locks import CONTENT_AT, FairLock
 
 from .conftest import assert_clean_repo, git
 
@@ -186,3 +191,62 @@ def test_without_hard_links_replaced_files_are_freed_at_once(store: Store, monke
     assert git(store.ws.root, "show", f"{result.version}:{REL}").endswith("no links here\n")
     assert list(store.ws.trash_dir.iterdir()) == []
     assert_clean_repo(store.ws.root)
+
+
+def test_contents_of_many_waiting_edits_are_each_committed_exactly(store: Store) -> None:
+    """Edits waiting for their commits keep their contents side by side in the file's lock."""
+    a1, a2 = _setup(store)
+    ref_lock = store.ws.git.common_dir / "refs/heads/main.lock"
+    ref_lock.write_text("held by a slow git command\n")
+    for i in range(5):  # each edit is kept, waiting, its content beside the others'
+        store.memory_insert("b", f"fact{i} " + "x" * (i * 300), actor=a1 if i % 2 else a2)
+    ref_lock.unlink()
+    store.memory_insert("b", "last", actor=a1)
+    log = git(store.ws.root, "log", "--reverse", "--format=%H", "--", REL).split()[-6:]
+    for i, commit in enumerate(log[:5]):
+        assert git(store.ws.root, "show", f"{commit}:{REL}").endswith(f"fact{i} {'x' * (i * 300)}\n")
+    assert_clean_repo(store.ws.root)
+
+
+def test_an_edit_whose_kept_content_is_gone_is_never_committed_without_its_blob(store: Store) -> None:
+    _setup(store)
+    _die(store, "before-commit")  # the edit is in the file and its content in the lock; no commit asked for
+    queue = store.ws.locks_dir / "blocks__b.md.lock.queue"
+    with open(queue, "r+b") as f:  # the kept content damaged (a bug, a disk error)
+        f.seek(CONTENT_AT)
+        f.write(b"#" * 8)
+    head = git(store.ws.root, "rev-parse", "HEAD")
+    with pytest.raises(MemstoreError, match="no longer in its lock file"):
+        store.commits.group.commit(_waiting(store))
+    assert git(store.ws.root, "rev-parse", "HEAD") == head  # nothing published
+    assert git(store.ws.root, "fsck", "--strict") == ""
+
+
+def _waiting(store: Store) -> list[Edit]:
+    """The edits of the block still waiting for their commits, as its lock records them."""
+    with FairLock(store.ws.locks_dir / "blocks__b.md.lock") as lock:
+        return [Edit.from_json(e) for e in json.loads(lock.read_state())["pending"]]
+
+
+def test_files_made_ahead_for_the_next_commit_are_gone_when_the_process_ends(store: Store) -> None:
+    _setup(store)
+    code = ("import sys; from memstore import Store; s = Store.open(sys.argv[1]); "
+            "s.memory_insert('b', 'from another process', actor=s.get_agent('a1').actor())")
+    subprocess.run([sys.executable, "-c", code, str(store.ws.root)], cwd=ROOT, check=True)
+    assert "from another process" in store.get_block("b").value
+    assert sorted(p.name for p in store.ws.tmp_dir.iterdir() if not p.name.split(".")[1] == str(os.getpid())) == []
+    assert list(store.ws.trash_dir.iterdir()) == []
+    assert_clean_repo(store.ws.root)
+
+
+def test_an_old_spare_of_a_live_process_is_not_swept_as_a_stale_temp_file(store: Store) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    live_spare = store.ws.tmp_dir / f"next.{os.getpid()}.0a1b2c"  # made ahead by a process still running
+    dead_spare = store.ws.tmp_dir / f"next.{dead}.0a1b2c"  # left by one that is gone
+    torn = store.ws.tmp_dir / "b.md.0a1b2c"  # a write a killed writer never renamed
+    for path in (live_spare, dead_spare, torn):
+        path.write_bytes(b"")
+        os.utime(path, (time.time() - 7200, time.time() - 7200))
+    Store.open(store.ws.root)  # sweeps temp files over an hour old
+    assert sorted(p.name for p in store.ws.tmp_dir.iterdir()) == [live_spare.name]
