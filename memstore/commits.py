@@ -19,6 +19,7 @@ import logging
 import os
 import secrets
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +33,7 @@ from .locks import CONTENT_AT, FairLock
 from .workspace import Workspace
 
 log = logging.getLogger(__name__)
+_TRIM_OVER = 1 << 20  # kept contents past this many bytes are given back when none waits
 _MAX_PENDING = 16  # past this many uncommitted edits of a file, a writer waits for its commit holding the lock
 
 
@@ -53,8 +55,7 @@ class Committer:
                                  lambda: self._fair_lock(ws.locks_dir / "repo.lock"), on_commit)
         ws.git.trash_dir = str(ws.trash_dir)
         ws.git.keep_spare = str(ws.locks_dir / "pack.keep")
-        if _same_file_system(ws.tmp_dir, ws.git.objects):  # spares are renamed or linked into .git
-            ws.git.spare_dir = str(ws.tmp_dir)
+        self._spares = _SparePool(ws.tmp_dir)
 
     def _lock_path(self, rel: str) -> Path:
         return self.ws.locks_dir / (rel.replace("/", "__") + ".lock")
@@ -67,18 +68,24 @@ class Committer:
         """
         lock = self._fair_lock(self._lock_path(rel))
         held = self._held.__dict__.setdefault("files", {})
-        self._spare_file()  # made before the lock: creating a file is slow on some disks
-        lock.acquire()
+        spares = self._held.__dict__.setdefault("spares", {})
+        spares[rel] = self._spares.take()  # made before the lock: creating a file is slow on some disks
         held_file: _Held | None = None
         try:
-            self.ws.check_state()
-            current = self.read(rel)
-            held_file = held[rel] = _Held.open(self, rel, lock, current)
-            yield current
+            lock.acquire()
+            try:
+                self.ws.check_state()
+                current = self.read(rel)
+                held_file = held[rel] = _Held.open(self, rel, lock, current)
+                yield current
+            finally:
+                held.pop(rel, None)
+                if held_file is None or not held_file.released:
+                    lock.release()
         finally:
-            held.pop(rel, None)
-            if held_file is None or not held_file.released:
-                lock.release()
+            left = spares.pop(rel, None)
+            if left is not None:  # nothing written: the next edit uses it
+                self._spares.give_back(left)
 
     def _fair_lock(self, path: Path) -> FairLock:
         """This thread's lock object for `path` (made once: building one costs more than using it).
@@ -144,13 +151,13 @@ class Committer:
         assert not held.released, "one write per hold of a file lock"
         edit = held.add(self._keep_content(held, content), author, message)
         if content is not None and "loose-object" not in self.git.flush:
-            edit.at, edit.size = held.content_at - len(content), len(content)
+            edit.at, edit.size = held.regions[-1]
         held.save()  # before the file changes: a crash from here on is finished by the next writer
         target = f"{self._root}/{rel}"
         if content is None:
             Path(target).unlink(missing_ok=True)
         else:
-            self._atomic_write(Path(target), content)
+            self._atomic_write(rel, Path(target), content)
             edit.stat = _stat(target)
         edit.written = True
         held.save()
@@ -175,19 +182,16 @@ class Committer:
             return None
         if "loose-object" in self.git.flush:
             return self.git.write_object(b"blob", content)
-        held.lock.write_content(held.content_at, content)
-        held.content_at += len(content)
+        held.lock.write_content(held.place(len(content)), content)
         return blob_id(content)
 
-    def _atomic_write(self, target: Path, content: bytes) -> None:
+    def _atomic_write(self, rel: str, target: Path, content: bytes) -> None:
         """Replace `target` with `content` by a rename; the old file is freed in the background.
 
         Freeing a file costs a millisecond and more on some disks; done here it would hold
         up the next writer of the file, which waits for this lock.
         """
-        tmp, fd = self._spare_file()
-        del self._held.spare
-        _SPARES.discard(tmp)
+        tmp, fd = self._held.__dict__.get("spares", {}).pop(rel, None) or self._spares.take()
         try:
             _write_all(fd, content)
             if "loose-object" in self.git.flush:  # the file goes with its objects (git's core.fsync)
@@ -203,20 +207,6 @@ class Committer:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, target)
         self.git.free_replaced()
-
-    def _spare_file(self) -> tuple[str, int]:
-        """This thread's empty temp file for its next write (path, descriptor), made if need be.
-
-        Made before the file's lock is taken, so the next writer of the file does not wait
-        for the disk to create it; kept for the next edit if this one writes nothing.
-        """
-        spare: tuple[str, int, int] | None = self._held.__dict__.get("spare")
-        if spare is None or spare[2] != os.getpid():  # none yet, or made by the parent of a fork
-            path = f"{self.ws.tmp_dir}/next.{os.getpid()}.{secrets.token_hex(6)}"
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            spare = self._held.spare = (path, fd, os.getpid())
-            _SPARES.add(path)
-        return spare[0], spare[1]
 
 
 class _Held:
@@ -234,8 +224,8 @@ class _Held:
         self.pending = pending
         self.expected = expected  # what the file holds unless a person changed it
         self.released = False
-        # Where the next content goes: after those of the edits still waiting, which must stay.
-        self.content_at = max((e.at + e.size for e in pending if e.at is not None), default=CONTENT_AT)
+        # Where the contents of the edits still waiting are kept (at, size): they must stay.
+        self.regions = [(e.at, e.size) for e in pending if e.at is not None]
 
     @classmethod
     def open(cls, committer: Committer, rel: str, lock: FairLock, current: bytes | None) -> _Held:
@@ -261,6 +251,23 @@ class _Held:
         self.expected = new
         return edit
 
+    def place(self, size: int) -> int:
+        """Where to keep a new content of `size` bytes without touching those still needed.
+
+        At the start of the area when it fits below them, else after them: the area stays
+        about as big as the contents that wait at one time. With none waiting, the space of
+        old ones is given back once it is large.
+        """
+        if not self.regions:
+            self.lock.trim_content(max(4 * size, _TRIM_OVER))
+            at = CONTENT_AT
+        elif size <= min(at for at, _ in self.regions) - CONTENT_AT:
+            at = CONTENT_AT
+        else:
+            at = max(at + length for at, length in self.regions)
+        self.regions.append((at, size))
+        return at
+
     def save(self) -> None:
         self.lock.write_state(json.dumps({"seq": self.seq, "pending": [e.to_json() for e in self.pending]}).encode())
 
@@ -271,20 +278,57 @@ class _Held:
         self.released = True
 
 
-def _same_file_system(a: Path, b: Path) -> bool:
-    try:
-        return os.stat(a).st_dev == os.stat(b).st_dev
-    except OSError:
-        return False
+class _SparePool:
+    """Empty temp files made ahead for writes, shared by a process's threads.
+
+    A file is created before the file's lock is taken (creating one is slow on some disks,
+    and the writers queued behind would wait for it); one a thread did not use goes back
+    for the next. They are named `next.<pid>.<random>`: the stale-file sweep leaves the
+    ones of live processes alone, and a process removes its own when it exits.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._free: list[tuple[str, int]] = []
+        _POOLS.add(self)
+
+    def take(self) -> tuple[str, int]:
+        with self._lock:
+            self._after_fork()
+            if self._free:
+                return self._free.pop()
+        path = f"{self._folder}/next.{os.getpid()}.{secrets.token_hex(6)}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        return path, fd
+
+    def give_back(self, spare: tuple[str, int]) -> None:
+        with self._lock:
+            self._after_fork()
+            if os.path.basename(spare[0]).split(".")[1] == str(self._pid):
+                self._free.append(spare)
+
+    def _after_fork(self) -> None:
+        if self._pid != os.getpid():  # a forked child: the parent's files are the parent's
+            self._pid, self._free = os.getpid(), []
+
+    def remove_all(self) -> None:
+        with self._lock:
+            if self._pid == os.getpid():
+                for path, fd in self._free:
+                    os.close(fd)
+                    remove_file(path)
+                self._free = []
 
 
-_SPARES: set[str] = set()  # this process's unused spare temp files, removed at exit
+_POOLS: weakref.WeakSet[_SparePool] = weakref.WeakSet()
 
 
 @atexit.register
 def _remove_spares() -> None:
-    for path in list(_SPARES):
-        remove_file(path)
+    for pool in list(_POOLS):
+        pool.remove_all()
 
 
 def _write_all(fd: int, data: bytes) -> None:

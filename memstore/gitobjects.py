@@ -12,7 +12,6 @@ by default git flushes none of loose objects, refs or the index, and neither doe
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import logging
 import os
@@ -30,7 +29,7 @@ from pathlib import Path
 import git
 
 from .errors import WorkspaceError
-from .fastio import append_file, read_file, remove_file, remove_later
+from .fastio import append_file, read_file, remove_later
 from .gitindex import IndexFormatUnsupported, patch_index
 from .gitpack import PackReader, write_pack
 
@@ -41,16 +40,6 @@ FILE_MODE = b"100644"
 _BIG_OBJECT = 64 * 1024  # larger loose objects are stored uncompressed; `git gc` packs them
 _LOCK_WAIT = 2.0  # seconds to wait for a git command's own .lock file
 _STALE_AGE = 0.5  # a .lock left by a dead memstore writer is removed once this old
-_SPARE_KINDS = ("pack", "idx", "ref", "index")
-_SPARE_FILES: set[str] = set()  # this process's spare files, removed when it exits
-
-
-@atexit.register
-def _remove_spare_files() -> None:
-    for path in list(_SPARE_FILES):
-        remove_file(path)
-
-
 _KEEP_NOTE = b"memstore: objects on their way to the branch\n"  # what our packs' `.keep` files say
 # The `core.fsync` words that name what memstore writes: its loose objects (and with them the
 # block files and the small per-batch packs, which stand in for the loose trees and commits a
@@ -189,6 +178,7 @@ class GitStore:
         self._packing = threading.local()  # per thread: objects held for the pack being gathered
         self.on_pack: Callable[[str], None] | None = None  # told each new pack's name (pack-<checksum>)
         self.trash_dir: str | None = None  # where replaced files wait to be freed (see `replace_later_free`)
+        self.keep_spare: str | None = None  # a file kept to become each new pack's `.keep` (see `_keep`)
         self._replaced = threading.local()
 
     # -- objects ---------------------------------------------------------------------
@@ -233,7 +223,7 @@ class GitStore:
             self._write_pack(objects)
 
     def _write_pack(self, objects: dict[str, tuple[bytes, bytes]]) -> None:
-        written = write_pack(self._pack_dir, objects, "loose-object" in self.flush, self._keep, self._pack_tmp)
+        written = write_pack(self._pack_dir, objects, "loose-object" in self.flush, self._keep)
         if written is None:  # too big for one small pack: loose, as usual
             for kind, body in objects.values():
                 self.write_object(kind, body)
@@ -242,50 +232,6 @@ class GitStore:
         self.packs.add(stem, built.offsets)
         if self.on_pack is not None:
             self.on_pack(os.path.basename(stem))
-
-    def prepare_spares(self) -> None:
-        """Make this thread's empty files for its next commit (pack, pack index, git's two lock files).
-
-        Made before the repository lock is taken: on some disks creating a file costs a
-        millisecond, which every committer queued behind the holder would wait for.
-        """
-        if self.spare_dir is None:
-            return
-        spares = self._spares()
-        for kind in _SPARE_KINDS:
-            if kind not in spares:
-                path = f"{self.spare_dir}/{kind}.{os.getpid()}.{secrets.token_hex(6)}"
-                try:
-                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
-                except OSError:
-                    return
-                spares[kind] = (path, fd)
-                _SPARE_FILES.add(path)
-
-    def _spares(self) -> dict[str, tuple[str, int]]:
-        local = self._packing.__dict__
-        if local.get("spares_pid") != os.getpid():  # none yet, or a forked child's inherited ones
-            local.update(spares_pid=os.getpid(), spares={})
-        spares: dict[str, tuple[str, int]] = local["spares"]
-        return spares
-
-    def _take_spare(self, kind: str) -> tuple[str, int] | None:
-        taken = self._spares().pop(kind, None)
-        if taken is not None:
-            _SPARE_FILES.discard(taken[0])
-        return taken
-
-    def _pack_tmp(self, kind: str) -> tuple[str, int]:
-        """A temporary file for the pack or its index: a spare if this thread has one."""
-        spare = self._take_spare(kind)
-        if spare is not None:
-            return spare
-        tmp = f"{self._pack_dir}/tmp_{kind}_{secrets.token_hex(6)}"
-        try:
-            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
-        except FileNotFoundError:  # a repository without objects/pack yet
-            os.makedirs(self._pack_dir, exist_ok=True)
-            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
 
     def _keep(self, keep_file: str) -> None:
         """Make a pack's `.keep` file: the spare one if there is one (no file to create).
@@ -311,7 +257,11 @@ class GitStore:
         kept.append(keep_file)
 
     def _remove_left_keeps(self) -> None:
-        for name in os.listdir(self._pack_dir):
+        try:
+            names = os.listdir(self._pack_dir)
+        except FileNotFoundError:
+            return
+        for name in names:
             if name.endswith(".keep"):
                 path = f"{self._pack_dir}/{name}"
                 try:
@@ -493,7 +443,7 @@ class GitStore:
         publishes a chain; the reflog gets a line for each, as if committed one by one.
         """
         lock = self.common_dir / f"{ref}.lock"
-        fd = self.take_git_lock(lock, recover=recover, spare_kind="ref")
+        fd = self.take_git_lock(lock, recover=recover)
         if fd is None:
             raise WorkspaceError(
                 f"{lock} exists: another git command is updating the branch. "
@@ -525,46 +475,26 @@ class GitStore:
                 os.makedirs(os.path.dirname(log_path), exist_ok=True)
                 append_file(log_path, line)
 
-    def take_git_lock(self, lock: Path, *, recover: bool, spare_kind: str | None = None) -> int | None:
+    def take_git_lock(self, lock: Path, *, recover: bool) -> int | None:
         """Create git's `X.lock` file; None if a git command kept it past the wait.
 
         `recover`: the last memstore writer died mid-commit, so a `.lock` older than a
         moment is its leftover and is removed.
         """
         deadline = time.monotonic() + _LOCK_WAIT
-        spare = self._take_spare(spare_kind) if spare_kind else None
         while True:
             try:
-                if spare is None:
-                    return os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                os.link(spare[0], lock)  # as exclusive as O_EXCL, and the file exists already
-                os.unlink(spare[0])
-                os.fchmod(spare[1], 0o644)
-                return spare[1]
+                return os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
                 pass
             except FileNotFoundError:  # e.g. `git pack-refs` removed the ref's empty folder
-                if spare is not None and not os.path.exists(spare[0]):
-                    os.close(spare[1])
-                    spare = None
-                else:
-                    lock.parent.mkdir(parents=True, exist_ok=True)
-                continue
-            except OSError:  # no hard links here: create the lock file the usual way
-                if spare is None:
-                    raise
-                os.close(spare[1])
-                remove_file(spare[0])
-                spare = None
+                lock.parent.mkdir(parents=True, exist_ok=True)
                 continue
             if recover and _age(lock) > _STALE_AGE:
                 log.warning("removing %s left by a writer that died", lock)
                 lock.unlink(missing_ok=True)
                 continue
             if time.monotonic() > deadline:
-                if spare is not None:
-                    self._spares()[spare_kind] = spare  # for the next time
-                    _SPARE_FILES.add(spare[0])
                 return None
             time.sleep(0.002)
 
@@ -578,7 +508,7 @@ class GitStore:
         that blob; None makes git re-read the file).
         """
         lock = self.git_dir / "index.lock"
-        fd = self.take_git_lock(lock, recover=recover, spare_kind="index")
+        fd = self.take_git_lock(lock, recover=recover)
         if fd is None:
             log.warning("index is locked by another git command; `git status` may show %s as changed",
                         ", ".join(changes))

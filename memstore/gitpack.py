@@ -79,25 +79,25 @@ def build_pack(objects: Iterable[tuple[str, bytes, bytes]]) -> Built | None:
 
 
 def write_pack(pack_dir: str, objects: dict[str, tuple[bytes, bytes]], flush: bool,
-               keep: Callable[[str], None], tmp_file: Callable[[str], tuple[str, int]] | None = None,
-               ) -> tuple[str, Built] | None:
+               keep: Callable[[str], None]) -> tuple[str, Built] | None:
     """Write `objects` (id -> (kind, body)) as one pack; (its file name stem, it), None if not packed.
 
     As git does: each file is written under a temporary name and renamed, the pack before
     its index (a pack without an index is invisible), so a crash leaves no torn pack.
     `keep(keep_file)` makes the pack's `.keep` file before the pack shows: until a ref
     reaches its objects, a `git repack -a -d` would otherwise drop them and delete it.
-    `tmp_file(kind)` gives an empty temporary file ("pack" or "idx") made beforehand.
     """
     built = build_pack((sha, kind, body) for sha, (kind, body) in objects.items())
     if built is None:
         return None
     stem = f"{pack_dir}/pack-{built.checksum}"
+    os.makedirs(pack_dir, exist_ok=True)  # a repository whose objects are all loose may have none
     keep(f"{stem}.keep")
     if os.path.exists(f"{stem}.idx"):
         return stem, built
     for data, suffix, kind in ((built.pack, ".pack", "pack"), (built.index, ".idx", "idx")):
-        tmp, fd = (tmp_file or _new_tmp(pack_dir))(kind)
+        tmp = f"{pack_dir}/tmp_{kind}_{secrets.token_hex(6)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
         try:
             view = memoryview(data)
             while view:
@@ -109,23 +109,8 @@ def write_pack(pack_dir: str, objects: dict[str, tuple[bytes, bytes]], flush: bo
             os.unlink(tmp)
             raise
         os.close(fd)
-        try:
-            os.replace(tmp, stem + suffix)
-        except FileNotFoundError:  # a repository without objects/pack yet
-            os.makedirs(pack_dir, exist_ok=True)
-            os.replace(tmp, stem + suffix)
+        os.replace(tmp, stem + suffix)
     return stem, built
-
-
-def _new_tmp(pack_dir: str) -> Callable[[str], tuple[str, int]]:
-    def make(kind: str) -> tuple[str, int]:
-        tmp = f"{pack_dir}/tmp_{kind}_{secrets.token_hex(6)}"
-        try:
-            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
-        except FileNotFoundError:  # a repository without objects/pack yet
-            os.makedirs(pack_dir, exist_ok=True)
-            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
-    return make
 
 
 def parse_index(data: bytes) -> dict[bytes, int] | None:

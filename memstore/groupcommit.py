@@ -104,7 +104,6 @@ class GroupCommit:
             lock.write_slot(ticket, _REQUEST + json.dumps([e.to_json() for e in chain]).encode())
             if queued is not None:
                 queued(ticket)
-            self.git.prepare_spares()  # while in line, not while holding a lock: see there
 
         def answered(ticket: int) -> bool:
             answer = _answer(lock.read_slot(ticket))

@@ -230,6 +230,15 @@ class FairLock:
             written = os.pwrite(self._fd, view, at)
             view, at = view[written:], at + written
 
+    def trim_content(self, beyond: int) -> None:
+        """Give back the space of old contents if the file holds more than `beyond` bytes of them.
+
+        Only when no kept content is needed any more (callers know: no edit waits).
+        """
+        assert self._mutex_fd is not None and self._fd is not None, "trim_content needs the lock held"
+        if os.fstat(self._fd).st_size > CONTENT_AT + beyond:
+            os.ftruncate(self._fd, CONTENT_AT)
+
     def release(self) -> None:
         assert self._mutex_fd is not None, "release needs the lock held"
         unlock_descriptor(self._mutex_fd)

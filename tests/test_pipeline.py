@@ -250,3 +250,56 @@ def test_an_old_spare_of_a_live_process_is_not_swept_as_a_stale_temp_file(store:
         os.utime(path, (time.time() - 7200, time.time() - 7200))
     Store.open(store.ws.root)  # sweeps temp files over an hour old
     assert sorted(p.name for p in store.ws.tmp_dir.iterdir()) == [live_spare.name]
+
+
+def test_a_forked_child_leaves_the_parents_spare_files_alone(store: Store) -> None:
+    a1, _ = _setup(store)
+    pool = store.commits._spares
+    pool.give_back(pool.take())  # the parent has a spare ready for its next write
+    (spare,) = list(store.ws.tmp_dir.iterdir())
+    pid = os.fork()
+    if pid == 0:  # the child exits as a process does, running memstore's exit cleanup
+        from memstore import commits
+        commits._remove_spares()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert spare.exists()
+    store.memory_insert("b", "after the fork", actor=a1)
+    assert_clean_repo(store.ws.root)
+
+
+def test_threads_that_come_and_go_reuse_spare_files(store: Store) -> None:
+    _setup(store)
+    for _ in range(3):
+        threads = [threading.Thread(target=lambda: store.update_block("b", description="same")) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert len(list(store.ws.tmp_dir.iterdir())) <= 6
+
+
+def test_kept_contents_do_not_pile_up_in_the_lock_file(store: Store) -> None:
+    a1, _ = _setup(store)
+    store.update_block("b", limit=1_000_000)
+    big = "y" * 300_000
+    ref_lock = store.ws.git.common_dir / "refs/heads/main.lock"
+    ref_lock.write_text("held by a slow git command\n")
+    for i in range(5):  # five contents wait side by side: 1.5 MB
+        store.memory_rethink("b", f"{i} {big}", actor=a1)
+    ref_lock.unlink()
+    store.memory_rethink("b", "short again", actor=a1)  # commits the five, then this
+    store.memory_rethink("b", "and shorter", actor=a1)  # none waits: the old space is given back
+    queue = store.ws.locks_dir / "blocks__b.md.lock.queue"
+    assert queue.stat().st_size < CONTENT_AT + 1_000
+    log = git(store.ws.root, "log", "--format=%s", "--", REL).split("\n")
+    assert log[:7] == ["memory_rethink b"] * 7
+    assert_clean_repo(store.ws.root)
+
+
+def test_a_repository_without_a_pack_folder_takes_edits(ws_path: Path) -> None:
+    store = Store.init(ws_path)
+    (ws_path / ".git/objects/pack").rmdir()
+    store.create_block("b", "first")
+    assert store.memory_insert("b", "second").version
+    assert_clean_repo(ws_path)
