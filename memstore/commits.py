@@ -3,7 +3,8 @@
 Every change of a block or agent file goes through `Committer.locked` + `Committer.write`.
 Under the file's lock the current content is read and checked against what memstore last
 wrote there (a difference is a person's edit, committed first under their name); the new
-content is recorded in the lock as a numbered pending edit, written (temp file, rename;
+content is kept in the lock's file (where the commit reads its blob from) and recorded as
+a numbered pending edit, then written (temp file, rename;
 flushed first when git's `core.fsync` asks for loose objects to be) and handed to group
 commit (`groupcommit.py`), which makes it one commit authored by its agent. The writer
 lets go of the file lock as soon as its request is in line, so the next writer of the
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MemstoreError, WorkspaceError
-from .fastio import read_file, remove_file
+from .fastio import read_file, remove_file, write_all
 from .gitobjects import Ident, blob_id
 from .groupcommit import Edit, GroupCommit, stat_key
 from .locks import CONTENT_AT, FairLock
@@ -193,7 +194,7 @@ class Committer:
         """
         tmp, fd = self._held.__dict__.get("spares", {}).pop(rel, None) or self._spares.take()
         try:
-            _write_all(fd, content)
+            write_all(fd, content)
             if "loose-object" in self.git.flush:  # the file goes with its objects (git's core.fsync)
                 os.fsync(fd)
         except BaseException:
@@ -329,12 +330,6 @@ _POOLS: weakref.WeakSet[_SparePool] = weakref.WeakSet()
 def _remove_spares() -> None:
     for pool in list(_POOLS):
         pool.remove_all()
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def _read_state(raw: bytes) -> dict[str, Any]:

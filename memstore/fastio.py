@@ -41,6 +41,13 @@ def append_file(path: str, data: bytes) -> None:
         os.close(fd)
 
 
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write all of `data` (os.write may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def remove_file(path: str) -> None:
     """Remove a file if it is there."""
     try:

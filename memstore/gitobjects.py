@@ -29,7 +29,7 @@ from pathlib import Path
 import git
 
 from .errors import WorkspaceError
-from .fastio import append_file, read_file, remove_later
+from .fastio import append_file, read_file, remove_later, write_all
 from .gitindex import IndexFormatUnsupported, patch_index
 from .gitpack import PackReader, write_pack
 
@@ -603,9 +603,7 @@ def _deflate(header: bytes, body: bytes) -> list[bytes | memoryview]:
 
 def _write_all(fd: int, parts: list[bytes | memoryview]) -> None:
     for part in parts:
-        view = memoryview(part)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, part)
 
 
 def _shape(st: os.stat_result) -> tuple[int, int, int]:

@@ -21,6 +21,8 @@ import zlib
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
+from .fastio import write_all
+
 _KINDS = {b"commit": 1, b"tree": 2, b"blob": 3, b"tag": 4}
 _NAMES = {code: kind for kind, code in _KINDS.items()}
 _IDX_MAGIC = b"\377tOc"
@@ -99,9 +101,7 @@ def write_pack(pack_dir: str, objects: dict[str, tuple[bytes, bytes]], flush: bo
         tmp = f"{pack_dir}/tmp_{kind}_{secrets.token_hex(6)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, data)
             if flush:
                 os.fsync(fd)
         except BaseException:

@@ -27,7 +27,7 @@ from typing import Any
 from .errors import WorkspaceError
 from .gitobjects import GitStore, Ident, RefMovedError, blob_id
 from .locks import FairLock, in_line, read_content, read_hint, read_mark, write_hint, write_mark
-from .workspace import COMMITTER
+from .workspace import COMMITTER, process_alive
 
 _REF_RETRIES = 20
 _BATCH = 64  # most requests one holder commits for others, so it does not hold the lock for long
@@ -225,7 +225,7 @@ class GroupCommit:
         note = _read_note(lock.read_state())
         if not note.get("busy"):
             return note.get("count", 0), False
-        dead = not _alive(note.get("pid"))  # else it failed and cleaned up: any .lock is not its
+        dead = not process_alive(note.get("pid"))  # else it failed and cleaned up: any .lock is not its
         head = note.get("head")
         marks = note.get("marks") or {}
         if head and marks and self._published(head):
@@ -297,19 +297,6 @@ def _note(busy: bool, count: int, head: str | None = None, marks: dict[str, int]
     if busy:
         note.update(head=head, marks=marks or {}, pid=os.getpid())
     return json.dumps(note).encode()
-
-
-def _alive(pid: Any) -> bool:
-    """True if process `pid` exists (a holder that raised rather than died)."""
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _read_note(raw: bytes) -> dict[str, Any]:

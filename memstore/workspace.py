@@ -152,13 +152,18 @@ def _remove_stale_temp_files(folder: Path, age: float = 3600) -> None:
 
 def _spare_of_live_process(name: str) -> bool:
     parts = name.split(".")
-    if len(parts) != 3 or not parts[1].isdigit():
+    return len(parts) == 3 and parts[1].isdigit() and process_alive(int(parts[1]))
+
+
+def process_alive(pid: object) -> bool:
+    """True if process `pid` exists (it may belong to another user)."""
+    if not isinstance(pid, int) or pid <= 0:
         return False
     try:
-        os.kill(int(parts[1]), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except OSError:
+    except PermissionError:
         return True
     return True
 
