@@ -294,8 +294,8 @@ class GitStore:
         digest.update(body)
         sha = digest.hexdigest()
         gathering: dict[str, tuple[bytes, bytes]] | None = getattr(self._packing, "objects", None)
-        if gathering is not None and len(body) < _BIG_OBJECT:  # a big one (a tree of 10k blocks)
-            gathering[sha] = (kind, body)  # would cost more to checksum twice than to create
+        if gathering is not None:
+            gathering[sha] = (kind, body)
             return sha
         folder = f"{self._objects_dir}/{sha[:2]}"
         final = f"{folder}/{sha[2:]}"

@@ -28,6 +28,7 @@ _NAMES = {code: kind for kind, code in _KINDS.items()}
 _IDX_MAGIC = b"\377tOc"
 _MAX_OFFSET = 1 << 31  # index v2 needs a second offset table past this: such packs are not ours
 _READ_INDEX_UP_TO = 1 << 20  # bigger indexes are git's own packs, read through git
+_BIG = 64 * 1024
 _KEEP = 256  # packs whose indexes a process keeps in memory
 
 
@@ -55,7 +56,9 @@ def build_pack(objects: Iterable[tuple[str, bytes, bytes]]) -> Built | None:
     """A pack of objects given as (id, kind, body); None if too big for one."""
     records, entries, offset = [], [], 12
     for sha, kind, body in objects:
-        record = _entry_header(_KINDS[kind], len(body)) + zlib.compress(body, 1)
+        # Big bodies (a tree of 10k blocks changes with every edit) are stored, not compressed:
+        # compressing costs milliseconds, and git's repack compresses them later anyway.
+        record = _entry_header(_KINDS[kind], len(body)) + zlib.compress(body, 0 if len(body) >= _BIG else 1)
         entries.append((bytes.fromhex(sha), zlib.crc32(record), offset))
         records.append(record)
         offset += len(record)

@@ -171,3 +171,17 @@ def test_keep_files_left_by_a_dead_committer_are_removed_and_gits_own_stay(store
     store.memory_insert("org", "more")
     assert not ours.exists() and gits.exists()
     assert spare.exists()
+
+
+def test_big_objects_go_into_the_pack_stored_as_they_are(store: Store) -> None:
+    """A big blob (or the tree of thousands of blocks) is packed uncompressed: compressing costs ms."""
+    store.create_block("big", "", limit=1_000_000)
+    loose, packs = _loose(store.ws.root), set(_packs(store.ws.root))
+    value = "".join(f"line {i}: {'é' * 40}\n" for i in range(1500))[:-1]  # ~100 KB
+    result = store.memory_rethink("big", value)
+    assert _loose(store.ws.root) == loose
+    (new_pack,) = set(_packs(store.ws.root)) - packs
+    assert new_pack.stat().st_size > 100_000
+    assert git(store.ws.root, "show", f"{result.version}:blocks/big.md").endswith(value + "\n")
+    assert store.get_block("big").value == value
+    assert_clean_repo(store.ws.root)
