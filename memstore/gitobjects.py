@@ -30,7 +30,7 @@ import git
 
 from .errors import WorkspaceError
 from .fastio import append_file, read_file, remove_later, write_all
-from .gitindex import IndexFormatUnsupported, patch_index
+from .gitindex import Checkpoints, IndexFormatUnsupported, patch_index
 from .gitpack import PackReader, write_pack
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,8 @@ class GitStore:
         self._commit_trees: OrderedDict[str, str] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._odb_lock = threading.Lock()
-        self._index: tuple[tuple[int, int, int], bytearray] | None = None  # the index we last wrote
+        # the index we last wrote: (its shape on disk, its bytes, checksum checkpoints for them)
+        self._index: tuple[tuple[int, int, int], bytearray, Checkpoints] | None = None
         # Hot paths build file names as strings: pathlib costs more than the syscalls here.
         self._objects_dir = str(self.objects)
         self._head_file = str(self.git_dir / "HEAD")
@@ -294,8 +295,8 @@ class GitStore:
         digest.update(body)
         sha = digest.hexdigest()
         gathering: dict[str, tuple[bytes, bytes]] | None = getattr(self._packing, "objects", None)
-        if gathering is not None:
-            gathering[sha] = (kind, body)
+        if gathering is not None and len(body) < _BIG_OBJECT:  # a big one (the tree of 10k blocks)
+            gathering[sha] = (kind, body)  # would cost more to checksum twice than to create alone
             return sha
         folder = f"{self._objects_dir}/{sha[:2]}"
         final = f"{folder}/{sha[2:]}"
@@ -516,11 +517,13 @@ class GitStore:
         cached, self._index = self._index, None
         try:
             index = self.git_dir / "index"
+            checkpoints: Checkpoints = []
             if cached is not None and cached[0] == _shape(os.stat(index)):
-                data, known_end = cached[1], len(cached[1]) - 20  # ours: no extensions
+                data, known_end, checkpoints = cached[1], len(cached[1]) - 20, cached[2]  # ours: no extensions
             else:
                 data, known_end = bytearray(index.read_bytes()), None
-            new = patch_index(data, [(path.encode(), blob, st) for path, (blob, st) in changes.items()], known_end)
+            new = patch_index(data, [(path.encode(), blob, st) for path, (blob, st) in changes.items()], known_end,
+                              checkpoints)
         except (FileNotFoundError, IndexFormatUnsupported):
             os.close(fd)
             lock.unlink(missing_ok=True)
@@ -539,7 +542,7 @@ class GitStore:
         finally:
             os.close(fd)
         self.replace_later_free(str(lock), f"{self.git_dir}/index")
-        self._index = (shape, new)
+        self._index = (shape, new, checkpoints)
 
     def replace_later_free(self, src: str, dst: str) -> None:
         """Rename `src` over `dst`, keeping the old `dst` alive under `trash_dir` for now.
