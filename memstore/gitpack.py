@@ -1,10 +1,11 @@
-"""Small pack files: one per group-commit batch, instead of a loose file per tree and commit.
+"""Small pack files: one per group-commit batch, instead of a loose file per object.
 
 Creating a file is the dearest thing an edit does on some disks (0.1-0.6 ms of kernel time
-each, here), and a batch of k edits makes 3k trees and commits. Written as one pack — the
-pack and its index, in git's own formats (pack v2, index v2, whole objects, no deltas) —
-a batch creates two files whatever its size. Git reads such packs like any other;
-background maintenance rolls them up (`git repack --geometric`).
+each, here), and a batch of k edits makes 4k blobs, trees and commits. Written as one
+pack — the pack and its index, in git's own formats (pack v2, index v2, whole objects, no
+deltas) — a batch creates two files whatever its size (objects of 64 KiB and more stay
+loose: see `GitStore.write_object`). Git reads such packs like any other; background
+maintenance rolls them up (`git repack --geometric`).
 
 `PackReader` finds objects in small packs written by any process, so the next commit,
 often by another process, reads the trees it builds on without asking git.
@@ -28,7 +29,6 @@ _NAMES = {code: kind for kind, code in _KINDS.items()}
 _IDX_MAGIC = b"\377tOc"
 _MAX_OFFSET = 1 << 31  # index v2 needs a second offset table past this: such packs are not ours
 _READ_INDEX_UP_TO = 1 << 20  # bigger indexes are git's own packs, read through git
-_BIG = 64 * 1024
 _KEEP = 256  # packs whose indexes a process keeps in memory
 
 
@@ -56,9 +56,7 @@ def build_pack(objects: Iterable[tuple[str, bytes, bytes]]) -> Built | None:
     """A pack of objects given as (id, kind, body); None if too big for one."""
     records, entries, offset = [], [], 12
     for sha, kind, body in objects:
-        # Big bodies (a tree of 10k blocks changes with every edit) are stored, not compressed:
-        # compressing costs milliseconds, and git's repack compresses them later anyway.
-        record = _entry_header(_KINDS[kind], len(body)) + zlib.compress(body, 0 if len(body) >= _BIG else 1)
+        record = _entry_header(_KINDS[kind], len(body)) + zlib.compress(body, 1)
         entries.append((bytes.fromhex(sha), zlib.crc32(record), offset))
         records.append(record)
         offset += len(record)

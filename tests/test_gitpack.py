@@ -44,7 +44,7 @@ def test_an_edit_writes_its_blob_trees_and_commit_as_one_pack_git_reads(store: S
 
 
 def test_index_parses_back_what_was_built() -> None:
-    bodies = [b"x" * n for n in (1, 300, 70_000)]  # the last one is stored, not compressed
+    bodies = [b"x" * n for n in (1, 300, 70_000)]
     objects = [(hashlib.sha1(b"blob %d\0" % len(b) + b).hexdigest(), b"blob", b) for b in bodies]
     built = build_pack(objects)
     assert built is not None
