@@ -270,11 +270,16 @@ def _register_agent_tools(server: MemstoreServer) -> None:
     def create_agent(
         name: str, model: Annotated[str, Field(description="A litellm model name, e.g. openai/gpt-4o-mini.")],
         ctx: Context, block_ids: list[str] | None = None, tools: list[str] | None = None,
-        system: str | None = None, description: str | None = None,
+        system: str | None = None, description: str | None = None, include_base_tools: bool = True,
     ) -> Agent:
-        """Register a built-in agent with its model, tools, persona and attached blocks."""
+        """Register a built-in agent with its model, tools, persona and attached blocks.
+
+        As in Letta, it has the base memory tools (memory_insert, memory_replace,
+        conversation_search) unless include_base_tools is false; `tools` adds to them.
+        """
         return store.create_agent(name, model, block_ids=block_ids, tools=tools, system=system,
-                                  description=description, actor=server.actor(ctx))
+                                  description=description, include_base_tools=include_base_tools,
+                                  actor=server.actor(ctx))
 
     @server.tool(annotations=CHANGE)
     @core_errors

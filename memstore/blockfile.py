@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from .cache import LRU
 from .errors import FileFormatError, InvalidNameError
 from .models import DEFAULT_LIMIT, Agent, Block, validate_name
+from .validation import BASE_TOOLS
 
 _YAML = YAMLHandler()
 _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
@@ -190,6 +191,8 @@ def agent_from_file(data: bytes, path: str) -> Agent:
     lists: dict[str, list[str]] = {}
     for key in ("tools", "blocks"):
         value = meta.get(key) or []
+        if key == "tools" and "tools" not in meta:  # a hand-written agent without the key: Letta's base tools
+            value = list(BASE_TOOLS)
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise _bad(path, data, key, f"must be a list of names, got {value!r}")
         lists[key] = value

@@ -329,18 +329,23 @@ def agent_show(ref: str, workspace: str | None, as_json: bool) -> None:
 @click.argument("name")
 @click.option("--model", required=True, help="A litellm model name, e.g. openai/gpt-4o-mini.")
 @click.option("--block", "blocks", multiple=True, help="Attach this block (repeatable).")
-@click.option("--tool", "tools", multiple=True, help="Give this tool (repeatable; default memory_insert, memory_replace).")
+@click.option("--tool", "tools", multiple=True,
+              help="Give this tool besides the base tools (repeatable), e.g. web_search or memory_rethink.")
+@click.option("--no-base-tools", is_flag=True,
+              help="Leave out Letta's base tools (memory_insert, memory_replace, conversation_search).")
 @click.option("--system", help="The system prompt / persona.")
 @click.option("--description")
 @click.option("--api-base", help="A provider base URL for this agent's model.")
 @workspace_option
 @json_option
 @handle_errors
-def agent_create(name: str, model: str, blocks: tuple[str, ...], tools: tuple[str, ...], system: str | None,
-                 description: str | None, api_base: str | None, workspace: str | None, as_json: bool) -> None:
-    """Register agent NAME."""
-    created = Store.open(workspace).create_agent(name, model, block_ids=list(blocks), tools=list(tools) or None,
-                                                 system=system, description=description, api_base=api_base)
+def agent_create(name: str, model: str, blocks: tuple[str, ...], tools: tuple[str, ...], no_base_tools: bool,
+                 system: str | None, description: str | None, api_base: str | None, workspace: str | None,
+                 as_json: bool) -> None:
+    """Register agent NAME (with Letta's base memory tools unless --no-base-tools)."""
+    created = Store.open(workspace).create_agent(name, model, block_ids=list(blocks), tools=list(tools),
+                                                 include_base_tools=not no_base_tools, system=system,
+                                                 description=description, api_base=api_base)
     _emit(created.model_dump(), as_json, lambda: f"created agent {created.name} ({created.id})")
 
 

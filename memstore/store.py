@@ -447,9 +447,13 @@ class Store:
     def create_agent(
         self, name: str, model: str, *, block_ids: list[str] | None = None, tools: list[str] | None = None,
         system: str | None = None, description: str | None = None, api_base: str | None = None,
-        actor: Actor | None = None,
+        include_base_tools: bool = True, actor: Actor | None = None,
     ) -> Agent:
-        """Register an agent with its model, tools, persona and attached blocks."""
+        """Register an agent with its model, tools, persona and attached blocks.
+
+        As in Letta, the agent has the base memory tools unless `include_base_tools` is
+        False; `tools` adds to them.
+        """
         validate_name(name, "agent name")
         check_agent_admin(actor or self.person, "create_agent")
         if not isinstance(model, str) or not model.strip() or "\n" in model:
@@ -457,7 +461,7 @@ class Store:
         blocks = [self.get_block(ref) for ref in (block_ids or [])]
         check_unique_labels(name, blocks)
         agent = Agent(
-            id=f"agent-{uuid.uuid4()}", name=name, model=model.strip(), tools=check_tools(tools),
+            id=f"agent-{uuid.uuid4()}", name=name, model=model.strip(), tools=check_tools(tools, include_base_tools),
             blocks=list(dict.fromkeys(b.id for b in blocks)), description=check_optional_text(description),
             system=check_text(DEFAULT_SYSTEM if system is None else system, "system"),
             api_base=check_optional_text(api_base),

@@ -16,7 +16,9 @@ KNOWN_TOOLS = (
     "memory_insert", "memory_replace", "memory_rethink", "core_memory_append",
     "core_memory_replace", "conversation_search", "web_search",
 )
-DEFAULT_TOOLS = ["memory_insert", "memory_replace"]
+# Letta's base tools for the agents memstore runs: every agent has them unless it is created
+# with include_base_tools=False; `tools` adds to them.
+BASE_TOOLS = ("memory_insert", "memory_replace", "conversation_search")
 MAX_TEXT = 1_000_000  # characters of any one text argument
 
 
@@ -69,15 +71,16 @@ def check_metadata(metadata: object) -> dict[str, Any]:
     return metadata
 
 
-def check_tools(tools: list[str] | None) -> list[str]:
-    if tools is None:
-        return list(DEFAULT_TOOLS)
+def check_tools(tools: list[str] | None, include_base_tools: bool = True) -> list[str]:
+    """An agent's tool list as Letta builds it: the base tools (unless left out), then `tools`."""
+    check_bool(include_base_tools, "include_base_tools")
+    tools = [] if tools is None else tools
     if not isinstance(tools, list) or not all(isinstance(t, str) for t in tools):
         raise InvalidInputError("`tools` must be a list of tool names.")
     unknown = [t for t in tools if t not in KNOWN_TOOLS]
     if unknown:
         raise InvalidInputError(f"Unknown tool(s) {', '.join(unknown)}; known tools: {', '.join(KNOWN_TOOLS)}.")
-    return list(dict.fromkeys(tools))
+    return list(dict.fromkeys([*(BASE_TOOLS if include_base_tools else ()), *tools]))
 
 
 def check_count(value: object, name: str) -> int:

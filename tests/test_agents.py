@@ -70,7 +70,8 @@ def test_a_turn_calls_tools_then_ends_with_an_assistant_message(store: Store, mo
     assert store.get_block("organization").value == "Org: Letta\nagent1: fact"
 
     first = model.requests["agent1"][0]
-    assert [t["function"]["name"] for t in first["tools"]] == ["memory_insert", "memory_replace"]
+    assert [t["function"]["name"] for t in first["tools"]] == ["memory_insert", "memory_replace",
+                                                              "conversation_search"]
     assert "<memory_blocks>" in system_of(first) and "<organization>" in system_of(first)
     assert first["messages"][-1] == {"role": "user", "content": "Research Letta."}
     authors = git(ws_path, "log", "-2", "--format=%ae %s").splitlines()
@@ -192,6 +193,42 @@ def test_provider_faults_end_the_turn_clearly_and_keep_the_log_consistent(
 
 
 # -- tools beyond memory -----------------------------------------------------------------
+
+
+def test_tools_add_to_the_base_tools_as_in_letta(store: Store, model: ScriptedModel, ws_path: Path) -> None:
+    """The tutorial's `tools=["web_search"]` agent still writes the shared block."""
+    store.create_block("organization", "Org: Letta")
+    agent_id = make_agent(store, model, "agent1", ["organization"], tools=["web_search"])
+    assert store.get_agent("agent1").tools == ["memory_insert", "memory_replace", "conversation_search", "web_search"]
+    model.enqueue("agent1", insert("organization", "agent1: fact"), text("Saved."))
+    result = store.send_message("agent1", "Research Letta.")
+    assert result.messages[1].status == "success"
+    assert store.get_block("organization").value == "Org: Letta\nagent1: fact"
+    assert git(ws_path, "log", "-2", "--format=%ae", "--", "blocks/organization.md").split()[0] == \
+        f"{agent_id}@agents.memstore"
+    offered = [t["function"]["name"] for t in model.requests["agent1"][0]["tools"]]
+    assert offered == ["memory_insert", "memory_replace", "conversation_search", "web_search"]
+
+
+def test_include_base_tools_false_gives_only_the_named_tools(store: Store, model: ScriptedModel) -> None:
+    store.create_block("organization", "Org")
+    bare = store.create_agent("bare", "openai/bare", tools=["web_search"], include_base_tools=False,
+                              api_base=model.api_base)
+    assert bare.tools == ["web_search"]
+    assert store.create_agent("none", "openai/none", include_base_tools=False).tools == []
+    model.enqueue("bare", insert("organization", "x"), text("done"))
+    result = store.send_message("bare", "try")
+    assert result.messages[1].status == "error" and "no tool named 'memory_insert'" in result.messages[1].tool_return
+    assert store.get_block("organization").value == "Org"
+
+
+def test_agent_files_keep_their_tools_and_a_file_without_tools_gets_the_base_set(store: Store,
+                                                                                 ws_path: Path) -> None:
+    old = store.create_agent("old", "openai/x", tools=["memory_rethink"], include_base_tools=False)
+    assert store.get_agent("old").tools == old.tools == ["memory_rethink"]
+    (ws_path / "agents" / "hand.md").write_text(
+        "---\nid: agent-00000000-0000-0000-0000-000000000001\nname: hand\nmodel: openai/x\n---\nYou help.\n")
+    assert store.get_agent("hand").tools == ["memory_insert", "memory_replace", "conversation_search"]
 
 
 def test_conversation_search_finds_earlier_turns(store: Store, model: ScriptedModel) -> None:

@@ -35,7 +35,12 @@ def test_cli_tutorial_flow(run, ws_path: Path) -> None:
     run("block", "create", "policies", "Be kind.", "--read-only")
     assert "created agent agent1" in run("agent", "create", "agent1", "--model", "openai/gpt-4o-mini",
                                          "--block", "organization")
-    run("agent", "create", "agent2", "--model", "openai/gpt-4o-mini")
+    run("agent", "create", "agent2", "--model", "openai/gpt-4o-mini", "--tool", "web_search")
+    assert json.loads(run("agent", "show", "agent2", "--json"))["tools"] == [
+        "memory_insert", "memory_replace", "conversation_search", "web_search"]
+    run("agent", "create", "bare", "--model", "m/x", "--tool", "web_search", "--no-base-tools")
+    assert json.loads(run("agent", "show", "bare", "--json"))["tools"] == ["web_search"]
+    run("agent", "delete", "bare")
     run("agent", "attach", "agent2", "organization")
     run("agent", "attach", "agent2", "policies")
     assert "memory_insert organization: committed" in run(

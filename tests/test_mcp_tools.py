@@ -228,8 +228,12 @@ async def test_agent_tools_create_attach_detach_delete(client: Client, store: St
     org = await ok(client, "create_block", label="organization", value="Org")
     made = await ok(client, "create_agent", name="agent1", model="openai/gpt-4o-mini", block_ids=[org["id"]],
                     system="You are agent1.")
-    assert made["blocks"] == [org["id"]] and made["tools"] == ["memory_insert", "memory_replace"]
+    assert made["blocks"] == [org["id"]] and made["tools"] == ["memory_insert", "memory_replace", "conversation_search"]
     await ok(client, "create_agent", name="agent2", model="openai/gpt-4o-mini")
+    searcher = await ok(client, "create_agent", name="searcher", model="m", tools=["web_search"],
+                        include_base_tools=False)
+    assert searcher["tools"] == ["web_search"]
+    await ok(client, "delete_agent", agent="searcher")
     attached = await ok(client, "attach_block", agent="agent2", block="organization")
     assert attached["blocks"] == [org["id"]]
     assert [a["name"] for a in await ok(client, "list_agents")] == ["agent1", "agent2"]

@@ -298,7 +298,7 @@ def test_agents_registry(store: Store) -> None:
     org = store.create_block("org", "v")
     a1 = store.create_agent("agent1", "openai/gpt-4o-mini", block_ids=[org.id], description="d")
     store.create_agent("agent2", "openai/gpt-4o-mini")
-    assert a1.tools == ["memory_insert", "memory_replace"]
+    assert a1.tools == ["memory_insert", "memory_replace", "conversation_search"]
     assert [a.name for a in store.list_agents()] == ["agent1", "agent2"]
     assert store.get_agent(a1.id).name == "agent1"
     store.attach_block("agent2", "org")
