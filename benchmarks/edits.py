@@ -26,13 +26,13 @@ import time
 from pathlib import Path
 
 import git
+import pygit2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from memstore import Store  # noqa: E402
-from memstore.gitobjects import GitStore, Ident  # noqa: E402
 
-WHO = Ident("bench", "bench@example.com")
+WHO = pygit2.Signature("bench", "bench@example.com")
 
 
 def pct(values: list[float], p: float) -> float:
@@ -93,23 +93,25 @@ def gitpython_step(root: Path):
 
 
 def raw_step(root: Path):
+    """libgit2's plumbing alone: blob, the two trees on the path, commit, branch move (no index)."""
     repo = git.Repo.init(root / "raw", initial_branch="main")
     (Path(repo.working_tree_dir) / "x").write_text("x")
     repo.index.add(["x"])
     repo.index.commit("init")
-    store = GitStore(repo)
-    ref_path = store.common_dir / "refs" / "heads" / "main"
-    state = {"head": store.read_ref("refs/heads/main"), "value": b"Organization: Letta\n"}
+    lg = pygit2.Repository(repo.working_tree_dir)
+    state = {"value": b"Organization: Letta\n"}
 
     def step(i: int) -> None:
         state["value"] += b"agent1: fact %d\n" % i
-        blob = store.write_object(b"blob", state["value"])
-        tree = store.with_path(store.commit_tree(state["head"]), "blocks/organization.md", blob)
-        commit = store.make_commit(tree, [state["head"]], WHO, WHO, f"edit {i}\n")
-        tmp = ref_path.with_suffix(".lock")
-        tmp.write_text(commit + "\n")
-        os.replace(tmp, ref_path)
-        state["head"] = commit
+        blob = lg.create_blob(state["value"])
+        head = lg.references["refs/heads/main"]
+        tree = lg[head.target].peel(pygit2.Tree)
+        sub = lg.TreeBuilder(tree["blocks"]) if "blocks" in tree else lg.TreeBuilder()
+        sub.insert("organization.md", blob, pygit2.GIT_FILEMODE_BLOB)
+        top = lg.TreeBuilder(tree)
+        top.insert("blocks", sub.write(), pygit2.GIT_FILEMODE_TREE)
+        commit = lg.create_commit(None, WHO, WHO, f"edit {i}\n", top.write(), [head.target])
+        head.set_target(commit, "bench")
 
     return step
 

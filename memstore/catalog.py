@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .blockfile import block_from_file
-from .commits import blob_id
+from .gitrepo import blob_id
 from .errors import FileFormatError
 from .models import Block
 

@@ -84,7 +84,11 @@ def _agent_text(agent: Agent, store: Store) -> str:
 
 
 def _edit_text(result: EditResult) -> str:
-    return f"{result.op} {result.block.label}: committed {result.version[:12]} ({result.block.chars_current}/{result.block.limit} characters)"
+    size = f"({result.block.chars_current}/{result.block.limit} characters)"
+    if result.pending or not result.version:
+        return (f"{result.op} {result.block.label}: written, commit pending {size}: {result.pending}. "
+                "The next memstore command (or a running `serve`/`watch`) commits it.")
+    return f"{result.op} {result.block.label}: committed {result.version[:12]} {size}"
 
 
 def _history_text(entries: list[HistoryEntry]) -> str:

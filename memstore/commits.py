@@ -1,41 +1,35 @@
 """The one write path: lock a file, adopt hand edits, write atomically, commit.
 
 Every change of a block or agent file goes through `Committer.locked` + `Committer.write`.
-Under the file's lock the current content is read and checked against what memstore last
-wrote there (a difference is a person's edit, committed first under their name); the new
-content is kept in the lock's file (where the commit reads its blob from) and recorded as
-a numbered pending edit, then written (temp file, rename;
-flushed first when git's `core.fsync` asks for loose objects to be) and handed to group
-commit (`groupcommit.py`), which makes it one commit authored by its agent. The writer
-lets go of the file lock as soon as its request is in line, so the next writer of the
-same file works while the commit is made; the pending edits in the lock carry every edit
-to a commit even when its writer dies.
+Under the file's lock the current content is read; an edit is recorded in the file's
+pending journal (`.memstore/pending/`), written (temp file and rename), and committed
+under the repository lock, authored by its agent. The journal is cleared once the commit
+is made. If the commit cannot be made now (a git command holds the index or the branch)
+the edit stays in the file and the journal, the result says it is pending, and the next
+memstore operation of any kind commits it under its author, as does the watcher of
+`serve` and `watch` as soon as the obstacle clears. A writer killed between writing the
+file and committing is finished the same way, never passed off as a person's edit.
 """
 
 from __future__ import annotations
 
-import atexit
+import errno
 import json
 import logging
 import os
-import secrets
-import threading
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from .errors import MemstoreError, WorkspaceError
-from .fastio import read_file, remove_file, write_all
-from .gitobjects import Ident, blob_id
-from .groupcommit import Edit, GroupCommit, stat_key
-from .locks import CONTENT_AT, FairLock
-from .workspace import Workspace
+from .fsutil import write_all, write_atomic
+from .gitrepo import CommitPending, GitRepo, Ident, blob_id, unmerged_error
+from .locks import Locks
+from .workspace import COMMITTER, Workspace
 
 log = logging.getLogger(__name__)
-_TRIM_OVER = 1 << 20  # kept contents past this many bytes are given back when none waits
-_MAX_PENDING = 16  # past this many uncommitted edits of a file, a writer waits for its commit holding the lock
+REPO_LOCK = "repo.lock"
 
 
 def commit_message(subject: str, trailers: dict[str, str | None]) -> str:
@@ -44,313 +38,238 @@ def commit_message(subject: str, trailers: dict[str, str | None]) -> str:
     return f"{subject}\n\n" + "\n".join(lines) + "\n"
 
 
+@dataclass(frozen=True)
+class Saved:
+    """What became of a write: the commit that holds it, or why its commit is pending."""
+
+    version: str | None
+    pending: str | None = None
+
+
+@dataclass
+class _Entry:
+    """One edit of a file in its journal: from blob `base` to blob `new` (None: no file)."""
+
+    base: str | None
+    new: str | None
+    name: str
+    email: str
+    message: str
+
+
 class Committer:
     """Serialised, crash-safe writes of workspace files, one commit each."""
 
-    def __init__(self, ws: Workspace, on_commit: Callable[[int, int], None] | None = None) -> None:
+    def __init__(self, ws: Workspace, on_commit: Callable[[], None] | None = None) -> None:
         self.ws = ws
-        self.git = ws.git
-        self._held = threading.local()  # per thread: lock objects, and the files it holds
-        self._root = str(ws.root)
-        self.group = GroupCommit(ws.git, ws.locks_dir, self._lock_path, self._root,
-                                 lambda: self._fair_lock(ws.locks_dir / "repo.lock"), on_commit)
-        ws.git.trash_dir = str(ws.trash_dir)
-        ws.git.keep_spare = str(ws.locks_dir / "pack.keep")
-        self._spares = _SparePool(ws.tmp_dir)
+        self.git: GitRepo = ws.git
+        self.locks = Locks(ws.locks_dir)
+        self.on_commit = on_commit
+        ws.pending_dir.mkdir(parents=True, exist_ok=True)
 
-    def _lock_path(self, rel: str) -> Path:
-        return self.ws.locks_dir / (rel.replace("/", "__") + ".lock")
-
-    @contextmanager
-    def locked(self, rel: str) -> Iterator[bytes | None]:
-        """Hold `rel`'s lock; yield its current content (None: no such file).
-
-        `write` lets go of the lock early; nothing else may change `rel` after it.
-        """
-        lock = self._fair_lock(self._lock_path(rel))
-        held = self._held.__dict__.setdefault("files", {})
-        spares = self._held.__dict__.setdefault("spares", {})
-        spares[rel] = self._spares.take()  # made before the lock: creating a file is slow on some disks
-        held_file: _Held | None = None
-        try:
-            lock.acquire()
-            try:
-                self.ws.check_state()
-                current = self.read(rel)
-                held_file = held[rel] = _Held.open(self, rel, lock, current)
-                yield current
-            finally:
-                held.pop(rel, None)
-                if held_file is None or not held_file.released:
-                    lock.release()
-        finally:
-            left = spares.pop(rel, None)
-            if left is not None:  # nothing written: the next edit uses it
-                self._spares.give_back(left)
-
-    def _fair_lock(self, path: Path) -> FairLock:
-        """This thread's lock object for `path` (made once: building one costs more than using it).
-
-        A forked child starts afresh: lock objects are never shared across a fork.
-        """
-        if self._held.__dict__.get("pid") != os.getpid():
-            self._held.__dict__.update(pid=os.getpid(), objects={})
-        cache: dict[Path, FairLock] = self._held.objects
-        lock = cache.get(path)
-        if lock is None:
-            if len(cache) >= 256:
-                cache.clear()
-            lock = cache[path] = FairLock(path)
-        return lock
+    # -- reading ---------------------------------------------------------------------------
 
     def read(self, rel: str) -> bytes | None:
+        """The file's content as git stores it (None: no such file)."""
         try:
-            return read_file(f"{self._root}/{rel}")
+            data = (self.ws.root / rel).read_bytes()
         except FileNotFoundError:
             return None
         except IsADirectoryError:
             raise WorkspaceError(f"{rel} is a folder, not a file") from None
+        except NotADirectoryError:
+            return None
+        return self.git.to_odb(rel, data)
 
     def head_blob(self, rel: str) -> str | None:
-        head = self.git.read_ref(self.git.head_ref())
-        if head is None:
-            return None
-        entry = self.git.entry_at(self.git.commit_tree(head), rel)
-        return entry[1] if entry else None
+        return self.git.head_blob(rel)
+
+    def committed(self, rel: str) -> bytes | None:
+        blob = self.head_blob(rel)
+        return self.git.read_blob(blob) if blob else None
 
     def hand_edited(self, rel: str, current: bytes | None) -> bool:
-        """True if a person changed `rel`: it differs from what memstore last wrote (or committed)."""
+        """True if a person changed `rel`: it differs from the branch and from memstore's pending edits."""
         disk = blob_id(current) if current is not None else None
-        held = self._held.__dict__.get("files", {}).get(rel)
-        return disk != (held.expected if held is not None else self.head_blob(rel))
+        pending = self._journal(rel)
+        return disk != (pending[-1].new if pending else self.head_blob(rel))
 
-    def adopt_hand_edit(self, rel: str, current: bytes | None, subject: str,
-                        trailers: dict[str, str | None]) -> str | None:
-        """Commit the person's change of `rel` (see `hand_edited`) under their name; its commit id."""
-        held: _Held = self._held.files[rel]  # callers hold `locked(rel)`
-        disk = self.git.write_object(b"blob", current) if current is not None else None
-        edit = held.add(disk, self.ws.person, commit_message(subject, trailers))
-        edit.written, edit.stat = True, _stat(f"{self._root}/{rel}")
-        held.save()
-        return self.group.commit(held.pending)
+    # -- writing ---------------------------------------------------------------------------
 
-    def orphaned(self, rel: str) -> bool:
-        """True if edits of `rel` wait for a commit no writer will ask for (theirs died)."""
-        pending = self._held.files[rel].pending  # callers hold `locked(rel)`
-        return bool(pending) and not any(self.group.in_line(e.ticket) for e in pending if e.ticket)
+    @contextmanager
+    def locked(self, rel: str) -> Iterator[bytes | None]:
+        """Hold `rel`'s lock; yield its current content (None: no such file)."""
+        with self.locks.hold(self.locks.file(rel), rel):
+            self.ws.check_state()
+            self._finish(rel, wait=0.0)
+            if self.git.unmerged(rel):
+                raise unmerged_error(rel)
+            yield self.read(rel)
 
-    def settle(self, rel: str) -> str | None:
-        """Commit the edits of `rel` still waiting; the commit id of the last."""
-        held: _Held = self._held.files[rel]  # callers hold `locked(rel)`
-        return self.group.commit(held.pending) if held.pending else None
-
-    def write(self, rel: str, content: bytes | None, current: bytes | None, author: Ident, message: str) -> str | None:
-        """Write `content` (None: delete) and commit it; its commit id, None if nothing changed."""
+    def write(self, rel: str, content: bytes | None, current: bytes | None, author: Ident, message: str) -> Saved:
+        """Write `content` (None: delete) and commit it. Callers hold `locked(rel)`."""
         if content == current:
-            return None
-        held: _Held = self._held.files[rel]  # callers hold `locked(rel)`
-        assert not held.released, "one write per hold of a file lock"
-        edit = held.add(self._keep_content(held, content), author, message)
-        if content is not None and "loose-object" not in self.git.flush:
-            edit.at, edit.size = held.regions[-1]
-        held.save()  # before the file changes: a crash from here on is finished by the next writer
-        target = f"{self._root}/{rel}"
-        if content is None:
-            Path(target).unlink(missing_ok=True)
-        else:
-            self._atomic_write(rel, Path(target), content)
-            edit.stat = _stat(target)
-        edit.written = True
-        held.save()
-        early = len(held.pending) < _MAX_PENDING
+            return Saved(None)
+        blob = self._store_blob(content)
+        journal = self._journal(rel)
+        earlier = bool(journal)
+        journal.append(_Entry(blob_id(current) if current is not None else None, blob, author.name, author.email,
+                              message))
         try:
-            return self.group.commit(held.pending, queued=held.let_go if early else None)
-        except (MemstoreError, OSError) as exc:
-            # The edit is in the file and recorded as waiting for its commit, which the next
-            # writer of the file or the watcher makes. Reporting a failure would only make the
-            # caller repeat an edit that happened.
-            log.warning("%s: edit written, its commit is waiting: %s", rel, exc)
-            return None
-
-    def _keep_content(self, held: _Held, content: bytes | None) -> str | None:
-        """The new blob's id, its content kept for the commit.
-
-        Kept in the file's lock (after the contents of its edits still waiting), which costs
-        no new file; or, when git's `core.fsync` asks for flushed objects, written as a loose
-        object and flushed.
-        """
-        if content is None:
-            return None
-        if "loose-object" in self.git.flush:
-            return self.git.write_object(b"blob", content)
-        held.lock.write_content(held.place(len(content)), content)
-        return blob_id(content)
-
-    def _atomic_write(self, rel: str, target: Path, content: bytes) -> None:
-        """Replace `target` with `content` by a rename; the old file is freed in the background.
-
-        Freeing a file costs a millisecond and more on some disks; done here it would hold
-        up the next writer of the file, which waits for this lock.
-        """
-        tmp, fd = self._held.__dict__.get("spares", {}).pop(rel, None) or self._spares.take()
+            self._save_journal(rel, journal)
+        except OSError as exc:
+            raise _disk_error(rel, exc) from None
         try:
-            write_all(fd, content)
-            if "loose-object" in self.git.flush:  # the file goes with its objects (git's core.fsync)
-                os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            remove_file(tmp)
+            self._put(rel, content)
+        except OSError as exc:
+            self._save_journal(rel, journal[:-1])
+            raise _disk_error(rel, exc) from None
+        if earlier:  # an earlier edit still waits for its obstacle: this one queues behind it
+            return Saved(None, pending=f"{rel}: earlier edits are still waiting for their commit")
+        try:
+            return Saved(self._commit_journal(rel, journal, wait=None))
+        except CommitPending as exc:
+            return Saved(None, pending=str(exc))
+        except MemstoreError:
+            if not self._undo(rel, current, journal[:-1]):  # a hook refused it, or the file is unmerged
+                return Saved(None, pending=f"{rel}: its commit was refused and the file could not be put back")
             raise
-        os.close(fd)
+        except OSError as exc:
+            if not self._undo(rel, current, journal[:-1]):
+                return Saved(None, pending=f"{rel}: {_disk_error(rel, exc)}; the edit is in the file")
+            raise _disk_error(rel, exc) from None
+
+    def adopt_hand_edit(self, rel: str, current: bytes | None, subject: str, trailers: dict[str, str | None]) -> str:
+        """Commit the person's change of `rel` (see `hand_edited`) under their name; its commit id."""
+        blob = self._store_blob(current)
+        journal = [_Entry(self.head_blob(rel), blob, self.ws.person.name, self.ws.person.email,
+                          commit_message(subject, trailers))]
         try:
-            self.git.replace_later_free(tmp, str(target))
-        except FileNotFoundError:  # a new folder (an agent's first conversation log)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, target)
-        self.git.free_replaced()
+            self._save_journal(rel, journal)
+            version = self._commit_journal(rel, journal, wait=None)
+        except OSError as exc:
+            self._save_journal(rel, [])
+            raise _disk_error(rel, exc) from None
+        except CommitPending:
+            self._save_journal(rel, [])  # a hand edit stays a hand edit; it is picked up again later
+            raise
+        return version
 
+    def _store_blob(self, content: bytes | None) -> str | None:
+        if content is None:
+            return None
+        try:
+            return self.git.write_blob(content)
+        except OSError as exc:
+            raise _disk_error("the git object store", exc) from None
 
-class _Held:
-    """A file lock held by this thread, with the file's edits still waiting for a commit.
-
-    The lock's state record is {"seq": last edit number, "pending": [edits]}; the lock's
-    mark, set by group commit, is the last number committed, so pending edits at or below
-    it are done.
-    """
-
-    def __init__(self, rel: str, lock: FairLock, seq: int, pending: list[Edit], expected: str | None) -> None:
-        self.rel = rel
-        self.lock = lock
-        self.seq = seq
-        self.pending = pending
-        self.expected = expected  # what the file holds unless a person changed it
-        self.released = False
-        # Where the contents of the edits still waiting are kept (at, size): they must stay.
-        self.regions = [(e.at, e.size) for e in pending if e.at is not None]
-
-    @classmethod
-    def open(cls, committer: Committer, rel: str, lock: FairLock, current: bytes | None) -> _Held:
-        state = _read_state(lock.read_state())
-        mark = lock.read_mark()
-        pending = [e for e in _edits(state.get("pending")) if e.seq > mark]
-        disk = blob_id(current) if current is not None else None
-        if pending and not pending[-1].written:  # its writer died around writing the file
-            if disk == pending[-1].new:
-                pending[-1].written = True
-            else:
-                pending.pop()  # it never reached the file: it never happened
-        # What the file holds unless a person changed it: the last edit still waiting for its
-        # commit, else the branch (so any other difference, e.g. after a `git reset`, is a hand edit).
-        expected = pending[-1].new if pending else committer.head_blob(rel)
-        return cls(rel, lock, max(int(state.get("seq", 0)), mark), pending, expected)
-
-    def add(self, new: str | None, author: Ident, message: str) -> Edit:
-        """Record the next edit of the file, on top of what it holds now."""
-        self.seq += 1
-        edit = Edit(self.rel, self.seq, self.expected, new, author, message)
-        self.pending.append(edit)
-        self.expected = new
-        return edit
-
-    def place(self, size: int) -> int:
-        """Where to keep a new content of `size` bytes without touching those still needed.
-
-        At the start of the area when it fits below them, else after them: the area stays
-        about as big as the contents that wait at one time. With none waiting, the space of
-        old ones is given back once it is large.
-        """
-        if not self.regions:
-            self.lock.trim_content(max(4 * size, _TRIM_OVER))
-            at = CONTENT_AT
-        elif size <= min(at for at, _ in self.regions) - CONTENT_AT:
-            at = CONTENT_AT
+    def _put(self, rel: str, content: bytes | None) -> None:
+        target = self.ws.root / rel
+        if content is None:
+            target.unlink(missing_ok=True)
         else:
-            at = max(at + length for at, length in self.regions)
-        self.regions.append((at, size))
-        return at
+            write_atomic(target, self.git.to_workdir(rel, content), self.ws.tmp_dir,
+                         flush="loose-object" in self.git.flush)
 
-    def save(self) -> None:
-        self.lock.write_state(json.dumps({"seq": self.seq, "pending": [e.to_json() for e in self.pending]}).encode())
+    def _undo(self, rel: str, current: bytes | None, journal: list[_Entry]) -> bool:
+        """Put the file back as it was before a write whose commit was refused; False if it cannot be."""
+        try:
+            self._put(rel, current)
+            self._save_journal(rel, journal)
+        except OSError:
+            return False  # the journal keeps the edit: it is committed once the disk takes it
+        return True
 
-    def let_go(self, ticket: int) -> None:
-        """Our request is in line: record its ticket and free the file for the next writer."""
-        self.save()
-        self.lock.release()
-        self.released = True
+    # -- committing the journal --------------------------------------------------------------
+
+    def _commit_journal(self, rel: str, journal: list[_Entry], wait: float | None) -> str:
+        """Commit each journal entry in order, clearing each once its commit exists; the last commit."""
+        version = ""
+        with self.locks.hold(REPO_LOCK, "the repository"):
+            while journal:
+                entry = journal[0]
+                if self.git.native_commit and len(journal) > 1:  # git commits what the file holds
+                    self._put(rel, self.git.read_blob(entry.new) if entry.new else None)
+                version = self.git.commit(rel, entry.new, Ident(entry.name, entry.email), entry.message,
+                                          COMMITTER, on_disk=len(journal) == 1, wait=wait)
+                journal.pop(0)
+                self._save_journal(rel, journal)
+        if self.on_commit is not None:
+            self.on_commit()
+        return version
+
+    def _finish(self, rel: str, wait: float | None) -> str | None:
+        """Commit the edits of `rel` a blocked or killed writer left in its journal (under the file lock)."""
+        journal = self._journal(rel)
+        if not journal:
+            return None
+        disk = self.read(rel)
+        disk_blob = blob_id(disk) if disk is not None else None
+        if disk_blob != journal[-1].new and disk_blob == journal[-1].base:
+            journal.pop()  # its writer died before the file changed: it never happened
+        head = self.head_blob(rel)
+        while journal and journal[0].base != head and any(e.new == head for e in journal):
+            journal.pop(0)  # committed; its writer died before clearing it
+        if not journal or journal[0].base != head or disk_blob != journal[-1].new:
+            if journal:
+                log.warning("%s: dropping %d pending edit(s) that no longer match the file or the branch "
+                            "(a git reset or checkout replaced them)", rel, len(journal))
+            self._save_journal(rel, [])
+            return None
+        try:
+            return self._commit_journal(rel, journal, wait=wait)
+        except CommitPending:
+            return None
+
+    def pending_files(self) -> list[str]:
+        """The files with edits written but not yet committed."""
+        try:
+            entries = list(os.scandir(self.ws.pending_dir))
+        except FileNotFoundError:
+            return []
+        return sorted(e.name[:-5].replace("__", "/") for e in entries
+                      if e.name.endswith(".json") and e.stat().st_size > 0)
+
+    def finish_all(self, wait: float | None = 0.0) -> list[str]:
+        """Commit every pending edit whose obstacle has cleared; the files still pending."""
+        waiting = []
+        for rel in self.pending_files():
+            with self.locks.hold(self.locks.file(rel), rel):
+                self._finish(rel, wait=wait)
+                if self._journal(rel):
+                    waiting.append(rel)
+        return waiting
+
+    # -- the journal -------------------------------------------------------------------------
+
+    def _journal_path(self, rel: str) -> Path:
+        return self.ws.pending_dir / (rel.replace("/", "__") + ".json")
+
+    def _journal(self, rel: str) -> list[_Entry]:
+        try:
+            raw = self._journal_path(rel).read_bytes()
+        except FileNotFoundError:
+            return []
+        if not raw:
+            return []
+        try:
+            return [_Entry(**item) for item in json.loads(raw)]
+        except (ValueError, TypeError):
+            return []  # torn by a writer killed while writing it: that edit never reached the file
+
+    def _save_journal(self, rel: str, journal: list[_Entry]) -> None:
+        """Rewrite the journal in place (no new file per edit); empty when nothing waits."""
+        data = json.dumps([asdict(e) for e in journal]).encode() if journal else b""
+        fd = os.open(self._journal_path(rel), os.O_WRONLY | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
+        try:
+            write_all(fd, data)
+            os.ftruncate(fd, len(data))
+        finally:
+            os.close(fd)
 
 
-class _SparePool:
-    """Empty temp files made ahead for writes, shared by a process's threads.
-
-    A file is created before the file's lock is taken (creating one is slow on some disks,
-    and the writers queued behind would wait for it); one a thread did not use goes back
-    for the next. They are named `next.<pid>.<random>`: the stale-file sweep leaves the
-    ones of live processes alone, and a process removes its own when it exits.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        self._folder = folder
-        self._lock = threading.Lock()
-        self._pid = os.getpid()
-        self._free: list[tuple[str, int]] = []
-        _POOLS.add(self)
-
-    def take(self) -> tuple[str, int]:
-        with self._lock:
-            self._after_fork()
-            if self._free:
-                return self._free.pop()
-        path = f"{self._folder}/next.{os.getpid()}.{secrets.token_hex(6)}"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        return path, fd
-
-    def give_back(self, spare: tuple[str, int]) -> None:
-        with self._lock:
-            self._after_fork()
-            if os.path.basename(spare[0]).split(".")[1] == str(self._pid):
-                self._free.append(spare)
-
-    def _after_fork(self) -> None:
-        if self._pid != os.getpid():  # a forked child: the parent's files are the parent's
-            self._pid, self._free = os.getpid(), []
-
-    def remove_all(self) -> None:
-        with self._lock:
-            if self._pid == os.getpid():
-                for path, fd in self._free:
-                    os.close(fd)
-                    remove_file(path)
-                self._free = []
-
-
-_POOLS: weakref.WeakSet[_SparePool] = weakref.WeakSet()
-
-
-@atexit.register
-def _remove_spares() -> None:
-    for pool in list(_POOLS):
-        pool.remove_all()
-
-
-def _read_state(raw: bytes) -> dict[str, Any]:
-    if not raw:
-        return {}
-    try:
-        state = json.loads(raw)
-    except ValueError:
-        return {}
-    return state if isinstance(state, dict) and "seq" in state else {}
-
-
-def _edits(items: Any) -> list[Edit]:
-    try:
-        return [Edit.from_json(item) for item in items or []]
-    except (ValueError, TypeError):
-        return []
-
-
-def _stat(path: str) -> tuple[int, int, int, int] | None:
-    try:
-        return stat_key(os.stat(path))
-    except FileNotFoundError:
-        return None
+def _disk_error(where: str, exc: OSError) -> MemstoreError:
+    reason = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
+              errno.EACCES: "permission denied", errno.EDQUOT: "the disk quota is exceeded"}.get(
+        exc.errno or 0, exc.strerror or str(exc))
+    return WorkspaceError(f"Cannot write {where}: {reason}. Nothing was changed.")

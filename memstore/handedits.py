@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel
 
 from .blockfile import agent_from_file, load_block, parse_document, render_document
-from .commits import blob_id, commit_message
+from .commits import commit_message
+from .gitrepo import blob_id
 from .errors import FileFormatError, MemstoreError
 from .workspace import COMMITTER
 
@@ -59,10 +60,11 @@ def pick_up(store: Store, rel: str) -> PickUp:
     if not is_watched(rel):
         return PickUp(path=rel, action="unchanged")
     commits = store.commits
-    with commits.locked(rel) as current:
+    had_pending = rel in commits.pending_files()
+    with commits.locked(rel) as current:  # commits what a blocked or killed writer left first
         if not commits.hand_edited(rel, current):  # as memstore last wrote it
-            if commits.orphaned(rel):  # its writer died before its commit
-                return PickUp(path=rel, action="recovered", version=commits.settle(rel))
+            if had_pending and rel not in commits.pending_files():
+                return PickUp(path=rel, action="recovered", version=store.ws.git.tip())
             return PickUp(path=rel, action="unchanged")
         head = commits.head_blob(rel)
         if current is None:
@@ -179,7 +181,7 @@ def _add_id(store: Store, rel: str, current: bytes) -> str | None:
     if problem:
         return None  # committed as written; `status` shows what still needs fixing
     return store.commits.write(rel, data, current, COMMITTER, commit_message(
-        f"Add id to {rel}", {"Memstore-Op": "add_id", "Memstore-Block": added["id"]}))
+        f"Add id to {rel}", {"Memstore-Op": "add_id", "Memstore-Block": added["id"]})).version
 
 
 def _new_block_document(data: bytes, rel: str) -> tuple[dict[str, Any], str]:
@@ -211,8 +213,8 @@ def status(store: Store) -> Status:
 
 def _candidates(store: Store) -> list[str]:
     on_disk = {f"{d}/{p.name}" for d in ("blocks", "agents") for p in (store.ws.root / d).glob("*.md")}
-    out = store.ws.git.repo.git.ls_files("--", "blocks/*.md", "agents/*.md")
-    return sorted(r for r in on_disk | set(out.splitlines()) if is_watched(r))
+    committed = set(store.ws.git.files_in(("blocks", "agents")))
+    return sorted(r for r in on_disk | committed if is_watched(r))
 
 
 def _dangling(store: Store) -> list[str]:

@@ -7,15 +7,14 @@ repository of 100k commits; `maintain` keeps that graph current.
 
 from __future__ import annotations
 
-import os
 import subprocess
+import sys
 import threading
 
 import git
-from filelock import lock_descriptor
 
 from .errors import NotFoundError
-from .gitobjects import GitStore
+from .gitrepo import GitRepo
 from .models import HistoryEntry
 
 _FIELDS = ["%H", "%an", "%ae", "%aI", "%s",
@@ -25,9 +24,9 @@ _FIELDS = ["%H", "%an", "%ae", "%aI", "%s",
 _FORMAT = "%x1f".join(_FIELDS) + "%x1e"
 
 
-def file_history(store: GitStore, rel: str, limit: int = 20, block_id: str | None = None) -> list[HistoryEntry]:
+def file_history(store: GitRepo, rel: str, limit: int = 20, block_id: str | None = None) -> list[HistoryEntry]:
     """Commits that changed `rel`, newest first; stops at the creation of `block_id`."""
-    out = store.repo.git.log(f"-n{limit}", f"--format={_FORMAT}", "--", rel)
+    out = _git(store).log(f"-n{limit}", f"--format={_FORMAT}", "--", rel)
     entries = []
     for record in out.split("\x1e"):
         parts = record.strip("\n").split("\x1f")
@@ -40,31 +39,38 @@ def file_history(store: GitStore, rel: str, limit: int = 20, block_id: str | Non
         ))
         if block_id and block == block_id and op == "create_block":
             break
+    if entries and len(entries) < limit and store.shallow and store.is_shallow_boundary(entries[-1].version):
+        entries[-1] = entries[-1].model_copy(update={"history_cut": True})
     return entries
 
 
-def resolve_version(store: GitStore, version: str) -> str:
+def _git(store: GitRepo) -> git.Git:
+    """git's own commands in the workspace (history, diffs and revisions are git's to answer)."""
+    return git.Git(str(store.root))
+
+
+def resolve_version(store: GitRepo, version: str) -> str:
     """A full commit id for `version` (a commit id, a prefix, or any git revision)."""
     if not isinstance(version, str) or not version or version.startswith("-"):
         raise NotFoundError(f"Version {version!r} is not a commit id.")
     try:
-        return store.repo.git.rev_parse("--verify", "--quiet", f"{version}^{{commit}}").strip()
+        return _git(store).rev_parse("--verify", "--quiet", f"{version}^{{commit}}").strip()
     except git.GitCommandError:
         raise NotFoundError(f"No version {version!r} in this workspace's history.") from None
 
 
-def content_at(store: GitStore, rel: str, version: str) -> bytes:
+def content_at(store: GitRepo, rel: str, version: str) -> bytes:
     """The bytes of `rel` as of commit `version`."""
     commit = resolve_version(store, version)
-    entry = store.entry_at(store.commit_tree(commit), rel)
-    if entry is None:
+    blob = store.blob_at(commit, rel)
+    if blob is None:
         raise NotFoundError(f"{rel} did not exist at version {commit[:12]}.")
-    return store.read_object(entry[1])[1]
+    return store.read_blob(blob)
 
 
-def last_version(store: GitStore, rel: str) -> str | None:
+def last_version(store: GitRepo, rel: str) -> str | None:
     """The commit that last changed `rel`."""
-    out = store.repo.git.log("-n1", "--format=%H", "--", rel).strip()
+    out = _git(store).log("-n1", "--format=%H", "--", rel).strip()
     return out or None
 
 
@@ -76,14 +82,14 @@ class LastChange:
     new HEAD to the remembered one: a few tree lookups per new commit, cached trees.
     """
 
-    def __init__(self, store: GitStore, max_walk: int = 256) -> None:
+    def __init__(self, store: GitRepo, max_walk: int = 256) -> None:
         self.store = store
         self.max_walk = max_walk
         self._known: dict[str, tuple[str, str | None]] = {}
         self._lock = threading.Lock()
 
     def get(self, rel: str) -> str | None:
-        head = self.store.read_ref(self.store.head_ref())
+        head = self.store.tip()
         if head is None:
             return None
         with self._lock:
@@ -102,12 +108,11 @@ class LastChange:
         for _ in range(self.max_walk if known else self.max_walk // 4):
             if commit == seen:
                 return version
-            parents = self.store.commit_parents(commit)
+            parents = self.store.parents(commit)
             if len(parents) != 1:
                 return _UNKNOWN  # a root or a merge: let git answer
             parent = parents[0]
-            here = self.store.entry_at(self.store.commit_tree(commit), rel)
-            if here != self.store.entry_at(self.store.commit_tree(parent), rel):
+            if self.store.blob_at(commit, rel) != self.store.blob_at(parent, rel):
                 return commit
             commit = parent
         return _UNKNOWN
@@ -116,47 +121,25 @@ class LastChange:
 _UNKNOWN = object()
 
 
-def diff(store: GitStore, rel: str, from_version: str, to_version: str | None = None) -> str:
+def diff(store: GitRepo, rel: str, from_version: str, to_version: str | None = None) -> str:
     """A unified diff of `rel` between two versions (to_version None: the file on disk)."""
     revs = [resolve_version(store, from_version)]
     if to_version is not None:
         revs.append(resolve_version(store, to_version))
-    return str(store.repo.git.diff(*revs, "--", rel))
+    return str(_git(store).diff(*revs, "--", rel))
 
 
 def maintain(workdir: str) -> None:
-    """Start git's housekeeping in the background: pack objects, refresh the commit-graph.
+    """Start git's housekeeping in a background process: pack objects, refresh the commit-graph.
 
-    At the lowest CPU (and, where the disk scheduler supports it, I/O) priority: packing a
-    few thousand loose objects costs ~0.4 s of CPU, which under a burst of edits would
-    otherwise be taken from the writers. It leaves out the steps that lock the branch
-    (packing refs, expiring reflogs): run slowly, they would hold up every commit; a
-    person's own `git gc` still does them.
-
-    Group commit writes a small pack per batch. A geometric repack rolls small packs into
-    bigger ones, so the count stays logarithmic and the work stays proportional to what is
-    new; gc's own trigger on the number of packs (which repacks everything) is off here.
+    `python -m memstore.maintain` runs it at low priority, one run at a time.
     """
-    script = (
-        "ionice -c 3 -p $$ >/dev/null 2>&1; "  # idle I/O priority where the disk scheduler has one
-        "git -c gc.autoDetach=false -c gc.writeCommitGraph=false -c gc.packRefs=false -c gc.autoPackLimit=0 "
-        "-c gc.reflogExpire=never -c gc.reflogExpireUnreachable=never gc --auto --quiet; "
-        "git repack --geometric=2 -d -l -q; "
-        "git commit-graph write --reachable --changed-paths --split --size-multiple=4 2>/dev/null"
-    )
-    # One run at a time: the run holds an flock on this file until it exits (it inherits the
-    # descriptor), and a burst of edits that asks for more meanwhile starts none.
-    lock_path = f"{workdir}/.memstore/locks/maintain.lock"
+    flags = {"start_new_session": True} if sys.platform != "win32" else {
+        "creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.BELOW_NORMAL_PRIORITY_CLASS}
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError:
-        return
-    try:
-        if not lock_descriptor(fd, blocking=False):
-            return
         subprocess.Popen(  # noqa: S603 - fixed command line
-            ["nice", "-n", "19", "sh", "-c", script], cwd=workdir, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, pass_fds=(fd,),
+            [sys.executable, "-m", "memstore.maintain", workdir], cwd=workdir, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **flags,
         )
-    finally:
-        os.close(fd)  # ours only: the run keeps its copy, and with it the lock
+    except OSError:
+        pass

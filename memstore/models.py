@@ -122,11 +122,13 @@ class Agent(BaseModel):
 
 
 class EditResult(BaseModel):
-    """The outcome of one committed change."""
+    """The outcome of one change: the commit that holds it, or why its commit is pending."""
 
     block: Block
-    version: str = Field(description="the commit this edit made")
+    version: str | None = Field(description="the commit this edit made; null while its commit is pending")
     op: str
+    pending: str | None = Field(default=None, description="why the commit is not made yet (it will be, by "
+                                                          "the next memstore operation)")
 
 
 class HistoryEntry(BaseModel):
@@ -139,3 +141,4 @@ class HistoryEntry(BaseModel):
     op: str | None = None
     agent_id: str | None = None
     message: str
+    history_cut: bool = Field(default=False, description="a shallow clone: history before this commit is not here")

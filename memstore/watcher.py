@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from .commits import blob_id
+from .gitrepo import blob_id
 from .errors import MemstoreError
 from .handedits import PickUp, is_watched, pick_up
 
@@ -33,6 +33,7 @@ log = logging.getLogger("memstore.watcher")
 
 DEBOUNCE = 0.15  # seconds a file must stay quiet before it is handled
 DELETE_GRACE = 1.5  # seconds a file must stay gone before its deletion is committed
+RETRY_PENDING = 0.5  # seconds between tries to commit edits a git command held up
 ChangeKind = str  # "updated" | "created" | "deleted"
 
 
@@ -48,6 +49,7 @@ class Watcher:
         self._due: dict[str, float] = {}
         self._seen: dict[str, str | None] = {}  # rel -> blob last reported
         self._grace: dict[str, float] = {}  # missing files -> when their deletion may be committed
+        self._next_retry = 0.0  # when pending edits are next tried
         self.ready = threading.Event()  # set once the start-up scan is done
         self._cond = threading.Condition()
         self._stopping = False
@@ -94,7 +96,7 @@ class Watcher:
             self.ready.set()
         while True:
             with self._cond:
-                while not self._stopping and not self._ready():
+                while not self._stopping and not self._ready() and not self._retry_due():
                     self._cond.wait(timeout=self._wait_time())
                 if self._stopping:
                     return
@@ -104,13 +106,36 @@ class Watcher:
                     del self._due[rel]
             for rel in ready:
                 self._handle(rel)
+            if self._retry_due():
+                self._retry_pending()
+
+    def _retry_due(self) -> bool:
+        return time.monotonic() >= self._next_retry and bool(self.store.commits.pending_files())
+
+    def _retry_pending(self) -> None:
+        """Commit edits that waited for a git command's lock, now that it may be let go."""
+        self._next_retry = time.monotonic() + RETRY_PENDING
+        try:
+            waiting = self.store.commits.pending_files()
+            still = set(self.store.commits.finish_all())
+        except (MemstoreError, OSError) as exc:
+            self._record_error("(pending edits)", exc)
+            return
+        for rel in waiting:
+            if rel not in still:
+                log.info("%s: committed an edit that waited for its commit", rel)
+                self._report(rel)
 
     def _ready(self) -> bool:
         now = time.monotonic()
         return any(due <= now for due in self._due.values())
 
     def _wait_time(self) -> float | None:
-        return max(0.0, min(self._due.values()) - time.monotonic()) if self._due else None
+        due = max(0.0, min(self._due.values()) - time.monotonic()) if self._due else None
+        if self.store.commits.pending_files():
+            retry = max(0.0, self._next_retry - time.monotonic())
+            due = retry if due is None else min(due, retry)
+        return due
 
     def _handle(self, rel: str) -> None:
         try:
@@ -165,14 +190,12 @@ class Watcher:
     def _remember_current(self) -> None:
         """Each file as committed at start: a hand edit waiting now is news once picked up."""
         git = self.store.ws.git
-        head = git.read_ref(git.head_ref())
-        tree = git.commit_tree(head) if head else None
+        head = git.tip()
         for folder, kind in ((self.store.ws.blocks_dir, "blocks"), (self.store.ws.agents_dir, "agents")):
             for path in folder.glob("*.md"):
                 rel = f"{kind}/{path.name}"
                 if is_watched(rel):
-                    entry = git.entry_at(tree, rel) if tree else None
-                    self._seen[rel] = entry[1] if entry else None
+                    self._seen[rel] = git.blob_at(head, rel) if head else None
 
     def _pending_at_start(self) -> list[str]:
         """Files that already differ from their last commit when the watcher starts."""

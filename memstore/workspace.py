@@ -9,16 +9,16 @@ from __future__ import annotations
 import getpass
 import os
 import shutil
+import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-import git
-
 from .errors import WorkspaceError
-from .gitobjects import GitStore, Ident
+from .gitrepo import GitRepo, Ident, git_config
 
 ENV_WORKSPACE = "MEMSTORE_WORKSPACE"
 COMMITTER = Ident("memstore", "memstore@agents.memstore")
@@ -45,7 +45,7 @@ class Workspace:
     """Paths, the repository and identities of one open workspace."""
 
     root: Path
-    git: GitStore
+    git: GitRepo
     person: Ident
 
     @cached_property
@@ -69,10 +69,9 @@ class Workspace:
         return self.state_dir / "tmp"
 
     @cached_property
-    def trash_dir(self) -> Path:
-        """Replaced git files (index, branch ref) waiting to be freed off the lock."""
-        return self.state_dir / "trash"
-
+    def pending_dir(self) -> Path:
+        """Journals of edits written but not yet committed (see commits.py)."""
+        return self.state_dir / "pending"
 
     def read_state(self, name: str) -> str | None:
         """A small local-state note in `.memstore/` (never committed), or None."""
@@ -97,7 +96,7 @@ class Workspace:
         for marker, problem in _IN_PROGRESS.items():
             if os.path.exists(f"{git_dir}/{marker}"):
                 raise WorkspaceError(f"{self.root}: {problem}.")
-        self.git.head_ref()
+        self.git.branch()
 
 
 def resolve_root(path: str | os.PathLike[str] | None) -> Path:
@@ -117,65 +116,32 @@ def open_workspace(path: str | os.PathLike[str] | None = None) -> Workspace:
         )
     if not (root / "blocks").is_dir():
         raise WorkspaceError(f"{root} is not a memstore workspace (no blocks/ folder). Run `memstore init DIR`.")
-    try:
-        repo = git.Repo(root)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
-        raise WorkspaceError(f"{root}: the git repository is unreadable ({exc}).") from None
-    store = GitStore(repo)
-    try:
-        head = store.read_ref(store.head_ref())
-    except OSError as exc:
-        raise WorkspaceError(f"{root}: cannot read HEAD ({exc}).") from None
-    if head is None:
+    store = GitRepo(root)
+    if store.tip() is None:
         raise WorkspaceError(f"{root}: the repository has no commits yet. Run `memstore init` on a new folder.")
-    ws = Workspace(root=root, git=store, person=person_ident(repo))
-    for folder in (ws.locks_dir, ws.tmp_dir, ws.trash_dir, ws.agents_dir):
+    ws = Workspace(root=root, git=store, person=person_ident(store.config))
+    for folder in (ws.locks_dir, ws.tmp_dir, ws.pending_dir, ws.agents_dir):
         folder.mkdir(parents=True, exist_ok=True)
     _remove_stale_temp_files(ws.tmp_dir)
-    _remove_stale_temp_files(ws.trash_dir, age=60)  # left by a committer that died
     return ws
 
 
 def _remove_stale_temp_files(folder: Path, age: float = 3600) -> None:
-    """Temp files of writers that were killed mid-write; a live writer renames its own in ms.
-
-    Spare files a live process made ahead for its next write (`<kind>.<pid>.<random>`) stay.
-    """
+    """Temp files of writers that were killed mid-write; a live writer renames its own in ms."""
     cutoff = time.time() - age
     for entry in os.scandir(folder):
         try:
-            if entry.stat().st_mtime < cutoff and not _spare_of_live_process(entry.name):
+            if entry.stat().st_mtime < cutoff:
                 os.unlink(entry.path)
         except FileNotFoundError:
             pass
 
 
-def _spare_of_live_process(name: str) -> bool:
-    parts = name.split(".")
-    return len(parts) == 3 and parts[1].isdigit() and process_alive(int(parts[1]))
-
-
-def process_alive(pid: object) -> bool:
-    """True if process `pid` exists (it may belong to another user)."""
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def person_ident(repo: git.Repo | None = None) -> Ident:
+def person_ident(config: dict[str, str] | None = None) -> Ident:
     """The person's identity: MEMSTORE_AUTHOR_*, else git's user.name/email, else the login."""
-    name = os.environ.get("MEMSTORE_AUTHOR_NAME")
-    email = os.environ.get("MEMSTORE_AUTHOR_EMAIL")
-    if (not name or not email) and repo is not None:
-        reader = repo.config_reader()
-        name = name or str(reader.get_value("user", "name", "") or "")
-        email = email or str(reader.get_value("user", "email", "") or "")
+    config = config or {}
+    name = os.environ.get("MEMSTORE_AUTHOR_NAME") or config.get("user.name")
+    email = os.environ.get("MEMSTORE_AUTHOR_EMAIL") or config.get("user.email")
     login = _login()
     return Ident(name or login, email or f"{login}@localhost")
 
@@ -188,24 +154,46 @@ def _login() -> str:
 
 
 def init_workspace(path: str | os.PathLike[str]) -> Workspace:
-    """Create a workspace: copy the template into a new repository and commit it."""
+    """Create a workspace: the template in a new repository, first commit.
+
+    It is built in a temp folder beside the target and moved into place at the end, so a
+    failure never leaves a half-made workspace.
+    """
     root = Path(path).expanduser().resolve()
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise WorkspaceError(f"{root} already exists and is not an empty folder; choose a new folder.")
+    fmt = os.environ.get("GIT_DEFAULT_HASH", "sha1").lower()
+    if fmt != "sha1":
+        raise WorkspaceError(f"GIT_DEFAULT_HASH={fmt}: memstore works with SHA-1 repositories only (git's default); "
+                             "unset GIT_DEFAULT_HASH and run `memstore init` again.")
     try:
-        shutil.copytree(template_dir(), root, dirs_exist_ok=True)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        build = Path(tempfile.mkdtemp(prefix=f".{root.name}.init-", dir=root.parent))
     except OSError as exc:
         raise WorkspaceError(f"cannot create {root}: {exc.strerror or exc}") from None
-    repo = git.Repo.init(root, initial_branch="main")
-    with repo.config_writer() as config:
-        config.set_value("gc", "auto", "1000")
-    repo.git.add("-A")
-    person = person_ident(repo)
-    actor = git.Actor(person.name, person.email)
-    repo.index.commit(
-        "Initialize memstore workspace\n\nMemstore-Op: init\n",
-        author=actor,
-        committer=git.Actor(COMMITTER.name, COMMITTER.email),
-    )
-    repo.close()
+    try:
+        shutil.copytree(template_dir(), build, dirs_exist_ok=True)
+        _git(build, "init", "--quiet", "--initial-branch=main", "--object-format=sha1")
+        _git(build, "config", "gc.auto", "1000")
+        _git(build, "add", "-A")
+        person = person_ident(git_config(build))
+        _git(build, "commit", "--quiet", "--no-verify", "--no-gpg-sign", "-m", "Initialize memstore workspace",
+             "-m", "Memstore-Op: init", env={
+                 "GIT_AUTHOR_NAME": person.name, "GIT_AUTHOR_EMAIL": person.email,
+                 "GIT_COMMITTER_NAME": COMMITTER.name, "GIT_COMMITTER_EMAIL": COMMITTER.email})
+        if root.exists():
+            root.rmdir()
+        build.rename(root)
+    except (OSError, WorkspaceError) as exc:
+        shutil.rmtree(build, ignore_errors=True)
+        if isinstance(exc, WorkspaceError):
+            raise
+        raise WorkspaceError(f"cannot create {root}: {exc.strerror or exc}") from None
     return open_workspace(root)
+
+
+def _git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          env={**os.environ, **(env or {})})
+    if proc.returncode != 0:
+        raise WorkspaceError(f"git {args[0]} failed: {(proc.stderr or proc.stdout).strip()}")

@@ -399,7 +399,7 @@ def test_background_maintenance_packs_objects_and_writes_the_commit_graph(store:
     subprocess.run(["git", "config", "gc.auto", "1"], cwd=store.ws.root, check=True)  # pack even this few
     in_17 = 0  # git estimates the loose objects from those in objects/17: make sure it sees some
     for i in range(100_000):
-        in_17 += store.ws.git.write_object(b"blob", b"%d" % i).startswith("17")
+        in_17 += store.ws.git.write_blob(b"%d" % i).startswith("17")
         if in_17 == 3:
             break
     history.maintain(str(store.ws.root))

@@ -59,12 +59,11 @@ def die(ws: str, agent: str, label: str, text: str, where: str) -> None:
     import os
 
     from memstore.commits import Committer
-    from memstore.groupcommit import GroupCommit
 
     if where == "before-write":
-        Committer._atomic_write = lambda *args, **kwargs: os._exit(9)  # type: ignore[method-assign]
+        Committer._put = lambda *args, **kwargs: os._exit(9)  # type: ignore[method-assign]
     elif where == "before-commit":
-        GroupCommit.commit = lambda *args, **kwargs: os._exit(9)  # type: ignore[method-assign]
+        Committer._commit_journal = lambda *args, **kwargs: os._exit(9)  # type: ignore[method-assign]
     store = Store.open(ws)
     store.memory_insert(label, text, actor=store.get_agent(agent).actor())
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..commits import commit_message
-from ..gitobjects import Ident
+from ..gitrepo import Ident
 from ..models import Agent
 from ..validation import check_count
 from .messages import dump_lines, parse_log

@@ -119,7 +119,8 @@ def _memory(op: str) -> Callable[[ToolContext, dict[str, Any]], str]:
         args = dict(args)
         label = _arg(args, "label", str)
         result = getattr(ctx.store, op)(label, **args, actor=ctx.agent.actor())
-        return (f"The memory block `{result.block.label}` was edited ({op}, commit {result.version[:12]}); "
+        where = f"commit {result.version[:12]}" if result.version else "its commit is pending"
+        return (f"The memory block `{result.block.label}` was edited ({op}, {where}); "
                 f"it now holds {result.block.chars_current} of {result.block.limit} characters.")
     return run
 
