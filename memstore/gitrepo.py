@@ -549,7 +549,7 @@ def _remove_if_same(path: Path, st: os.stat_result) -> None:
         now = os.stat(path)
     except FileNotFoundError:
         return
-    if (now.st_ino, now.st_ctime_ns) == (st.st_ino, st.st_ctime_ns):
+    if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):  # ours: its inode is held open or proven ours
         path.unlink(missing_ok=True)
 
 

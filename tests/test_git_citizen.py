@@ -1,0 +1,241 @@
+"""Beside a person's git: real git commands in the same repository, and memstore keeps git's contracts."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from memstore import Store
+from memstore import gitrepo
+from memstore.errors import ConflictError, WorkspaceError
+
+from .conftest import assert_clean_repo, git
+
+ROOT = Path(__file__).resolve().parent.parent
+MEMSTORE = str(Path(sys.executable).with_name("memstore"))
+
+
+@pytest.fixture(autouse=True)
+def short_lock_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gitrepo, "LOCK_WAIT", 0.2)
+
+
+def agent_store(store: Store) -> tuple[Store, object]:
+    block = store.create_block("org", "Org: Letta")
+    agent = store.create_agent("agent1", "openai/gpt-4o-mini", block_ids=[block.id])
+    return store, agent.actor()
+
+
+def test_stash_pop_conflict_is_refused_until_resolved(store: Store, ws_path: Path) -> None:
+    store, actor = agent_store(store)
+    path = ws_path / "blocks/org.md"
+    path.write_text(path.read_text().replace("Org: Letta", "Org: Letta (person)"))
+    git(ws_path, "stash")
+    store.memory_replace("org", "Org: Letta", "Org: Letta Inc", actor=actor)
+    assert subprocess.run(["git", "stash", "pop"], cwd=ws_path, capture_output=True).returncode != 0
+    assert "<<<<<<<" in path.read_text()
+    with pytest.raises(ConflictError, match="unmerged"):
+        store.memory_insert("org", "more", actor=actor)
+    from memstore.handedits import pick_up
+
+    with pytest.raises(ConflictError, match="unmerged"):
+        pick_up(store, "blocks/org.md")  # conflict markers are never committed as a hand edit
+    assert "<<<<<<<" not in git(ws_path, "show", "HEAD:blocks/org.md")
+    assert subprocess.run(["git", "fsck"], cwd=ws_path, capture_output=True).returncode == 0
+    # the person resolves and commits; edits work again
+    path.write_text(git(ws_path, "show", "HEAD:blocks/org.md").replace("Org: Letta Inc", "Org: Letta Inc (person)"))
+    git(ws_path, "add", "blocks/org.md")
+    git(ws_path, "commit", "-qm", "resolve")
+    git(ws_path, "stash", "drop")
+    assert store.memory_insert("org", "more", actor=actor).version
+    assert store.get_block("org").value == "Org: Letta Inc (person)\nmore"
+    assert_clean_repo(ws_path)
+
+
+def test_a_held_index_lock_leaves_the_edit_pending_and_a_persons_commit_never_reverts_it(
+        store: Store, ws_path: Path) -> None:
+    store, actor = agent_store(store)
+    lock = ws_path / ".git/index.lock"
+    lock.write_bytes(b"")  # `git add -p` holds it while the person picks hunks
+    head = git(ws_path, "rev-parse", "HEAD")
+    result = store.memory_insert("org", "agent line", actor=actor)
+    assert result.version is None and "index.lock" in (result.pending or "")
+    assert git(ws_path, "rev-parse", "HEAD") == head  # the branch did not move without the index
+    assert lock.exists()  # a git command's lock is never removed
+    lock.unlink()  # the person's staging ends
+    (ws_path / "notes.txt").write_text("mine\n")
+    git(ws_path, "add", "notes.txt")
+    git(ws_path, "commit", "-qm", "person's own commit")
+    reopened = Store.open(ws_path)  # any memstore operation commits what waited
+    assert reopened.commits.pending_files() == []
+    assert "agent line" in git(ws_path, "show", "HEAD:blocks/org.md")
+    assert git(ws_path, "log", "-1", "--format=%an", "--", "blocks/org.md").strip() == "agent1"
+    assert_clean_repo(ws_path)
+
+
+def test_a_branch_lock_held_by_git_makes_the_edit_pending_not_a_lie(store: Store, ws_path: Path) -> None:
+    store, actor = agent_store(store)
+    ref_lock = ws_path / ".git/refs/heads/main.lock"
+    ref_lock.write_text("")
+    result = store.memory_insert("org", "agent line", actor=actor)
+    assert result.version is None and "main.lock" in (result.pending or "")
+    assert ref_lock.exists() and not (ws_path / ".git/index.lock").exists()
+    assert "agent line" in store.get_block("org").value  # readers see the edit: it is in the file
+    out = subprocess.run([MEMSTORE, "block", "insert", "org", "second",
+                          "--as", "agent1", "--workspace", str(ws_path)], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert "pending" in out.stdout and "committed" not in out.stdout.replace("commits it", "")
+    ref_lock.unlink()
+    status = subprocess.run([MEMSTORE, "status", "--workspace", str(ws_path)],
+                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert status.returncode == 0, status.stderr
+    log = git(ws_path, "log", "-3", "--format=%an %s").splitlines()
+    assert log[:2] == ["agent1 memory_insert org", "agent1 memory_insert org"]
+    assert_clean_repo(ws_path)
+
+
+def test_a_full_disk_is_one_clear_error_with_nothing_half_applied(store: Store, ws_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    store, actor = agent_store(store)
+    import memstore.commits as commits
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(commits, "write_atomic", full)
+    with pytest.raises(WorkspaceError, match="the disk is full. Nothing was changed"):
+        store.memory_insert("org", "x", actor=actor)
+    monkeypatch.undo()
+    assert store.get_block("org").value == "Org: Letta"
+    assert store.commits.pending_files() == []
+    assert_clean_repo(ws_path)
+
+
+def test_crlf_attributes_and_autocrlf_are_applied_as_git_add_would(store: Store, ws_path: Path) -> None:
+    (ws_path / ".gitattributes").write_text("*.md text eol=crlf\n")
+    git(ws_path, "add", ".gitattributes")
+    git(ws_path, "commit", "-qm", "crlf checkouts")
+    store = Store.open(ws_path)
+    store.create_block("org", "line one\nline two")
+    data = (ws_path / "blocks/org.md").read_bytes()
+    assert b"line one\r\nline two\r\n" in data  # the checkout form
+    assert b"\r" not in git(ws_path, "cat-file", "-p", "HEAD:blocks/org.md").encode()  # the blob: LF
+    store.memory_insert("org", "line three")
+    assert store.get_block("org").value == "line one\nline two\nline three"
+    assert_clean_repo(ws_path)
+
+    git(ws_path, "config", "core.autocrlf", "true")
+    (ws_path / ".gitattributes").unlink()
+    git(ws_path, "commit", "-qam", "plain autocrlf")
+    store = Store.open(ws_path)
+    store.memory_insert("org", "line four")
+    assert "\r" not in store.get_block("org").value
+    assert_clean_repo(ws_path)
+
+
+def test_a_filter_memstore_cannot_apply_is_refused_at_open(store: Store, ws_path: Path) -> None:
+    (ws_path / ".gitattributes").write_text("*.md filter=lfs\n")
+    with pytest.raises(WorkspaceError, match="lfs"):
+        Store.open(ws_path)
+
+
+def _hook(ws: Path, name: str, body: str) -> Path:
+    hook = ws / ".git/hooks" / name
+    hook.write_text("#!/bin/sh\n" + body)
+    hook.chmod(hook.stat().st_mode | stat.S_IXUSR)
+    return hook
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="shell hooks")
+def test_hooks_run_as_under_git_commit(store: Store, ws_path: Path) -> None:
+    store, actor = agent_store(store)
+    _hook(ws_path, "post-commit", f"echo committed >> {ws_path}/post-commit.log\n")
+    _hook(ws_path, "pre-commit", "echo 'no secrets allowed' >&2\nexit 1\n")
+    store = Store.open(ws_path)
+    before = (ws_path / "blocks/org.md").read_bytes()
+    with pytest.raises(ConflictError, match="no secrets allowed"):
+        store.memory_insert("org", "secret", actor=actor)
+    assert (ws_path / "blocks/org.md").read_bytes() == before
+    assert not (ws_path / "post-commit.log").exists()
+    _hook(ws_path, "pre-commit", "exit 0\n")
+    _hook(ws_path, "commit-msg", "grep -q Memstore-Op \"$1\"\n")
+    result = store.memory_insert("org", "fine", actor=actor)
+    assert result.version == git(ws_path, "rev-parse", "HEAD").strip()
+    assert (ws_path / "post-commit.log").read_text() == "committed\n"  # once per commit
+    assert git(ws_path, "log", "-1", "--format=%an|%cn").strip() == "agent1|memstore"
+    (ws_path / "post-commit.log").unlink()
+    assert_clean_repo(ws_path)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="shell stand-in for gpg")
+def test_commits_are_signed_through_the_configured_program(store: Store, ws_path: Path, tmp_path: Path) -> None:
+    store, actor = agent_store(store)
+    fake = tmp_path / "fake-gpg"
+    fake.write_text("#!/bin/sh\ncat >/dev/null\necho '[GNUPG:] SIG_CREATED D 1 8 00 0 X' >&2\n"
+                    "printf -- '-----BEGIN PGP SIGNATURE-----\\nstand-in\\n-----END PGP SIGNATURE-----\\n'\n")
+    fake.chmod(0o755)
+    git(ws_path, "config", "commit.gpgsign", "true")
+    git(ws_path, "config", "gpg.program", str(fake))
+    git(ws_path, "config", "user.signingkey", "memstore-test")
+    store = Store.open(ws_path)
+    store.memory_insert("org", "signed", actor=actor)
+    assert "gpgsig -----BEGIN PGP SIGNATURE-----" in git(ws_path, "cat-file", "-p", "HEAD")
+    assert git(ws_path, "log", "-1", "--format=%an").strip() == "agent1"
+
+
+def test_a_shallow_clone_reads_edits_and_says_where_history_is_cut(store: Store, ws_path: Path,
+                                                                  tmp_path: Path) -> None:
+    store, actor = agent_store(store)
+    for i in range(3):
+        store.memory_insert("org", f"line {i}", actor=actor)
+    store.create_block("other", "untouched since")
+    for i in range(2):
+        store.memory_insert("org", f"late {i}", actor=actor)
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", "--depth", "2", f"file://{ws_path}", str(clone))
+    shallow = Store.open(clone)
+    assert shallow.get_block("other").value == "untouched since"  # last changed before the cut
+    history = shallow.block_history("org")
+    assert history[-1].history_cut and not any(h.history_cut for h in history[:-1])
+    assert shallow.memory_insert("org", "in the clone", actor=shallow.get_agent("agent1").actor()).version
+    assert_clean_repo(clone)
+
+
+def test_sha256_and_reftable_are_refused_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GIT_DEFAULT_HASH", "sha256")
+    with pytest.raises(WorkspaceError, match="SHA-1"):
+        Store.init(tmp_path / "ws256")
+    assert not (tmp_path / "ws256").exists() and list(tmp_path.iterdir()) == [tmp_path / "home"]
+    monkeypatch.delenv("GIT_DEFAULT_HASH")
+    repo = tmp_path / "made256"
+    git(tmp_path, "init", "-q", "--object-format=sha256", str(repo))
+    (repo / "blocks").mkdir()
+    with pytest.raises(WorkspaceError, match="sha256 object format"):
+        Store.open(repo)
+    Store.init(tmp_path / "fine")  # and a retry after the refusal works
+
+
+def test_reset_hard_between_edits(store: Store, ws_path: Path) -> None:
+    store, actor = agent_store(store)
+    store.memory_insert("org", "kept", actor=actor)
+    store.memory_insert("org", "dropped by the person", actor=actor)
+    git(ws_path, "reset", "-q", "--hard", "HEAD~1")
+    store.memory_insert("org", "after reset", actor=actor)
+    assert store.get_block("org").value == "Org: Letta\nkept\nafter reset"
+    assert "Hand edit" not in git(ws_path, "log", "--format=%s")
+    assert_clean_repo(ws_path)
+
+
+def test_the_core_imports_without_linux_only_modules() -> None:
+    """The core and CLI; the mcp SDK picks its own Windows path for stdio."""
+    code = ("import sys\nfor name in ('fcntl', 'termios', 'resource', 'pwd', 'grp'):\n    sys.modules[name] = None\n"
+            "import memstore, memstore.store, memstore.commits, memstore.locks, memstore.watcher, memstore.cli\n"
+            "print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.stdout.strip() == "ok", out.stderr
