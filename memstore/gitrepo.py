@@ -264,7 +264,7 @@ class GitRepo:
                            wait) as index_fd:
             known_end = self._known_index_end()
             index = self._read_index()
-            if self.unmerged(rel):
+            if self.unmerged(rel, index):
                 raise unmerged_error(rel)
             for attempt in range(10):  # a git command may move the branch meanwhile: build on its commit
                 tip = self.tip()
@@ -490,9 +490,9 @@ class GitRepo:
         self._index_note.write_text(json.dumps({"index": [st.st_ino, st.st_size, st.st_mtime_ns],
                                                 "end": len(data) - 20}))
 
-    def unmerged(self, rel: str) -> bool:
+    def unmerged(self, rel: str, index: bytes | None = None) -> bool:
         """Whether `rel` has conflict stages in the index (a merge, stash pop or rebase left it)."""
-        index = self._read_index()
+        index = self._read_index() if index is None else index
         if not index:
             return False
         try:
