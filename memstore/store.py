@@ -19,7 +19,7 @@ from .agents.messages import Message, TurnResult
 from .blockfile import agent_from_file, block_from_file, load_block, render_agent, render_block
 from .cache import LRU
 from .catalog import Catalog, CatalogEntry
-from .commits import Committer, Saved, commit_message
+from .commits import Committer, commit_message
 from .errors import (
     AmbiguousNameError,
     ConflictError,
