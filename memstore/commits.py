@@ -139,21 +139,27 @@ class Committer:
                 return Saved(None, pending=f"{rel}: {_disk_error(rel, exc)}; the edit is in the file")
             raise _disk_error(rel, exc) from None
 
-    def adopt_hand_edit(self, rel: str, current: bytes | None, subject: str, trailers: dict[str, str | None]) -> str:
-        """Commit the person's change of `rel` (see `hand_edited`) under their name; its commit id."""
+    def adopt_hand_edit(self, rel: str, current: bytes | None, subject: str,
+                        trailers: dict[str, str | None]) -> str | None:
+        """Commit the person's change of `rel` (see `hand_edited`) under their name.
+
+        Its commit id; None when a git command holds a lock: then it waits in the journal,
+        under the person's name, like any pending edit.
+        """
         blob = self._store_blob(current)
         journal = [_Entry(self.head_blob(rel), blob, self.ws.person.name, self.ws.person.email,
                           commit_message(subject, trailers))]
         try:
             self._save_journal(rel, journal)
-            version = self._commit_journal(rel, journal, wait=None)
+            return self._commit_journal(rel, journal, wait=None)
         except OSError as exc:
             self._save_journal(rel, [])
             raise _disk_error(rel, exc) from None
         except CommitPending:
-            self._save_journal(rel, [])  # a hand edit stays a hand edit; it is picked up again later
+            return None
+        except MemstoreError:
+            self._save_journal(rel, [])  # refused (unmerged, a hook): it stays an uncommitted hand edit
             raise
-        return version
 
     def _store_blob(self, content: bytes | None) -> str | None:
         if content is None:
@@ -182,16 +188,26 @@ class Committer:
 
     # -- committing the journal --------------------------------------------------------------
 
-    def _commit_journal(self, rel: str, journal: list[_Entry], wait: float | None) -> str:
-        """Commit each journal entry in order, clearing each once its commit exists; the last commit."""
+    def _commit_journal(self, rel: str, journal: list[_Entry], wait: float | None,
+                        disk: bytes | None = None, hand_edited: bool = False) -> str:
+        """Commit each journal entry in order, clearing each once its commit exists; the last commit.
+
+        `hand_edited`: the file holds a person's change on top of the last entry (`disk`,
+        as read), which stays in the file, uncommitted, for the watcher or the next edit.
+        """
         version = ""
         with self.locks.hold(REPO_LOCK, "the repository"):
             while journal:
                 entry = journal[0]
-                if self.git.native_commit and len(journal) > 1:  # git commits what the file holds
+                on_disk = len(journal) == 1 and not hand_edited
+                if self.git.native_commit and not on_disk:  # git commits what the file holds
                     self._put(rel, self.git.read_blob(entry.new) if entry.new else None)
-                version = self.git.commit(rel, entry.new, Ident(entry.name, entry.email), entry.message,
-                                          COMMITTER, on_disk=len(journal) == 1, wait=wait)
+                try:
+                    version = self.git.commit(rel, entry.new, Ident(entry.name, entry.email), entry.message,
+                                              COMMITTER, on_disk=on_disk, wait=wait)
+                finally:
+                    if self.git.native_commit and hand_edited and len(journal) == 1:
+                        self._put(rel, disk)  # the person's change back in place
                 journal.pop(0)
                 self._save_journal(rel, journal)
         if self.on_commit is not None:
@@ -210,14 +226,15 @@ class Committer:
         head = self.head_blob(rel)
         while journal and journal[0].base != head and any(e.new == head for e in journal):
             journal.pop(0)  # committed; its writer died before clearing it
-        if not journal or journal[0].base != head or disk_blob != journal[-1].new:
-            if journal:
-                log.warning("%s: dropping %d pending edit(s) that no longer match the file or the branch "
-                            "(a git reset or checkout replaced them)", rel, len(journal))
+        if not journal or journal[0].base != head or (disk_blob == head and disk_blob != journal[-1].new):
+            if journal:  # the person put the file back to the branch (`git reset --hard`, `git checkout`)
+                log.warning("%s: dropping %d pending edit(s) that a git reset or checkout discarded",
+                            rel, len(journal))
             self._save_journal(rel, [])
             return None
         try:
-            return self._commit_journal(rel, journal, wait=wait)
+            return self._commit_journal(rel, journal, wait=wait, disk=disk,
+                                        hand_edited=disk_blob != journal[-1].new)
         except CommitPending:
             return None
 

@@ -331,8 +331,12 @@ class GitRepo:
         """`tree` with the entry `name` (same mode) pointing at `new`: a byte patch, not a rebuild."""
         raw = tree.read_raw()
         key = b"%o %s\0" % (old.filemode, name.encode())
+        old_id = old.id.raw
         at = raw.find(key)
-        while at > 0 and raw[at - 21] != 0:  # not an entry's start (that follows a name's NUL and a 20-byte id)
+        # An entry starts the tree or follows the previous name's NUL and 20-byte id, and this
+        # one must hold the old id: a name that merely contains the key never matches.
+        while at >= 0 and ((at > 0 and (at < 21 or raw[at - 21] != 0))
+                           or raw[at + len(key) : at + len(key) + 20] != old_id):
             at = raw.find(key, at + 1)
         if at < 0:
             builder = self.repo.TreeBuilder(tree)

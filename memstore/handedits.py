@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 WATCHED = re.compile(r"(blocks|agents)/([A-Za-z0-9_][A-Za-z0-9_.\-]*)\.md")
 
-Action = Literal["unchanged", "committed", "created", "deleted", "invalid", "recovered"]
+Action = Literal["unchanged", "committed", "created", "deleted", "invalid", "recovered", "pending"]
 
 
 class PickUp(BaseModel):
@@ -64,7 +64,7 @@ def pick_up(store: Store, rel: str) -> PickUp:
     with commits.locked(rel) as current:  # commits what a blocked or killed writer left first
         if not commits.hand_edited(rel, current):  # as memstore last wrote it
             if had_pending and rel not in commits.pending_files():
-                return PickUp(path=rel, action="recovered", version=store.ws.git.tip())
+                return PickUp(path=rel, action="recovered", version=store.last_change.get(rel))
             return PickUp(path=rel, action="unchanged")
         head = commits.head_blob(rel)
         if current is None:
@@ -73,9 +73,11 @@ def pick_up(store: Store, rel: str) -> PickUp:
         if problem:
             return PickUp(path=rel, action="invalid", problem=problem)
         version = commits.adopt_hand_edit(rel, current, f"Hand edit {rel}", {"Memstore-Op": "hand_edit"})
-        if missing_id:
+        if missing_id and version:
             version = _add_id(store, rel, current) or version
     store.catalog.bump()
+    if version is None:  # a git command holds a lock: the watcher commits it once it is let go
+        return PickUp(path=rel, action="pending", problem="git holds a lock; committed once it is let go")
     return PickUp(path=rel, action="created" if head is None else "committed", version=version)
 
 
@@ -161,6 +163,8 @@ def _commit_deletion(store: Store, rel: str) -> PickUp:
     gone_id = _committed_id(store, rel)
     version = store.commits.adopt_hand_edit(rel, None, f"Hand edit {rel}: deleted", {"Memstore-Op": "hand_edit"})
     store.catalog.bump()
+    if version is None:
+        return PickUp(path=rel, action="pending", problem="git holds a lock; committed once it is let go")
     notice = None
     if rel.startswith("blocks/") and gone_id:
         holders = [a.name for a in store.list_agents() if gone_id in a.blocks]

@@ -239,3 +239,38 @@ def test_the_core_imports_without_linux_only_modules() -> None:
             "print('ok')")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_a_hand_edit_on_top_of_a_pending_edit_keeps_both_authors(store: Store, ws_path: Path) -> None:
+    store, actor = agent_store(store)
+    lock = ws_path / ".git/index.lock"
+    lock.write_bytes(b"")
+    assert store.memory_insert("org", "agent line", actor=actor).pending
+    path = ws_path / "blocks/org.md"
+    path.write_text(path.read_text() + "person line\n")  # the person edits while the commit waits
+    lock.unlink()
+    reopened = Store.open(ws_path)
+    assert "agent line" in git(ws_path, "show", "HEAD:blocks/org.md")  # the agent's edit, by the agent
+    assert git(ws_path, "log", "-1", "--format=%an").strip() == "agent1"
+    assert "person line" in path.read_text()  # the person's change stays in the file, uncommitted
+    from memstore.handedits import pick_up
+
+    assert pick_up(reopened, "blocks/org.md").action == "committed"
+    assert git(ws_path, "log", "-1", "--format=%an %s").strip() == "Pat Person Hand edit blocks/org.md"
+    assert reopened.get_block("org").value == "Org: Letta\nagent line\nperson line"
+    assert_clean_repo(ws_path)
+
+
+def test_a_hand_edit_waits_for_a_held_index_lock_under_the_persons_name(store: Store, ws_path: Path) -> None:
+    from memstore.handedits import pick_up
+
+    store, _ = agent_store(store)
+    path = ws_path / "blocks/org.md"
+    path.write_text(path.read_text() + "person line\n")
+    lock = ws_path / ".git/index.lock"
+    lock.write_bytes(b"")
+    assert pick_up(store, "blocks/org.md").action == "pending"
+    lock.unlink()
+    assert store.commits.finish_all() == []
+    assert git(ws_path, "log", "-1", "--format=%an %s").strip() == "Pat Person Hand edit blocks/org.md"
+    assert_clean_repo(ws_path)
