@@ -6,11 +6,12 @@ compare-and-swap under git's ref lock, then writes the index and lets go. A git 
 the person runs meanwhile either waits for memstore or makes memstore wait; neither
 reverts the other. A lock file that git holds is never removed.
 
-Two pieces of git's formats are written by hand, because libgit2 cannot meet the goal
-"an edit among 10,000 blocks costs at most 2x one among 10" (benchmarks/edits.py,
-`--engine-compare`): at 10,000 blocks libgit2's TreeBuilder took 19.5 ms to rewrite the
-blocks tree and its index write 7.9 ms, against 2 ms for a whole edit among 10 blocks.
-- `_patched_tree` changes one entry of a tree in place (new or removed entries go
+Two pieces of git's formats are written by hand, because libgit2 cannot come near the
+goal "an edit among 10,000 blocks costs at most 2x one among 10": at 10,000 blocks its
+TreeBuilder rewrites and compresses the whole blocks tree and its index write rewrites
+every entry (benchmarks/edits.py prints both designs side by side, "The commit of one
+change"; see the README for the figures).
+- `_tree_with` changes one entry of a tree in place (new or removed entries go
   through libgit2's TreeBuilder); big trees are stored as loose objects without
   compression (`_write_raw`), which git reads like any other.
 - the index is patched by `gitindex.patch_index`.
@@ -19,6 +20,7 @@ Both are checked against git's own reading (`git fsck`, `git status`) in the tes
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -124,6 +126,7 @@ class GitRepo:
         self.common_dir = _common_dir(self.git_dir)
         self.shallow = self.repo.is_shallow
         self._index_note = root / ".memstore" / "locks" / "index-note"
+        self._trees: dict[str, bytes] = {}  # tree id -> its bytes, the last few written or read
         self._remove_dead_temp_locks()
         self.repo.set_ident("memstore", "memstore@agents.memstore")  # reflog lines of branch moves
         self.flush = _fsync_components(cfg.get("core.fsync"))
@@ -268,7 +271,7 @@ class GitRepo:
                 raise unmerged_error(rel)
             for attempt in range(10):  # a git command may move the branch meanwhile: build on its commit
                 tip = self.tip()
-                tree = self._tree_with(self.repo[tip].peel(pygit2.Tree) if tip else None, rel, blob)
+                tree = self._tree_with(str(self.repo[tip].peel(pygit2.Tree).id) if tip else None, rel, blob)
                 now = time.time()
                 commit = str(self.repo.create_commit(None, author.signature(now), committer.signature(now), message,
                                                      pygit2.Oid(hex=tree), [pygit2.Oid(hex=tip)] if tip else []))
@@ -305,45 +308,40 @@ class GitRepo:
             with open(log_path, "ab") as out:
                 out.write(line)
 
-    def _tree_with(self, tree: pygit2.Tree | None, path: str, blob: str | None) -> str:
-        """The id of `tree` with `path` set to `blob` (None: removed), writing the changed trees."""
+    def _tree_with(self, tree: str | None, path: str, blob: str | None) -> str:
+        """The id of tree `tree` with `path` set to `blob` (None: removed), writing the changed trees.
+
+        An entry that only points elsewhere is patched in the tree's bytes; an entry added
+        or removed goes through libgit2's TreeBuilder (which keeps git's order).
+        """
         head, _, rest = path.partition("/")
-        try:
-            old = tree[head] if tree is not None else None
-        except KeyError:
-            old = None
+        raw = self._tree_raw(tree) if tree else b""
+        found = _tree_entry(raw, head.encode())
         if rest:
-            sub = self._tree_with(old if isinstance(old, pygit2.Tree) else None, rest, blob)
-            entry = None if sub == _EMPTY_TREE else (sub, pygit2.GIT_FILEMODE_TREE)
+            sub = self._tree_with(found[1] if found and found[0] == b"40000" else None, rest, blob)
+            entry = None if sub == _EMPTY_TREE else (sub, b"40000")
         else:
-            entry = (blob, pygit2.GIT_FILEMODE_BLOB) if blob else None
-        if old is not None and entry is not None and old.filemode == entry[1] and tree is not None:
-            return self._patched_tree(tree, head, old, entry[0])
-        builder = self.repo.TreeBuilder(tree) if tree is not None else self.repo.TreeBuilder()
+            entry = (blob, b"100644") if blob else None
+        if found is not None and entry is not None and found[0] == entry[1]:
+            at = found[2]
+            return self._write_raw(b"tree", raw[:at] + bytes.fromhex(entry[0]) + raw[at + 20 :])
+        builder = self.repo.TreeBuilder(self.repo[tree]) if tree else self.repo.TreeBuilder()
         if entry is None:
-            if old is not None:
+            if found is not None:
                 builder.remove(head)
         else:
-            builder.insert(head, pygit2.Oid(hex=entry[0]), entry[1])
+            builder.insert(head, pygit2.Oid(hex=entry[0]), int(entry[1], 8))
         return str(builder.write())
 
-    def _patched_tree(self, tree: pygit2.Tree, name: str, old: pygit2.Object, new: str) -> str:
-        """`tree` with the entry `name` (same mode) pointing at `new`: a byte patch, not a rebuild."""
-        raw = tree.read_raw()
-        key = b"%o %s\0" % (old.filemode, name.encode())
-        old_id = old.id.raw
-        at = raw.find(key)
-        # An entry starts the tree or follows the previous name's NUL and 20-byte id, and this
-        # one must hold the old id: a name that merely contains the key never matches.
-        while at >= 0 and ((at > 0 and (at < 21 or raw[at - 21] != 0))
-                           or raw[at + len(key) : at + len(key) + 20] != old_id):
-            at = raw.find(key, at + 1)
-        if at < 0:
-            builder = self.repo.TreeBuilder(tree)
-            builder.insert(name, pygit2.Oid(hex=new), old.filemode)
-            return str(builder.write())
-        at += len(key)
-        return self._write_raw(b"tree", raw[:at] + bytes.fromhex(new) + raw[at + 20 :])
+    def _tree_raw(self, tree: str) -> bytes:
+        """A tree's bytes; the last few are kept (the blocks tree of 10,000 blocks is ~400 KB)."""
+        raw = self._trees.get(tree)
+        if raw is None:
+            raw = self.repo[tree].read_raw()
+            if len(self._trees) >= 8:
+                self._trees.pop(next(iter(self._trees)))
+            self._trees[tree] = raw
+        return raw
 
     def _write_raw(self, kind: bytes, body: bytes) -> str:
         """Store an object loose; big ones uncompressed (still a zlib stream, as git reads it)."""
@@ -351,7 +349,9 @@ class GitRepo:
             kind_id = ObjectType.TREE if kind == b"tree" else ObjectType.BLOB
             for attempt in range(5):
                 try:
-                    return str(self.repo.odb.write(kind_id, body))
+                    oid = str(self.repo.odb.write(kind_id, body))
+                    self._remember_tree(kind, oid, body)
+                    return oid
                 except (OSError, pygit2.GitError):  # `git gc` removed the empty object folder meanwhile
                     if attempt == 4:
                         raise
@@ -369,7 +369,14 @@ class GitRepo:
                 os.fsync(out.fileno())
         os.chmod(tmp, 0o444)
         replace_file(tmp, path)
+        self._remember_tree(kind, oid, body)
         return oid
+
+    def _remember_tree(self, kind: bytes, oid: str, body: bytes) -> None:
+        if kind == b"tree":
+            if len(self._trees) >= 8:
+                self._trees.pop(next(iter(self._trees)))
+            self._trees[oid] = body
 
     # -- the index -------------------------------------------------------------------------
 
@@ -378,72 +385,81 @@ class GitRepo:
         """Hold git's lock file `lock` (`index.lock`, `refs/heads/main.lock`) as git does.
 
         A git command's lock is waited for (`wait` seconds, then CommitPending) and never
-        removed. Ours is made under a temp name, noted in a claim (our pid and its inode),
-        then linked into place, so one left by a killed memstore writer is provably ours
-        and is removed. The caller renames the lock into place or it is removed on exit.
+        removed. Ours is made as `memstore-lock.<pid>.<n>` beside the git folder and hard-
+        linked to the lock's name while held: a lock with such a twin whose process died is
+        provably a killed memstore writer's, and is removed. The caller renames the lock
+        into place, or it is removed on exit.
         """
-        claim = self._claim_path(lock, os.getpid())
+        folder = self.git_dir if lock.parent == self.git_dir else self.common_dir  # same file system
         deadline = time.monotonic() + wait
         while True:
-            folder = self.git_dir if lock.parent == self.git_dir else self.common_dir  # same file system
-            tmp = folder / f"memstore-lock.{os.getpid()}.{time.monotonic_ns()}"
-            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
-            st = os.fstat(fd)
-            claim.write_text(json.dumps({"pid": os.getpid(), "ino": st.st_ino}))
+            twin = folder / f"memstore-lock.{os.getpid()}.{time.monotonic_ns()}"
+            fd = os.open(twin, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
             try:
-                try:
-                    os.link(tmp, lock)
-                except FileNotFoundError:  # e.g. `git pack-refs` removed the ref's empty folder
-                    lock.parent.mkdir(parents=True, exist_ok=True)
-                    os.link(tmp, lock)
-                os.unlink(tmp)
+                _link(twin, lock)
                 break
             except FileExistsError:
                 os.close(fd)
-                os.unlink(tmp)
-                if self._remove_dead_claim(lock):
+                twin.unlink()
+                if self._remove_dead_twin(lock, folder):
                     continue
                 if time.monotonic() > deadline:
                     raise CommitPending(f"{lock} is held by another git command ({what}); the edit is "
                                         "committed once it is let go") from None
                 time.sleep(0.01)
+            except OSError as exc:  # no hard links here (FAT, some network shares): git's plain O_EXCL
+                os.close(fd)
+                twin.unlink()
+                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+                    raise
+                try:
+                    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
+                    break
+                except FileExistsError:
+                    if time.monotonic() > deadline:
+                        raise CommitPending(f"{lock} is held by another git command ({what})") from None
+                    time.sleep(0.01)
+        st = os.fstat(fd)
         try:
             yield fd
         finally:
             os.close(fd)
             _remove_if_same(lock, st)  # not renamed into place: let go of it unchanged
-            claim.unlink(missing_ok=True)
+            twin.unlink(missing_ok=True)
 
-    def _remove_dead_temp_locks(self) -> None:
-        """Temp names of lock files that a killed writer made but never linked into place."""
-        for folder in {self.git_dir, self.common_dir}:
-            for path in folder.glob("memstore-lock.*"):
-                pid = path.name.split(".")[1]
-                if pid.isdigit() and not pid_alive(int(pid)):
-                    path.unlink(missing_ok=True)
-
-    def _claim_path(self, lock: Path, pid: int | str) -> Path:
-        return self.root / ".memstore" / "locks" / f"git-{lock.name}.{pid}.claim"
-
-    def _remove_dead_claim(self, lock: Path) -> bool:
-        """Remove `lock` only if a claim proves a memstore writer made it and that writer died."""
+    def _remove_dead_twin(self, lock: Path, folder: Path) -> bool:
+        """Remove `lock` only if it is linked to the twin of a memstore writer that died."""
         try:
             st = os.stat(lock)
         except OSError:
             return False
-        for claim in self._claim_path(lock, "*").parent.glob(self._claim_path(lock, "*").name):
+        if st.st_nlink < 2:
+            return False  # no twin: a git command's
+        for twin in folder.glob("memstore-lock.*"):
+            pid = twin.name.split(".")[1]
+            if not pid.isdigit() or pid_alive(int(pid)):
+                continue
             try:
-                note = json.loads(claim.read_text())
-            except (OSError, ValueError):
+                mine = os.stat(twin)
+            except OSError:
                 continue
-            if pid_alive(note.get("pid")):
-                continue
-            claim.unlink(missing_ok=True)
-            if note.get("ino") == st.st_ino:
+            if (mine.st_dev, mine.st_ino) == (st.st_dev, st.st_ino):
                 log.warning("removing %s left by a memstore writer that died", lock)
                 _remove_if_same(lock, st)
+                twin.unlink(missing_ok=True)
                 return True
         return False
+
+    def _remove_dead_temp_locks(self) -> None:
+        """Twins of lock files a killed writer made and never linked (a linked one proves a lock ours)."""
+        for folder in {self.git_dir, self.common_dir}:
+            for path in folder.glob("memstore-lock.*"):
+                pid = path.name.split(".")[1]
+                try:
+                    if pid.isdigit() and not pid_alive(int(pid)) and os.stat(path).st_nlink == 1:
+                        path.unlink()
+                except OSError:
+                    pass
 
     def _known_index_end(self) -> int | None:
         """Where the entries of an index memstore wrote end (it has no extensions), if this is one."""
@@ -546,6 +562,36 @@ class HookRefused(ConflictError):
 def unmerged_error(rel: str) -> ConflictError:
     return ConflictError(f"{rel} is unmerged (a merge, rebase or `git stash pop` left conflict markers in it): "
                          f"resolve it, `git add {rel}` and commit, then edit it again.")
+
+
+_MODES = (b"100644", b"100755", b"120000", b"160000", b"40000")
+
+
+def _tree_entry(raw: bytes, name: bytes) -> tuple[bytes, str, int] | None:
+    """(mode, id, where the id starts) of entry `name` in a tree's bytes, without parsing them all.
+
+    An entry is `mode SP name NUL id20`; a match counts only where an entry starts (the
+    tree's start, or right after the previous entry's NUL and 20-byte id).
+    """
+    key = b" " + name + b"\0"
+    at = raw.find(key)
+    while at >= 0:
+        for mode in _MODES:
+            start = at - len(mode)
+            if start >= 0 and raw[start:at] == mode and (start == 0 or (start >= 21 and raw[start - 21] == 0)):
+                ident = at + len(key)
+                return mode, raw[ident : ident + 20].hex(), ident
+        at = raw.find(key, at + 1)
+    return None
+
+
+def _link(src: Path, dst: Path) -> None:
+    """Hard-link `src` as `dst` (FileExistsError if taken), making `dst`'s folder if a gc removed it."""
+    try:
+        os.link(src, dst)
+    except FileNotFoundError:  # e.g. `git pack-refs` removed the ref's empty folder
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.link(src, dst)
 
 
 def _remove_if_same(path: Path, st: os.stat_result) -> None:

@@ -274,3 +274,30 @@ def test_a_hand_edit_waits_for_a_held_index_lock_under_the_persons_name(store: S
     assert store.commits.finish_all() == []
     assert git(ws_path, "log", "-1", "--format=%an %s").strip() == "Pat Person Hand edit blocks/org.md"
     assert_clean_repo(ws_path)
+
+
+def test_a_lock_left_by_a_killed_memstore_writer_is_removed_and_only_that_one(store: Store, ws_path: Path) -> None:
+    store, actor = agent_store(store)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    twin = ws_path / f".git/memstore-lock.{int(dead.stdout)}.1"
+    twin.write_bytes(b"")
+    os.link(twin, ws_path / ".git/index.lock")  # as a writer killed while holding it leaves them
+    assert store.memory_insert("org", "after the crash", actor=actor).version
+    assert not twin.exists()
+    (ws_path / ".git/index.lock").write_bytes(b"")  # a git command's, with no twin: never removed
+    assert store.memory_insert("org", "waits", actor=actor).pending
+    assert (ws_path / ".git/index.lock").exists()
+
+
+def test_without_hard_links_locks_are_taken_as_git_takes_them(store: Store, ws_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    store, actor = agent_store(store)
+
+    def no_links(src: object, dst: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(gitrepo.os, "link", no_links)
+    assert store.memory_insert("org", "on a FAT stick", actor=actor).version
+    monkeypatch.undo()
+    assert not list((ws_path / ".git").glob("memstore-lock.*"))
+    assert_clean_repo(ws_path)
