@@ -54,7 +54,7 @@ class BearerAuth:
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode()
+        self.expected = token.encode()
 
     async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Any]],
                        send: Callable[[Any], Awaitable[None]]) -> None:
@@ -69,8 +69,10 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
     def _authorized(self, scope: Scope) -> bool:
+        """`Bearer <token>`, the scheme in any case (RFC 9110 makes auth schemes case-insensitive)."""
         given = dict(scope.get("headers") or []).get(b"authorization", b"")
-        return hmac.compare_digest(given, self.expected)
+        scheme, _, credentials = given.strip().partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.strip(), self.expected)
 
 
 def serve_stdio(store: Store, config: ServerConfig, *, watch: bool = True) -> None:

@@ -22,6 +22,7 @@ from pydantic import Field
 
 import memstore
 from memstore import Actor, Agent, Block, EditResult, HistoryEntry, MemstoreError, Store
+from memstore.errors import os_error_text
 from memstore.agents.messages import Message, TurnResult
 from memstore.blockfile import render_agent, render_block
 from memstore.handedits import Status, status
@@ -71,6 +72,8 @@ def core_errors(fn: Callable[P, R]) -> Callable[P, R]:
             return fn(*args, **kwargs)
         except MemstoreError as exc:
             raise ToolError(str(exc)) from None
+        except OSError as exc:  # the system refused: a full disk, a read-only file system
+            raise ToolError(f"memstore could not complete this: {os_error_text(exc)}") from None
 
     return call
 

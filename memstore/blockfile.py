@@ -31,6 +31,22 @@ _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 _LOADED: LRU[str, dict[str, Any]] = LRU(512)
 _RENDERED: LRU[str, str] = LRU(512)
 _CLOSING_FENCE = re.compile(r"^---[ \t]*\r?$", re.MULTILINE)
+MAX_FRONT_MATTER = 64 * 1024  # characters: front matter is a few short fields
+# An anchor (&a) or alias (*a) may start here; memstore never writes them, and nested aliases
+# expand exponentially ("billion laughs"), so front matter that may hold one is parsed by a
+# loader that refuses them before anything is expanded.
+_MAYBE_ALIAS = re.compile(r"(?:^|[\s\[\]{},:?-])[&*]", re.MULTILINE)
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """Safe YAML that refuses anchors and aliases where they appear, before expanding any."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.MarkedYAMLError(problem="YAML anchors and aliases (&name, *name) are not allowed "
+                                               "in front matter", problem_mark=event.start_mark)
+        return super().compose_node(parent, index)
 
 
 def parse_document(data: bytes, path: str) -> tuple[dict[str, Any], str]:
@@ -41,6 +57,9 @@ def parse_document(data: bytes, path: str) -> tuple[dict[str, Any], str]:
         line = data.count(b"\n", 0, exc.start) + 1
         raise FileFormatError(path, line, f"not valid UTF-8 (byte 0x{data[exc.start]:02x})") from None
     text = text.removeprefix("\ufeff")
+    if "\x00" in text:
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise FileFormatError(path, line, "contains a NUL byte: block and agent files are text")
     first, sep, rest = text.partition("\n")
     if first.rstrip("\r \t") != "---" or not sep:
         raise FileFormatError(path, 1, "missing front matter: the file must start with a '---' line")
@@ -58,8 +77,11 @@ def _load_yaml(front: str, path: str) -> dict[str, Any]:
 
 
 def _parse_yaml(front: str, path: str) -> dict[str, Any]:
+    if len(front) > MAX_FRONT_MATTER:
+        raise FileFormatError(path, None, f"the front matter is {len(front):,} characters; the most memstore "
+                                          f"reads is {MAX_FRONT_MATTER:,}")
     try:
-        meta = _YAML.load(front)
+        meta = yaml.load(front, Loader=_NoAliasLoader) if _MAYBE_ALIAS.search(front) else _YAML.load(front)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 2 if mark else None

@@ -43,8 +43,9 @@ class Catalog:
     """A cached map of block files to ids and labels, shared by threads of one process."""
 
     def __init__(self, blocks_dir: Path, gen_file: Path, committed: Callable[[str], bytes | None],
-                 head_blob: Callable[[str], str | None]) -> None:
+                 head_blob: Callable[[str], str | None], read: Callable[[str], bytes | None]) -> None:
         self._dir = blocks_dir
+        self._read = read  # a workspace file, only if it is a regular file inside it
         self._gen = gen_file
         self._committed = committed
         self._head_blob = head_blob
@@ -78,7 +79,9 @@ class Catalog:
             name = path.name[:-3]
             rel = f"blocks/{path.name}"
             try:
-                data = path.read_bytes()
+                data = self._read(rel)
+                if data is None:
+                    continue
                 block = block_from_file(data, rel, name)
                 block = self._unless_id_changed(rel, name, data, block)
             except FileFormatError as exc:
@@ -96,10 +99,10 @@ class Catalog:
 
     def _is_committed(self, rel: str) -> bool:
         try:
-            data = (self._dir.parent / rel).read_bytes()
-        except OSError:
+            data = self._read(rel)
+        except (OSError, FileFormatError):
             return False
-        return self._head_blob(rel) == blob_id(data)
+        return data is not None and self._head_blob(rel) == blob_id(data)
 
     def _unless_id_changed(self, rel: str, name: str, data: bytes, block: Block) -> Block:
         """A hand edit that changed the id is invalid: keep finding the block by its committed id."""

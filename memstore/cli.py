@@ -6,11 +6,11 @@ import json
 import sys
 from collections.abc import Callable
 from functools import wraps
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
-from .errors import MemstoreError
+from .errors import InvalidInputError, MemstoreError, os_error_text
 from .handedits import file_problem
 from .models import Actor, Agent, Block, EditResult, HistoryEntry
 from .store import Store
@@ -42,9 +42,15 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except MemstoreError as exc:
-            click.echo(f"memstore: error: {exc}", err=True)
-            sys.exit(1)
+            _fail(str(exc))
+        except OSError as exc:  # the system refused: a full disk, a read-only file system
+            _fail(os_error_text(exc))
     return wrapper  # type: ignore[return-value]
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"memstore: error: {message}", err=True)
+    sys.exit(1)
 
 
 def _actor(store: Store, as_agent: str | None) -> Actor | None:
@@ -147,15 +153,24 @@ def block_show(ref: str, version: str | None, workspace: str | None, as_json: bo
 
 
 def _read_value(value: str | None, file: Any) -> str:
+    """The value from the argument or `--file`, which is read as UTF-8 exactly (line endings kept, as the API)."""
     if value is not None and file is not None:
         raise click.UsageError("give the value as an argument or with --file, not both")
-    return file.read() if file is not None else (value or "")
+    if file is None:
+        return value or ""
+    data = file.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise InvalidInputError(f"--file {file.name}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line "
+                                f"{line}); save it as UTF-8 first.") from None
 
 
 @block.command("create")
 @click.argument("label")
 @click.argument("value", required=False)
-@click.option("--file", "file", type=click.File("r", encoding="utf-8"), help="Read the value from a file ('-': stdin).")
+@click.option("--file", "file", type=click.File("rb"), help="Read the value from a file ('-': stdin).")
 @click.option("--limit", type=int, help="Character limit of the value (default 20000).")
 @click.option("--read-only", is_flag=True, help="Agents may read but not edit this block.")
 @click.option("--description", help="What the block is for (agents see it).")

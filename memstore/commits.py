@@ -13,7 +13,6 @@ file and committing is finished the same way, never passed off as a person's edi
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -22,14 +21,15 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import MemstoreError, WorkspaceError
-from .fsutil import write_all, write_atomic
+from .errors import FileFormatError, MemstoreError, WorkspaceError, os_error_text
+from .fsutil import MAX_FILE, RefusedFile, read_regular, write_all, write_atomic
 from .gitrepo import CommitPending, GitRepo, Ident, blob_id, unmerged_error
 from .locks import Locks
 from .workspace import COMMITTER, Workspace
 
 log = logging.getLogger(__name__)
 REPO_LOCK = "repo.lock"
+MAX_MD = 8 * 1024 * 1024  # bytes of a block or agent file: a value of 1,000,000 characters and its front matter
 
 
 def commit_message(subject: str, trailers: dict[str, str | None]) -> str:
@@ -70,16 +70,18 @@ class Committer:
     # -- reading ---------------------------------------------------------------------------
 
     def read(self, rel: str) -> bytes | None:
-        """The file's content as git stores it (None: no such file)."""
+        """The file's content as git stores it (None: no such file).
+
+        Only a regular file inside the workspace is read; anything else (a symbolic link, a
+        FIFO, a file too big) is a FileFormatError naming it, reported like a broken file.
+        """
         try:
-            data = (self.ws.root / rel).read_bytes()
-        except FileNotFoundError:
-            return None
+            data = read_regular(self.ws.root, rel, MAX_MD if rel.endswith(".md") else MAX_FILE)
         except IsADirectoryError:
-            raise WorkspaceError(f"{rel} is a folder, not a file") from None
-        except NotADirectoryError:
-            return None
-        return self.git.to_odb(rel, data)
+            raise FileFormatError(rel, None, "is a folder, not a file") from None
+        except RefusedFile as exc:
+            raise FileFormatError(rel, None, f"refused: {exc}") from None
+        return None if data is None else self.git.to_odb(rel, data)
 
     def head_blob(self, rel: str) -> str | None:
         return self.git.head_blob(rel)
@@ -286,7 +288,5 @@ class Committer:
 
 
 def _disk_error(where: str, exc: OSError) -> MemstoreError:
-    reason = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
-              errno.EACCES: "permission denied", errno.EDQUOT: "the disk quota is exceeded"}.get(
-        exc.errno or 0, exc.strerror or str(exc))
+    reason = os_error_text(OSError(exc.errno, exc.strerror))  # the path is `where`
     return WorkspaceError(f"Cannot write {where}: {reason}. Nothing was changed.")

@@ -40,10 +40,15 @@ class InvalidInputError(MemstoreError, ValueError):
     """A bad argument other than a name."""
 
 
+_MAX_PROBLEM = 500  # characters of a file problem's text
+
+
 class FileFormatError(MemstoreError):
     """A block or agent file that cannot be parsed."""
 
     def __init__(self, path: str, line: int | None, problem: str) -> None:
+        if len(problem) > _MAX_PROBLEM:  # a value quoted from a hostile file stays readable
+            problem = problem[: _MAX_PROBLEM - 20] + " … (cut)"
         self.path, self.line, self.problem = path, line, problem
         where = f"{path}, line {line}" if line else path
         super().__init__(f"{where}: {problem}")
@@ -115,3 +120,14 @@ class InvalidInsertLineError(EditError):
 
 class ReplaceError(EditError):
     """`old_str` did not occur exactly once (or, for core_memory_replace, not at all)."""
+
+
+def os_error_text(exc: OSError) -> str:
+    """One line for a failure of the system (a full disk, a read-only file system), naming the file."""
+    import errno
+
+    reason = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
+              errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+              errno.EDQUOT: "the disk quota is exceeded"}.get(exc.errno or 0, exc.strerror or str(exc))
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{reason}{where}"

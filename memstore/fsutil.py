@@ -6,8 +6,10 @@ holds open for a moment; `replace_file` retries there instead of failing the edi
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import stat
 import sys
 import time
 from pathlib import Path
@@ -77,3 +79,72 @@ def pid_alive(pid: object) -> bool:
     except PermissionError:
         return True
     return True
+
+
+MAX_FILE = 64 * 1024 * 1024  # bytes: no workspace file memstore reads may be bigger
+
+
+class RefusedFile(Exception):
+    """A path memstore will not read: a symbolic link, a special file, or too big."""
+
+
+def read_regular(root: Path, rel: str, max_size: int = MAX_FILE) -> bytes | None:
+    """The bytes of workspace file `rel` (a `/` path), or None if there is none.
+
+    Only a regular file reached through real folders is read: a symbolic link (to a file or
+    a folder), a FIFO, a device or a file over `max_size` raises RefusedFile, so nothing
+    outside the workspace is ever read and no read can hang or fill memory.
+    """
+    path = root
+    parts = rel.split("/")
+    for part in parts[:-1]:
+        path = path / part
+        try:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            raise RefusedFile(f"{path.relative_to(root).as_posix()}/ is a symbolic link; memstore reads only "
+                              "files inside the workspace")
+        if not stat.S_ISDIR(st.st_mode):
+            return None
+    path = path / parts[-1]
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    _check_regular(st, rel, max_size)
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # it became a link since
+            raise RefusedFile(f"{rel} is a symbolic link; memstore reads only regular files") from None
+        raise
+    try:
+        now = os.fstat(fd)
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            _check_regular(now, rel, max_size)  # replaced since the check: judge what was opened
+        chunks, left = [], max_size + 1
+        while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
+            chunks.append(chunk)
+            left -= len(chunk)
+        data = b"".join(chunks)
+    finally:
+        os.close(fd)
+    if len(data) > max_size:
+        raise RefusedFile(f"{rel} is larger than {max_size:,} bytes")
+    return data
+
+
+def _check_regular(st: os.stat_result, rel: str, max_size: int) -> None:
+    if stat.S_ISLNK(st.st_mode):
+        raise RefusedFile(f"{rel} is a symbolic link; memstore reads only regular files inside the workspace")
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(rel)
+    if not stat.S_ISREG(st.st_mode):
+        raise RefusedFile(f"{rel} is not a regular file (a FIFO, socket or device)")
+    if st.st_size > max_size:
+        raise RefusedFile(f"{rel} is {st.st_size:,} bytes; memstore reads files up to {max_size:,} bytes")

@@ -215,7 +215,9 @@ class GitRepo:
             entry = self.repo[commit].peel(pygit2.Tree)[rel]
         except KeyError:
             return None
-        return str(entry.id) if entry.type == ObjectType.BLOB else None
+        # A regular file only: a committed symbolic link (a pull may bring one) is not content.
+        regular = entry.filemode in (pygit2.GIT_FILEMODE_BLOB, pygit2.GIT_FILEMODE_BLOB_EXECUTABLE)
+        return str(entry.id) if regular else None
 
     def read_blob(self, oid: str) -> bytes:
         try:

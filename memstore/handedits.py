@@ -59,6 +59,13 @@ def pick_up(store: Store, rel: str) -> PickUp:
     """Commit a person's change of `rel` if it is valid; report it if not."""
     if not is_watched(rel):
         return PickUp(path=rel, action="unchanged")
+    try:
+        return _pick_up(store, rel)
+    except FileFormatError as exc:  # not a file memstore reads: a symbolic link, a folder, a FIFO, too big
+        return PickUp(path=rel, action="invalid", problem=str(exc))
+
+
+def _pick_up(store: Store, rel: str) -> PickUp:
     commits = store.commits
     had_pending = rel in commits.pending_files()
     with commits.locked(rel) as current:  # commits what a blocked or killed writer left first
@@ -142,7 +149,10 @@ def _id_changed(rel: str, committed_id: str, found_id: str) -> FileFormatError:
 
 def file_problem(store: Store, rel: str) -> str | None:
     """Why the file on disk is not what readers get (an invalid, uncommitted hand edit), or None."""
-    data = store.commits.read(rel)
+    try:
+        data = store.commits.read(rel)
+    except FileFormatError as exc:
+        return str(exc)
     head = store.commits.head_blob(rel)
     if data is None or _blob(data) == head:
         return None
@@ -202,7 +212,11 @@ def status(store: Store) -> Status:
     """Files that differ from their last commit (valid or not), and agents listing deleted blocks."""
     uncommitted, invalid = [], []
     for rel in _candidates(store):
-        data = store.commits.read(rel)
+        try:
+            data = store.commits.read(rel)
+        except FileFormatError as exc:
+            invalid.append(PickUp(path=rel, action="invalid", problem=str(exc)))
+            continue
         head = store.commits.head_blob(rel)
         if _blob(data) == head:
             continue

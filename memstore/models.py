@@ -43,6 +43,42 @@ def validate_name(name: object, kind: str = "label") -> str:
     return name
 
 
+# File names Windows cannot create, whatever follows a dot ("con.md" included).
+WINDOWS_RESERVED = frozenset({"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)),
+                              *(f"lpt{i}" for i in range(1, 10))})
+
+
+def is_name(name: str) -> bool:
+    """Whether `name` passes `validate_name` (for scans that skip what they cannot name)."""
+    try:
+        validate_name(name)
+    except InvalidNameError:
+        return False
+    return True
+
+
+def validate_agent_name(name: object) -> str:
+    """An agent's name is its file name (`agents/<name>.md`) and its log folder (`agents/<name>/`).
+
+    Label rules, and also: never ending in `.md` (its folder would take another agent's
+    file name) and never a name Windows reserves.
+    """
+    validate_name(name, "agent name")
+    assert isinstance(name, str)
+    if name.lower().endswith(".md"):
+        raise InvalidNameError(f"Invalid agent name '{name}': it may not end in '.md' (agents/{name}/ would "
+                               f"collide with the file of agent '{name[:-3]}').")
+    if name.split(".")[0].lower() in WINDOWS_RESERVED:
+        raise InvalidNameError(f"Invalid agent name '{name}': Windows reserves the file name "
+                               f"'{name.split('.')[0]}'; choose another.")
+    return name
+
+
+def file_name_free(name: str, taken_lower: set[str]) -> bool:
+    """Whether a new file `<name>.md` is portable: no case twin among `taken_lower`, not reserved on Windows."""
+    return name.lower() not in taken_lower and name.split(".")[0].lower() not in WINDOWS_RESERVED
+
+
 @dataclass(frozen=True)
 class Actor:
     """Who makes a change: the commit author, and whether agent rules apply.

@@ -31,7 +31,18 @@ from .errors import (
     ReadOnlyError,
 )
 from .gitrepo import Ident, blob_id
-from .models import DEFAULT_LIMIT, Actor, Agent, Block, EditResult, HistoryEntry, validate_name
+from .models import (
+    DEFAULT_LIMIT,
+    Actor,
+    Agent,
+    Block,
+    EditResult,
+    HistoryEntry,
+    file_name_free,
+    is_name,
+    validate_agent_name,
+    validate_name,
+)
 from .prompt import render_memory_blocks
 from .validation import (
     check_bool,
@@ -61,7 +72,7 @@ class Store:
         self._agents: LRU[tuple[str, str], Agent] = LRU(_PARSED_CACHE)
         self._agent_names: dict[str, str] = {}  # agent id -> the file name it was last read from
         self.catalog = Catalog(ws.blocks_dir, ws.state_dir / "catalog.gen", self._committed,
-                               self.commits.head_blob)
+                               self.commits.head_blob, self.commits.read)
         self.commits.finish_all()  # edits a git command held up, or whose writer was killed
 
     @classmethod
@@ -106,7 +117,10 @@ class Store:
 
     def _read_block(self, name: str, *, strict: bool = False) -> Block | None:
         rel = f"blocks/{name}.md"
-        data = self.commits.read(rel)
+        try:
+            data = self.commits.read(rel)
+        except FileFormatError:  # not a file memstore reads (a symbolic link, …): as last committed, if ever
+            return self._last_good(rel, name, None, strict=strict)
         if data is None:
             if strict:
                 raise NotFoundError(f"Block file {rel} no longer exists.")
@@ -123,13 +137,15 @@ class Store:
         block, meta = self._parsed.get_or_make((name, blob_id(data)), lambda: load_block(data, rel, name))
         return block, dict(meta)
 
-    def _last_good(self, rel: str, name: str, data: bytes, *, strict: bool) -> Block | None:
+    def _last_good(self, rel: str, name: str, data: bytes | None, *, strict: bool) -> Block | None:
         """An invalid hand edit is not memory yet: readers get the block as last committed."""
         committed = self._committed(rel)
         try:
             if committed is not None:
                 return block_from_file(committed, rel, name)
             if strict:  # never committed, and invalid: say why
+                if data is None:
+                    self.commits.read(rel)  # raises why the file is refused
                 handedits.require_valid(self, rel, data)
                 return block_from_file(data, rel, name)
         except FileFormatError:
@@ -210,9 +226,12 @@ class Store:
         )
         edits.check_limit(label, block.value, limit)
         actor = actor or self.person
+        taken = {p.name[:-3].lower() for p in self.ws.blocks_dir.glob("*.md")}
         for n in range(1, 10_000):
             name = label if n == 1 else f"{label}-{n}"
             rel = f"blocks/{name}.md"
+            if not file_name_free(name, taken):  # a case twin or a name Windows reserves
+                continue
             with self.commits.locked(rel) as current:
                 if current is not None or self.commits.head_blob(rel) is not None:
                     continue
@@ -408,7 +427,27 @@ class Store:
     # -- agents --------------------------------------------------------------------------
 
     def list_agents(self) -> list[Agent]:
-        return [self._read_agent(p.name[:-3]) for p in sorted(self.ws.agents_dir.glob("*.md"))]
+        """Every agent whose file can be read; a broken one is skipped (`agent_problems` says why)."""
+        return [a for a in (self._try_agent(name) for name in self._agent_file_names()) if a is not None]
+
+    def agent_problems(self) -> list[FileFormatError]:
+        """Agent files that cannot be read and have no committed version to fall back on, with the reason."""
+        problems = []
+        for name in self._agent_file_names():
+            try:
+                self._read_agent(name)
+            except FileFormatError as exc:
+                problems.append(exc)
+        return problems
+
+    def _agent_file_names(self) -> list[str]:
+        return sorted(p.name[:-3] for p in self.ws.agents_dir.glob("*.md") if is_name(p.name[:-3]))
+
+    def _try_agent(self, name: str) -> Agent | None:
+        try:
+            return self._read_agent(name)
+        except (FileFormatError, NotFoundError):
+            return None
 
     def get_agent(self, ref: str) -> Agent:
         """An agent by id or name."""
@@ -438,12 +477,28 @@ class Store:
         return found
 
     def _read_agent(self, name: str) -> Agent:
+        """An agent's file; a broken one as last committed (like blocks), else the reason it is refused."""
         rel = f"agents/{name}.md"
-        data = self.commits.read(rel)
-        if data is None:
-            raise NotFoundError(f"No agent named '{name}'.")
-        agent = self._agents.get_or_make((name, blob_id(data)), lambda: agent_from_file(data, rel))
+        try:
+            data = self.commits.read(rel)
+            if data is None:
+                raise NotFoundError(f"No agent named '{name}'.")
+            agent = self._agents.get_or_make((name, blob_id(data)), lambda: self._parse_agent(data, rel, name))
+        except FileFormatError:
+            committed = self._committed(rel)
+            if committed is None:
+                raise
+            agent = self._agents.get_or_make((name, blob_id(committed)),
+                                             lambda: self._parse_agent(committed, rel, name))
         self._agent_names[agent.id] = name
+        return agent
+
+    @staticmethod
+    def _parse_agent(data: bytes, rel: str, name: str) -> Agent:
+        agent = agent_from_file(data, rel)
+        if agent.name != name:
+            raise FileFormatError(rel, None, f"`name: {agent.name}` differs from the file name; an agent's name is "
+                                             f"its file name")
         return agent
 
     def create_agent(
@@ -456,8 +511,12 @@ class Store:
         As in Letta, the agent has the base memory tools unless `include_base_tools` is
         False; `tools` adds to them.
         """
-        validate_name(name, "agent name")
+        validate_agent_name(name)
         check_agent_admin(actor or self.person, "create_agent")
+        taken = next((n for n in self._agent_file_names() if n.lower() == name.lower() and n != name), None)
+        if taken is not None:
+            raise ConflictError(f"An agent named '{taken}' exists; names that differ only in case would collide on "
+                                "macOS and Windows.")
         if not isinstance(model, str) or not model.strip() or "\n" in model:
             raise InvalidInputError("`model` must be a model name such as 'openai/gpt-4o-mini'.")
         blocks = [self.get_block(ref) for ref in (block_ids or [])]
