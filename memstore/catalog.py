@@ -95,7 +95,19 @@ class Catalog:
             if block.id not in snap.by_id or not self._is_committed(f"blocks/{snap.by_id[block.id]}.md"):
                 snap.by_id[block.id] = name  # a hand-made copy never takes an id from its committed original
             snap.by_label.setdefault(block.label, []).append(name)
+        self._drop_copies(snap)
         return snap
+
+    def _drop_copies(self, snap: _Snapshot) -> None:
+        """A hand-made copy of a block file (same id, never committed) is invalid: it names nothing."""
+        for name, entry in list(snap.entries.items()):
+            owner = snap.by_id.get(entry.id)
+            if owner is not None and owner != name and not self._is_committed(f"blocks/{name}.md"):
+                del snap.entries[name]
+                snap.by_label[entry.label].remove(name)
+                snap.problems.append(FileFormatError(
+                    f"blocks/{name}.md", None, f"the id {entry.id} already belongs to blocks/{owner}.md; a copied "
+                                               "block needs its own id — delete the `id:` line and memstore adds one"))
 
     def _is_committed(self, rel: str) -> bool:
         try:

@@ -74,6 +74,18 @@ def validate_agent_name(name: object) -> str:
     return name
 
 
+def file_name_for(label: str, n: int) -> str:
+    """The n-th file name tried for a block labelled `label`: the label, then `<label>-2`, …
+
+    Where Windows reserves the part before the first dot (`aux.notes`), the number goes
+    there (`aux-2.notes`), so the name is portable.
+    """
+    if n == 1:
+        return label
+    head, dot, rest = label.partition(".")
+    return f"{head}-{n}{dot}{rest}" if head.lower() in WINDOWS_RESERVED else f"{label}-{n}"
+
+
 def file_name_free(name: str, taken_lower: set[str]) -> bool:
     """Whether a new file `<name>.md` is portable: no case twin among `taken_lower`, not reserved on Windows."""
     return name.lower() not in taken_lower and name.split(".")[0].lower() not in WINDOWS_RESERVED

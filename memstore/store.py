@@ -38,6 +38,7 @@ from .models import (
     Block,
     EditResult,
     HistoryEntry,
+    file_name_for,
     file_name_free,
     is_name,
     validate_agent_name,
@@ -170,6 +171,8 @@ class Store:
             names = self.catalog.names_of_label(ref, rescan=rescan)
             if names and all(self._verify(n, lambda b: b.label == ref) for n in names):
                 break
+        if len(names) > 1 and ref in names:  # a file name always names its own block
+            return ref
         if len(names) > 1:
             raise AmbiguousNameError(ref, [f"{n} ({self.catalog.snapshot().entries[n].id})" for n in names])
         if names:
@@ -228,7 +231,7 @@ class Store:
         actor = actor or self.person
         taken = {p.name[:-3].lower() for p in self.ws.blocks_dir.glob("*.md")}
         for n in range(1, 10_000):
-            name = label if n == 1 else f"{label}-{n}"
+            name = file_name_for(label, n)
             rel = f"blocks/{name}.md"
             if not file_name_free(name, taken):  # a case twin or a name Windows reserves
                 continue

@@ -97,9 +97,12 @@ async def test_block_errors_name_the_problem(client: Client, store: Store) -> No
     assert "No block named 'ghost'" in await error(client, "get_block", block="ghost")
     assert "never a path" in await error(client, "create_block", label="../escape")
     store.create_block("twin")
-    store.create_block("twin")
-    text = await error(client, "get_block", block="twin")
-    assert "twin" in text and "twin-2" in text
+    store.create_block("twin-b")
+    store.update_block("twin-b", label="twin-a")
+    store.update_block("twin", label="twin-a")
+    text = await error(client, "get_block", block="twin-a")
+    assert "twin" in text and "twin-b" in text
+    store.create_block("twin")  # blocks/twin-2.md: a second block labelled as the first's file name
     assert "validation error" in await error(client, "create_block", label=["not", "text"])
     assert "Field required" in await error(client, "create_block")
     assert "No version" in await error(client, "get_block", block="twin-2", version="0" * 40)

@@ -94,11 +94,15 @@ def test_block_is_found_by_id_file_name_and_label(store: Store) -> None:
 
 
 def test_ambiguous_label_lists_the_candidates(store: Store) -> None:
-    a = store.create_block("notes", "one")
-    b = store.create_block("notes", "two")
+    """A label shared by several blocks is ambiguous when it is not also one of their file names."""
+    a = store.create_block("one", "one")
+    b = store.create_block("two", "two")
+    store.update_block("one", label="notes")
+    store.update_block("two", label="notes")
     with pytest.raises(AmbiguousNameError) as err:
         store.get_block("notes")
     assert a.id in str(err.value) and b.id in str(err.value)
+    assert store.get_block("one").id == a.id  # the file names still name each
 
 
 def test_unknown_block_is_not_found(store: Store) -> None:
