@@ -25,6 +25,7 @@ from .errors import (
     ConflictError,
     FileFormatError,
     InvalidInputError,
+    InvalidNameError,
     LimitExceededError,
     NotAllowedError,
     NotFoundError,
@@ -498,6 +499,10 @@ class Store:
 
     @staticmethod
     def _parse_agent(data: bytes, rel: str, name: str) -> Agent:
+        try:
+            validate_agent_name(name)
+        except InvalidNameError as exc:  # a hand-made file, say agents/agent1.md.md
+            raise FileFormatError(rel, None, str(exc)) from None
         agent = agent_from_file(data, rel)
         if agent.name != name:
             raise FileFormatError(rel, None, f"`name: {agent.name}` differs from the file name; an agent's name is "

@@ -304,3 +304,12 @@ def test_a_file_name_names_its_block_even_when_its_label_is_shared(store: Store)
     assert second.name == "organization-2"
     assert store.get_block("organization").value == "first"  # the file name wins over the shared label
     assert store.get_block("organization-2").value == "second"
+
+
+def test_a_hand_made_md_agent_file_is_refused_not_crashed_on(store: Store, ws_path: Path) -> None:
+    good = store.create_agent("agent1", "openai/gpt-4o-mini")
+    text = (ws_path / "agents/agent1.md").read_text().replace("name: agent1", "name: agent1.md")
+    (ws_path / "agents/agent1.md.md").write_text(text.replace(good.id, "agent-00000000-0000-0000-0000-0000000000a1"))
+    assert [a.name for a in store.list_agents()] == ["agent1"]
+    out = cli(ws_path, "agent", "send", "agent1.md", "hello")
+    assert out.returncode == 1 and out.stderr.count("\n") == 1 and "may not end in '.md'" in out.stderr
