@@ -313,3 +313,28 @@ def test_a_hand_made_md_agent_file_is_refused_not_crashed_on(store: Store, ws_pa
     assert [a.name for a in store.list_agents()] == ["agent1"]
     out = cli(ws_path, "agent", "send", "agent1.md", "hello")
     assert out.returncode == 1 and out.stderr.count("\n") == 1 and "may not end in '.md'" in out.stderr
+
+
+@unix_only
+def test_the_running_watcher_refuses_symlinks_in_blocks_and_agents(store: Store, ws_path: Path,
+                                                                 outside: Path) -> None:
+    import queue
+
+    from memstore.watcher import Watcher
+
+    store.create_agent("agent1", "openai/gpt-4o-mini")
+    before = git(ws_path, "rev-parse", "HEAD")
+    picked: queue.Queue = queue.Queue()
+    with Watcher(store, on_pick_up=picked.put) as watcher:
+        assert watcher.ready.wait(15)
+        (ws_path / "blocks/passwd.md").symlink_to(outside)
+        (ws_path / "agents/evil.md").symlink_to(outside)
+        results = {}
+        while len(results) < 2:
+            result = picked.get(timeout=15)
+            results[result.path] = result
+    assert {r.action for r in results.values()} == {"invalid"}
+    assert all("symbolic link" in (r.problem or "") for r in results.values())
+    assert git(ws_path, "rev-parse", "HEAD") == before  # nothing committed
+    assert [a.name for a in store.list_agents()] == ["agent1"]
+    assert not leaked(str(store.agent_problems()))
