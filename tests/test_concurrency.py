@@ -108,3 +108,12 @@ def test_a_forked_child_can_write_with_its_parents_store(store: Store) -> None:
     child.join(timeout=60)
     assert child.exitcode == 0
     assert store.get_block("organization").value == "Org\nparent first\nfrom a forked child"
+
+
+def test_a_process_keeps_few_lock_files_open_however_many_blocks_it_edits(store: Store) -> None:
+    from memstore.locks import Locks
+
+    for n in range(Locks.KEEP_OPEN + 40):
+        store.create_block(f"b{n}", "x")
+    assert len(store.commits.locks._open) <= Locks.KEEP_OPEN
+    assert store.memory_insert("b0", "still locks").version
