@@ -19,12 +19,24 @@ from .workspace import ENV_WORKSPACE
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+_WORKSPACE_HELP = (f"The workspace folder (default: ${ENV_WORKSPACE}, else the workspace the current folder "
+                   "is in, as git finds its repository).")
+
+
 def workspace_option(func: F) -> F:
-    """Give a command `--workspace DIR` (default $MEMSTORE_WORKSPACE, else the current folder)."""
+    """Give a command `--workspace DIR`; also accepted before the command (`memstore -w DIR block list`)."""
     return click.option(
         "--workspace", "-w", "workspace", envvar=ENV_WORKSPACE, type=click.Path(file_okay=False),
-        help=f"The workspace folder (default: ${ENV_WORKSPACE}, else the current folder).",
+        help=_WORKSPACE_HELP, callback=_workspace_value,
     )(func)
+
+
+def _workspace_value(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """The command's own `-w` wins, then the one given before the command, then $MEMSTORE_WORKSPACE."""
+    if ctx.get_parameter_source(param.name or "workspace") == click.core.ParameterSource.COMMANDLINE:
+        return value
+    given = (ctx.find_root().params or {}).get("workspace")
+    return given or value
 
 
 def json_option(func: F) -> F:
@@ -103,7 +115,8 @@ def _history_text(entries: list[HistoryEntry]) -> str:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="memstore")
-def main() -> None:
+@click.option("--workspace", "-w", "workspace", type=click.Path(file_okay=False), help=_WORKSPACE_HELP)
+def main(workspace: str | None) -> None:
     """Shared memory blocks for LLM agents, kept as markdown files in a git repository."""
 
 

@@ -100,9 +100,16 @@ class Workspace:
 
 
 def resolve_root(path: str | os.PathLike[str] | None) -> Path:
-    """The workspace folder: the given path, else $MEMSTORE_WORKSPACE, else the current folder."""
-    chosen = path or os.environ.get(ENV_WORKSPACE) or "."
-    return Path(chosen).expanduser().resolve()
+    """The workspace folder: the given path, else $MEMSTORE_WORKSPACE, else the workspace the
+    current folder is in (its nearest folder, upwards, with a git repository and `blocks/`)."""
+    chosen = path or os.environ.get(ENV_WORKSPACE)
+    if chosen:
+        return Path(chosen).expanduser().resolve()
+    here = Path.cwd().resolve()
+    for folder in (here, *here.parents):
+        if (folder / ".git").exists() and (folder / "blocks").is_dir():
+            return folder
+    return here
 
 
 def open_workspace(path: str | os.PathLike[str] | None = None) -> Workspace:

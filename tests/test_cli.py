@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from memstore import Store
 from memstore.cli import main
 
 from .conftest import assert_clean_repo, git
@@ -112,3 +113,19 @@ def test_memstore_command_runs_as_a_real_process(tmp_path: Path) -> None:
     bad = subprocess.run([*exe, "block", "show", "org", "--workspace", str(tmp_path)], capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.startswith("memstore: error:") and "Traceback" not in bad.stderr
     assert git(ws, "log", "-1", "--format=%s").strip() == "create_block org"
+
+
+def test_workspace_before_the_command_and_found_from_a_subfolder(run, ws_path: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    run("block", "create", "organization", "Org")
+    runner = CliRunner()
+    out = runner.invoke(main, ["-w", str(ws_path), "block", "list"], env={"MEMSTORE_WORKSPACE": ""})
+    assert out.exit_code == 0 and "organization" in out.output
+    other = tmp_path / "other"
+    Store.init(other).create_block("elsewhere", "x")
+    out = runner.invoke(main, ["-w", str(ws_path), "block", "list", "-w", str(other)], env={"MEMSTORE_WORKSPACE": ""})
+    assert "elsewhere" in out.output  # the command's own -w wins
+    monkeypatch.chdir(ws_path / "blocks")
+    monkeypatch.delenv("MEMSTORE_WORKSPACE", raising=False)
+    out = runner.invoke(main, ["block", "show", "organization"])
+    assert out.exit_code == 0 and "Org" in out.output
