@@ -7,6 +7,7 @@ import ipaddress
 import json
 import socket
 import sys
+import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from typing import Any
@@ -22,6 +23,7 @@ Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
 
 MCP_PATH = "/mcp"
+API_PATH = "/v1"
 
 
 class ServeError(MemstoreError):
@@ -59,7 +61,8 @@ class BearerAuth:
     async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Any]],
                        send: Callable[[Any], Awaitable[None]]) -> None:
         if scope["type"] == "http" and not self._authorized(scope):
-            body = json.dumps({"error": "unauthorized",
+            body = json.dumps({"detail": "Missing or wrong bearer token (Authorization: Bearer <token>).",
+                               "error": "unauthorized",
                                "error_description": "missing or wrong bearer token"}).encode()
             await send({"type": "http.response.start", "status": 401, "headers": [
                 (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
@@ -92,19 +95,59 @@ def _watching(server: MemstoreServer, watch: bool) -> Iterator[None]:
         yield
 
 
+class ByPath:
+    """ASGI: requests under /v1 go to Letta's API, everything else (and the lifespan) to MCP.
+
+    Bound to loopback, the API answers only requests addressed to a loopback name, so a web
+    page cannot reach it through DNS rebinding (the MCP SDK checks /mcp the same way).
+    """
+
+    def __init__(self, mcp: ASGIApp, letta: ASGIApp, *, loopback_only: bool) -> None:
+        self.mcp = mcp
+        self.letta = letta
+        self.loopback_only = loopback_only
+
+    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[Any], Awaitable[None]]) -> None:
+        path = scope.get("path", "") if scope["type"] in ("http", "websocket") else ""
+        if not (path == API_PATH or path.startswith(API_PATH + "/")):
+            await self.mcp(scope, receive, send)
+        elif self.loopback_only and not _addressed_to_loopback(scope):
+            body = json.dumps({"detail": "This server answers only requests addressed to 127.0.0.1, ::1 or "
+                                         "localhost."}).encode()
+            await send({"type": "http.response.start", "status": 421, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+        else:
+            await self.letta(scope, receive, send)
+
+
+def _addressed_to_loopback(scope: Scope) -> bool:
+    host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1")
+    try:
+        name = urllib.parse.urlsplit(f"//{host}").hostname or ""
+    except ValueError:
+        return False
+    return is_loopback(name)
+
+
 def serve_http(store: Store, config: ServerConfig, *, host: str, port: int, token: str | None,
                watch: bool = True) -> None:
-    """Serve streamable HTTP at /mcp; port 0 picks a free port (printed on stderr)."""
+    """Serve MCP (streamable HTTP) at /mcp and Letta's API at /v1; port 0 picks a free port (printed on stderr)."""
     import uvicorn
+
+    from .letta_api import create_app
 
     check_http_options(host, token)
     server = MemstoreServer(store, config, notifications=watch)
-    app: ASGIApp = server.streamable_http_app(streamable_http_path=MCP_PATH, host=host)
+    app: ASGIApp = ByPath(server.streamable_http_app(streamable_http_path=MCP_PATH, host=host), create_app(store),
+                          loopback_only=is_loopback(host))
     if token:
         app = BearerAuth(app, token)
     sock = _listen(host, port)
     shown = f"[{host}]" if ":" in host else host
-    print(f"memstore: serving MCP on http://{shown}:{sock.getsockname()[1]}{MCP_PATH}"
+    base = f"http://{shown}:{sock.getsockname()[1]}"
+    print(f"memstore: serving MCP on {base}{MCP_PATH} and Letta's API on {base}{API_PATH}"
           f"{' (bearer token required)' if token else ''}", file=sys.stderr, flush=True)
     config_ = uvicorn.Config(app, log_level="warning", lifespan="on")
     with _watching(server, watch):

@@ -74,6 +74,10 @@ class ConflictError(MemstoreError):
     """A name or label that is already taken where it must be unique."""
 
 
+class PreconditionFailedError(ConflictError):
+    """An edit made against a version of a block that is no longer its current one; nothing was written."""
+
+
 class LockTimeoutError(MemstoreError, TimeoutError):
     """A lock stayed held by another process past the timeout."""
 

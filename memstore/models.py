@@ -117,6 +117,13 @@ class Actor:
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-").lower() or "host"
         return cls(name=name, email=f"host-{slug}@{AGENT_EMAIL_DOMAIN}", is_agent=True)
 
+    @classmethod
+    def client(cls, name: str, email: str | None = None) -> Actor:
+        """A program calling the Letta API: an administrative caller, as in Letta (read-only does not bind it)."""
+        name = re.sub(r"[<>\x00-\x1f\x7f]+", " ", name).strip()[:MAX_NAME_LENGTH] or "api-client"
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-").lower() or "client"
+        return cls(name=name, email=email or f"api-{slug}@{AGENT_EMAIL_DOMAIN}")
+
     def with_admin(self, admin: bool = True) -> Actor:
         """This actor, allowed (or not) to change `read_only` and `limit`."""
         return dataclasses.replace(self, admin=admin)

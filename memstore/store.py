@@ -26,9 +26,9 @@ from .errors import (
     FileFormatError,
     InvalidInputError,
     InvalidNameError,
-    LimitExceededError,
     NotAllowedError,
     NotFoundError,
+    PreconditionFailedError,
     ReadOnlyError,
 )
 from .gitrepo import Ident, blob_id
@@ -248,10 +248,17 @@ class Store:
 
     def update_block(
         self, ref: str, *, label: str | None = None, description: str | None = None, limit: int | None = None,
-        read_only: bool | None = None, metadata: dict[str, Any] | None = None, actor: Actor | None = None,
+        read_only: bool | None = None, metadata: dict[str, Any] | None = None, value: str | None = None,
+        actor: Actor | None = None, expected_version: str | None = None,
     ) -> EditResult:
-        """Change a block's label, description, limit, read-only flag or metadata (not its value)."""
+        """Change a block's fields in one commit: an administrative change, as Letta's block update.
+
+        `value` replaces the whole value (agents' own edits go through the memory tools, which
+        read-only binds); every other field is the block's settings.
+        """
         changes: dict[str, Any] = {}
+        if value is not None:
+            changes["value"] = check_text(value, "value")
         if label is not None:
             changes["label"] = validate_name(label)
         if description is not None:
@@ -267,13 +274,15 @@ class Store:
 
         def change(block: Block) -> Block:
             _check_policy_change(actor, block, changes)
-            if "limit" in changes and len(block.value) > changes["limit"]:
-                raise LimitExceededError(block.label, changes["limit"], len(block.value))
+            if actor.is_agent and block.read_only and "value" in changes:
+                raise ReadOnlyError(block.label)
+            edits.check_limit(block.label, changes.get("value", block.value), changes.get("limit", block.limit))
             if changes.get("label", block.label) != block.label:
                 self._check_relabel(block, changes["label"])
             return block.model_copy(update=changes)
 
-        result = self._change_block(ref, actor, "update_block", change, enforce_read_only=False)
+        result = self._change_block(ref, actor, "update_block", change, enforce_read_only=False,
+                                    expected_version=expected_version)
         if "label" in changes:
             self.catalog.bump()
         return result
@@ -312,42 +321,57 @@ class Store:
 
     # -- the memory edits ----------------------------------------------------------------
 
-    def memory_insert(self, label: str, new_str: str, insert_line: int = -1, *, actor: Actor | None = None) -> EditResult:
+    # Every edit takes `expected_version`: when given, the edit applies only if the block's
+    # current version is that commit (else PreconditionFailedError, nothing written).
+
+    def memory_insert(self, label: str, new_str: str, insert_line: int = -1, *, actor: Actor | None = None,
+                      expected_version: str | None = None) -> EditResult:
         """Insert `new_str` after line `insert_line` (0: top, -1: end); additive under concurrency."""
         check_text(new_str, "new_str")
-        return self._edit(label, actor, "memory_insert", lambda b: edits.memory_insert(b.value, new_str, insert_line))
+        return self._edit(label, actor, "memory_insert", lambda b: edits.memory_insert(b.value, new_str, insert_line),
+                          expected_version)
 
-    def memory_replace(self, label: str, old_str: str, new_str: str, *, actor: Actor | None = None) -> EditResult:
+    def memory_replace(self, label: str, old_str: str, new_str: str, *, actor: Actor | None = None,
+                       expected_version: str | None = None) -> EditResult:
         """Replace the one occurrence of `old_str` in the current value."""
         check_text(new_str, "new_str")
         return self._edit(label, actor, "memory_replace",
-                          lambda b: edits.memory_replace(b.value, old_str, new_str, b.label))
+                          lambda b: edits.memory_replace(b.value, old_str, new_str, b.label), expected_version)
 
-    def memory_rethink(self, label: str, new_memory: str, *, actor: Actor | None = None) -> EditResult:
+    def memory_rethink(self, label: str, new_memory: str, *, actor: Actor | None = None,
+                       expected_version: str | None = None) -> EditResult:
         """Overwrite the whole value; the old one stays in history."""
         check_text(new_memory, "new_memory")
-        return self._edit(label, actor, "memory_rethink", lambda b: edits.memory_rethink(b.value, new_memory))
+        return self._edit(label, actor, "memory_rethink", lambda b: edits.memory_rethink(b.value, new_memory),
+                          expected_version)
 
-    def core_memory_append(self, label: str, content: str, *, actor: Actor | None = None) -> EditResult:
+    def core_memory_append(self, label: str, content: str, *, actor: Actor | None = None,
+                           expected_version: str | None = None) -> EditResult:
         check_text(content, "content")
-        return self._edit(label, actor, "core_memory_append", lambda b: edits.core_memory_append(b.value, content))
+        return self._edit(label, actor, "core_memory_append", lambda b: edits.core_memory_append(b.value, content),
+                          expected_version)
 
     def core_memory_replace(
-        self, label: str, old_content: str, new_content: str, *, actor: Actor | None = None
+        self, label: str, old_content: str, new_content: str, *, actor: Actor | None = None,
+        expected_version: str | None = None,
     ) -> EditResult:
         check_text(new_content, "new_content")
         return self._edit(label, actor, "core_memory_replace",
-                          lambda b: edits.core_memory_replace(b.value, old_content, new_content, b.label))
+                          lambda b: edits.core_memory_replace(b.value, old_content, new_content, b.label),
+                          expected_version)
 
-    def _edit(self, label: str, actor: Actor | None, op: str, new_value: Callable[[Block], str]) -> EditResult:
+    def _edit(self, label: str, actor: Actor | None, op: str, new_value: Callable[[Block], str],
+              expected_version: str | None) -> EditResult:
         def change(block: Block) -> Block:
             value = new_value(block)
             edits.check_limit(block.label, value, block.limit)
             return block.model_copy(update={"value": value})
 
-        return self._change_block(label, actor or self.person, op, change, enforce_read_only=True)
+        return self._change_block(label, actor or self.person, op, change, enforce_read_only=True,
+                                  expected_version=expected_version)
 
-    def revert_block(self, ref: str, version: str, *, actor: Actor | None = None) -> EditResult:
+    def revert_block(self, ref: str, version: str, *, actor: Actor | None = None,
+                     expected_version: str | None = None) -> EditResult:
         """Make a block as it was at `version`, in a new commit (history is never rewritten)."""
         actor = actor or self.person
         name = self.resolve_block(ref, actor)
@@ -361,11 +385,11 @@ class Store:
             return old
 
         return self._change_block(ref, actor, "revert_block", change, enforce_read_only=True,
-                                  subject_suffix=f" to {version[:12]}")
+                                  subject_suffix=f" to {version[:12]}", expected_version=expected_version)
 
     def _change_block(
         self, ref: str, actor: Actor, op: str, change: Callable[[Block], Block], *,
-        enforce_read_only: bool, subject_suffix: str = "",
+        enforce_read_only: bool, subject_suffix: str = "", expected_version: str | None = None,
     ) -> EditResult:
         name = self.resolve_block(ref, actor)
         rel = f"blocks/{name}.md"
@@ -375,6 +399,8 @@ class Store:
             block, meta = self._load(current, rel, name)
             if enforce_read_only and actor.is_agent and block.read_only:
                 raise ReadOnlyError(block.label)
+            if expected_version is not None:
+                self._check_version(rel, current, block, expected_version)
             hand_edited = self._check_hand_edit(rel, current, block)
             new = change(block)
             if hand_edited:
@@ -385,6 +411,28 @@ class Store:
         version = saved.version if saved.version or saved.pending else history.last_version(self.ws.git, rel)
         return EditResult(block=new.model_copy(update={"version": version}), version=version, op=op,
                           pending=saved.pending)
+
+    def _check_version(self, rel: str, current: bytes, block: Block, expected: str) -> None:
+        """Refuse an edit made against a version that is no longer the block's current one.
+
+        `expected` is a commit id or a prefix of at least 7 hex digits; `*` matches any
+        version. An uncommitted hand edit means the block has changed since every version.
+        """
+        expected = check_text(expected, "expected_version").strip()
+        if expected == "*":
+            return
+        if len(expected) < 7:
+            raise InvalidInputError(f"expected_version '{expected}' is too short: give at least 7 characters of "
+                                    "the version (a commit id).")
+        now = self.last_change.get(rel)
+        if self.commits.hand_edited(rel, current):
+            raise PreconditionFailedError(
+                f"Block '{block.label}' has changed since version {expected[:12]}: someone edited the file by hand "
+                "and that edit is not committed yet. Read the block again and retry; nothing was written.")
+        if now is None or not now.startswith(expected.lower()):
+            raise PreconditionFailedError(
+                f"Block '{block.label}' has changed since version {expected[:12]}: it is now at version "
+                f"{(now or 'none')[:12]}. Read the block again and retry; nothing was written.")
 
     def _check_hand_edit(self, rel: str, current: bytes, block: Block) -> bool:
         """True if `rel` has an uncommitted (valid) hand edit; refuse an invalid one."""
@@ -525,12 +573,10 @@ class Store:
         if taken is not None:
             raise ConflictError(f"An agent named '{taken}' exists; names that differ only in case would collide on "
                                 "macOS and Windows.")
-        if not isinstance(model, str) or not model.strip() or "\n" in model:
-            raise InvalidInputError("`model` must be a model name such as 'openai/gpt-4o-mini'.")
         blocks = [self.get_block(ref) for ref in (block_ids or [])]
         check_unique_labels(name, blocks)
         agent = Agent(
-            id=f"agent-{uuid.uuid4()}", name=name, model=model.strip(), tools=check_tools(tools, include_base_tools),
+            id=f"agent-{uuid.uuid4()}", name=name, model=_check_model(model), tools=check_tools(tools, include_base_tools),
             blocks=list(dict.fromkeys(b.id for b in blocks)), description=check_optional_text(description),
             system=check_text(DEFAULT_SYSTEM if system is None else system, "system"),
             api_base=check_optional_text(api_base),
@@ -542,6 +588,43 @@ class Store:
                 raise ConflictError(f"An agent named '{name}' already exists.")
             self.commits.write(rel, render_agent(agent), None, _ident(actor), self._message("create_agent", agent, actor))
         return agent
+
+    def update_agent(
+        self, ref: str, *, model: str | None = None, system: str | None = None, description: str | None = None,
+        tools: list[str] | None = None, block_ids: list[str] | None = None, api_base: str | None = None,
+        actor: Actor | None = None,
+    ) -> Agent:
+        """Change an agent's model, persona, description, tools or attached blocks, in one commit.
+
+        `tools` is the whole list (the base tools are not added back); `block_ids` replaces the
+        attached blocks, in that order, with labels unique among them.
+        """
+        changes: dict[str, Any] = {}
+        if model is not None:
+            changes["model"] = _check_model(model)
+        if system is not None:
+            changes["system"] = check_text(system, "system")
+        if description is not None:
+            changes["description"] = check_optional_text(description) or None
+        if tools is not None:
+            changes["tools"] = check_tools(tools, include_base_tools=False)
+        if api_base is not None:
+            changes["api_base"] = check_optional_text(api_base) or None
+        agent = self.get_agent(ref)
+        if block_ids is not None:
+            blocks = [self.get_block(b) for b in block_ids]
+            check_unique_labels(agent.name, blocks)
+            changes["blocks"] = list(dict.fromkeys(b.id for b in blocks))
+        return self._change_agent(agent.name, actor or self.person, "update_agent",
+                                  lambda current: current.model_copy(update=changes),
+                                  subject=f"update_agent {agent.name}")
+
+    def agent_block(self, agent_ref: str, label: str) -> Block:
+        """The block attached to an agent under `label` (Letta's error when there is none)."""
+        entry = self._agent_entry(self.get_agent(agent_ref), label)
+        block = self._read_block(entry.name, strict=True)
+        assert block is not None
+        return block.model_copy(update={"version": self.last_change.get(block.path)})
 
     def delete_agent(self, ref: str, *, actor: Actor | None = None) -> Agent:
         actor = actor or self.person
@@ -656,6 +739,12 @@ def _check_policy_change(actor: Actor, block: Block, changes: dict[str, Any]) ->
                 f"Changing `{key}` of block '{block.label}' is not allowed for agent '{actor.name}': "
                 "only a person or an admin may change a block's read_only flag or limit."
             )
+
+
+def _check_model(model: object) -> str:
+    if not isinstance(model, str) or not model.strip() or "\n" in model:
+        raise InvalidInputError("`model` must be a model name such as 'openai/gpt-4o-mini'.")
+    return model.strip()
 
 
 def _ident(actor: Actor) -> Ident:

@@ -41,11 +41,11 @@ def stdio_params(ws: Path, *extra: str) -> StdioServerParameters:
 
 
 @contextmanager
-def http_server(ws: Path, *extra: str) -> Iterator[str]:
-    """Start `memstore serve --http --port 0`; yield its URL, read from the line it prints."""
+def http_server(ws: Path, *extra: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Start `memstore serve --http --port 0`; yield its MCP URL, read from the line it prints."""
     proc = subprocess.Popen([MEMSTORE, "serve", "--http", "--port", "0", "-w", str(ws), *extra],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=host_env(), text=True)
+                            env={**host_env(), **(env or {})}, text=True)
     try:
         line = _read_line(proc)
         assert "serving MCP on " in line, line

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AgentTurnError, MemstoreError
@@ -57,9 +58,12 @@ def system_prompt(store: Store, agent: Agent) -> str:
 
 def send_message(
     store: Store, agent_ref: str, message: str, *, max_steps: int = DEFAULT_MAX_STEPS,
-    timeout: float = DEFAULT_TIMEOUT,
+    timeout: float = DEFAULT_TIMEOUT, on_message: Callable[[Any], None] | None = None,
 ) -> TurnResult:
-    """Run one turn of a built-in agent; raise AgentTurnError (after logging) if it ends early."""
+    """Run one turn of a built-in agent; raise AgentTurnError (after logging) if it ends early.
+
+    `on_message` sees each produced message as its step ends (a stream's hook).
+    """
     check_text(message, "message")
     check_count(max_steps, "max_steps")
     agent = store.get_agent(agent_ref)
@@ -69,10 +73,21 @@ def send_message(
     usage = Usage()
     reason: StopReasonName = "max_steps"
     error: str | None = None
+    emitted = 0
+
+    def emit() -> None:
+        nonlocal emitted
+        if on_message is not None:
+            for message in produced[emitted:]:
+                on_message(message)
+        emitted = len(produced)
+
     try:
         for _ in range(max_steps):
             agent = store.get_agent(agent.id)  # tools and blocks may have changed
-            if _step(store, agent, [*history, user, *produced], produced, usage, timeout):
+            done = _step(store, agent, [*history, user, *produced], produced, usage, timeout)
+            emit()
+            if done:
                 reason = "end_turn"
                 break
         else:
@@ -86,6 +101,7 @@ def send_message(
         reason, error = "error", f"unexpected {type(exc).__name__}: {exc}"
     finally:
         append_turn(store, agent, [user, *produced])
+        emit()
     result = TurnResult(messages=produced, stop_reason=StopReason(stop_reason=reason), usage=usage, error=error)
     if reason not in ("end_turn", "max_steps"):
         raise AgentTurnError(f"Agent '{agent.name}': {error}", result)

@@ -1,0 +1,451 @@
+"""Letta's REST API under /v1, so Letta users' client code runs against memstore unchanged.
+
+Each route is a few lines over the core (`memstore.Store`): every write is the core's one
+edit path and one commit. Block and agent changes made here are authored by the caller
+(`X-Memstore-Author: Name <email>`, else the client program's name), an agent's turn by
+the agent. The caller is administrative, as in Letta: `read_only` binds agents' memory
+tools, not this API. Beyond Letta, block edits honour `If-Match: <version>` (412 when
+stale) and responses carry the block's version as an `ETag`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import queue
+import re
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from typing import Annotated, Any, Literal, TypeVar
+
+from fastapi import FastAPI, Header, Query, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+
+import memstore
+from memstore import (
+    Actor,
+    AgentTurnError,
+    AmbiguousNameError,
+    ConflictError,
+    EditResult,
+    FileFormatError,
+    InvalidInputError,
+    InvalidNameError,
+    LockTimeoutError,
+    MemstoreError,
+    NotAllowedError,
+    NotFoundError,
+    PreconditionFailedError,
+    ReadOnlyError,
+    Store,
+    TurnResult,
+)
+from memstore.errors import EditError, os_error_text
+from memstore.models import validate_agent_name
+from memstore.validation import check_tools
+
+from .letta_shapes import (
+    AgentCreate,
+    AgentUpdate,
+    BlockCreate,
+    BlockUpdate,
+    MessagesCreate,
+    agent_json,
+    block_json,
+    message_json,
+    turn_json,
+)
+
+PREFIX = "/v1"
+T = TypeVar("T")
+
+Limit = Annotated[int | None, Query(ge=1, le=1000, description="Most items to return.")]
+Cursor = Annotated[str | None, Query(description="An id: return the items after (or before) it in this order.")]
+Order = Annotated[Literal["asc", "desc"] | None, Query(description="asc: oldest first (blocks and agents: by id).")]
+IfMatch = Annotated[str | None, Header(description="Apply only if the block is still at this version (else 412).")]
+
+# Which core refusal is which HTTP status (Letta's codes where Letta has one).
+STATUS: list[tuple[type[Exception], int]] = [
+    (PreconditionFailedError, 412),
+    (NotFoundError, 404),
+    (AmbiguousNameError, 409),
+    (ConflictError, 409),
+    (ReadOnlyError, 403),
+    (NotAllowedError, 403),
+    (InvalidNameError, 422),
+    (InvalidInputError, 422),
+    (EditError, 422),
+    (FileFormatError, 409),
+    (LockTimeoutError, 503),
+]
+
+
+def create_app(store: Store) -> FastAPI:
+    """The /v1 application over one store (mounted beside MCP by `serve --http`)."""
+    app = FastAPI(title="memstore: Letta's API", version=memstore.__version__,
+                  openapi_url=f"{PREFIX}/openapi.json", docs_url=f"{PREFIX}/docs", redoc_url=None)
+    _add_error_handlers(app)
+    _add_block_routes(app, store)
+    _add_agent_routes(app, store)
+    _add_message_routes(app, store)
+
+    @app.get(f"{PREFIX}/health", tags=["health"])
+    @app.get(f"{PREFIX}/health/", include_in_schema=False)
+    def health() -> dict[str, str]:
+        return {"status": "ok", "version": memstore.__version__}
+
+    return app
+
+
+# -- who is calling ------------------------------------------------------------------------
+
+
+def caller(request: Request) -> Actor:
+    """The commit author for this request: `X-Memstore-Author`, else the client program."""
+    given = request.headers.get("x-memstore-author", "").strip()
+    if given:
+        name, address = email.utils.parseaddr(given)
+        if not name and not address:
+            raise InvalidInputError("X-Memstore-Author must be 'Name <email>' or a name.")
+        if name and address:
+            return Actor.client(name, address)
+        return Actor.client(name or given)
+    program = request.headers.get("x-fern-sdk-name") or request.headers.get("user-agent", "")
+    product = re.split(r"[\s/]", program.strip(), maxsplit=1)[0] if program.strip() else ""
+    return Actor.client(product or "letta-api-client")
+
+
+# -- lists ---------------------------------------------------------------------------------
+
+
+def page(items: Sequence[T], key: Callable[[T], str], *, limit: int | None, after: str | None,
+         before: str | None, order: str, default_limit: int) -> list[T]:
+    """Letta's cursor paging: items after/before a cursor id in the chosen order, at most `limit`.
+
+    Blocks and agents are ordered by id, so a cursor keeps its place even when its item was
+    deleted meanwhile; a client that asks with `after=<last id>` reaches an empty page.
+    """
+    ordered = sorted(items, key=key, reverse=order == "desc")
+    if after is not None:
+        ordered = [i for i in ordered if (key(i) < after if order == "desc" else key(i) > after)]
+    if before is not None:
+        ordered = [i for i in ordered if (key(i) > before if order == "desc" else key(i) < before)]
+        return ordered[-(limit or default_limit):]
+    return ordered[:limit or default_limit]
+
+
+def page_by_position(items: Sequence[T], key: Callable[[T], str], *, limit: int | None, after: str | None,
+                     before: str | None, order: str, default_limit: int, what: str) -> list[T]:
+    """Paging for items kept in order (an agent's messages): the cursor must be one of them."""
+    ordered = list(items) if order == "asc" else list(reversed(items))
+    ids = [key(i) for i in ordered]
+    for cursor in (after, before):
+        if cursor is not None and cursor not in ids:
+            raise NotFoundError(f"No {what} with id {cursor}.")
+    if after is not None:
+        ordered = ordered[ids.index(after) + 1:]
+        ids = ids[ids.index(after) + 1:]
+    if before is not None:
+        ordered = ordered[:ids.index(before)]
+        return ordered[-(limit or default_limit):]
+    return ordered[:limit or default_limit]
+
+
+# -- responses -----------------------------------------------------------------------------
+
+
+def with_version(body: Any, version: str | None, pending: str | None = None, status: int = 200) -> JSONResponse:
+    """A JSON response carrying the block's version as its ETag (none while a commit is pending)."""
+    headers = {}
+    if version:
+        headers["ETag"] = f'"{version}"'
+    if pending:
+        headers["X-Memstore-Pending"] = pending.replace("\n", " ")[:500]
+    return JSONResponse(jsonable_encoder(body), status_code=status, headers=headers)
+
+
+def edited(result: EditResult) -> JSONResponse:
+    return with_version(block_json(result.block), result.version, result.pending)
+
+
+def expected(if_match: str | None) -> str | None:
+    """The version an `If-Match` header names (`"v"`, `W/"v"` or `*`)."""
+    if if_match is None:
+        return None
+    value = if_match.strip()
+    if value.startswith("W/"):
+        value = value[2:]
+    value = value.strip('"')
+    if not value:
+        raise InvalidInputError("If-Match is empty; give the version from the block's ETag.")
+    return value
+
+
+# -- blocks --------------------------------------------------------------------------------
+
+
+def _add_block_routes(app: FastAPI, store: Store) -> None:
+    @app.post(f"{PREFIX}/blocks/", tags=["blocks"])
+    @app.post(f"{PREFIX}/blocks", include_in_schema=False)
+    def create_block(body: BlockCreate, request: Request) -> JSONResponse:
+        block = store.create_block(body.label, body.value, limit=body.limit, read_only=body.read_only,
+                                   description=body.description, metadata=body.metadata, actor=caller(request))
+        return with_version(block_json(block), block.version)
+
+    @app.get(f"{PREFIX}/blocks/", tags=["blocks"])
+    @app.get(f"{PREFIX}/blocks", include_in_schema=False)
+    def list_blocks(label: str | None = None, label_search: str | None = None, value_search: str | None = None,
+                    limit: Limit = None, after: Cursor = None, before: Cursor = None,
+                    order: Order = None) -> list[dict[str, Any]]:
+        blocks = [b for b in store.list_blocks()
+                  if (label is None or b.label == label)
+                  and (label_search is None or label_search.lower() in b.label.lower())
+                  and (value_search is None or value_search.lower() in b.value.lower())]
+        chosen = page(blocks, lambda b: b.id, limit=limit, after=after, before=before, order=order or "asc",
+                      default_limit=50)
+        return [block_json(b) for b in chosen]
+
+    @app.get(f"{PREFIX}/blocks/{{block_id}}", tags=["blocks"])
+    def get_block(block_id: str) -> JSONResponse:
+        block = store.get_block(_block_id(block_id))
+        return with_version(block_json(block), block.version)
+
+    @app.patch(f"{PREFIX}/blocks/{{block_id}}", tags=["blocks"])
+    def update_block(block_id: str, body: BlockUpdate, request: Request, if_match: IfMatch = None) -> JSONResponse:
+        fields = body.model_dump(include=set(BlockUpdate.model_fields), exclude_unset=True, exclude_none=True)
+        return edited(store.update_block(_block_id(block_id), actor=caller(request),
+                                         expected_version=expected(if_match), **fields))
+
+    @app.delete(f"{PREFIX}/blocks/{{block_id}}", tags=["blocks"])
+    def delete_block(block_id: str, request: Request) -> dict[str, Any]:
+        return block_json(store.delete_block(_block_id(block_id), actor=caller(request)))
+
+    @app.get(f"{PREFIX}/blocks/{{block_id}}/agents", tags=["blocks"])
+    def block_agents(block_id: str, limit: Limit = None, after: Cursor = None, before: Cursor = None,
+                     order: Order = None) -> list[dict[str, Any]]:
+        agents = store.block_agents(store.get_block(_block_id(block_id)).id)
+        chosen = page(agents, lambda a: a.id, limit=limit, after=after, before=before, order=order or "asc",
+                      default_limit=50)
+        return [agent_json(store, a) for a in chosen]
+
+
+def _block_id(block_id: str) -> str:
+    """Letta's routes take ids; a bad one is a 404 naming it, never a lookup by label."""
+    if not block_id.startswith("block-"):
+        raise NotFoundError(f"No block with id {block_id} (block ids look like block-<uuid>).")
+    return block_id
+
+
+def _agent_id(agent_id: str) -> str:
+    if not agent_id.startswith("agent-"):
+        raise NotFoundError(f"No agent with id {agent_id} (agent ids look like agent-<uuid>).")
+    return agent_id
+
+
+# -- agents --------------------------------------------------------------------------------
+
+
+def _add_agent_routes(app: FastAPI, store: Store) -> None:
+    @app.post(f"{PREFIX}/agents/", tags=["agents"])
+    @app.post(f"{PREFIX}/agents", include_in_schema=False)
+    def create_agent(body: AgentCreate, request: Request) -> dict[str, Any]:
+        actor = caller(request)
+        model, api_base = body.model_and_base()
+        name = validate_agent_name(body.name or f"agent{uuid.uuid4().hex[:8]}")  # Letta names unnamed agents too
+        check_tools(body.tools, body.include_base_tools)
+        if any(a.name.lower() == name.lower() for a in store.list_agents()):
+            raise ConflictError(f"An agent named '{name}' already exists.")
+        made = [store.create_block(b.label, b.value, limit=b.limit, read_only=b.read_only,
+                                   description=b.description, metadata=b.metadata, actor=actor)
+                for b in body.memory_blocks or []]
+        agent = store.create_agent(name, model, block_ids=[*(b.id for b in made), *(body.block_ids or [])],
+                                   tools=body.tools, include_base_tools=body.include_base_tools,
+                                   system=body.system, description=body.description, api_base=api_base,
+                                   actor=actor)
+        return agent_json(store, agent)
+
+    @app.get(f"{PREFIX}/agents/", tags=["agents"])
+    @app.get(f"{PREFIX}/agents", include_in_schema=False)
+    def list_agents(name: str | None = None, limit: Limit = None, after: Cursor = None, before: Cursor = None,
+                    order: Order = None) -> list[dict[str, Any]]:
+        agents = [a for a in store.list_agents() if name is None or a.name == name]
+        chosen = page(agents, lambda a: a.id, limit=limit, after=after, before=before, order=order or "asc",
+                      default_limit=50)
+        return [agent_json(store, a) for a in chosen]
+
+    @app.get(f"{PREFIX}/agents/{{agent_id}}", tags=["agents"])
+    def get_agent(agent_id: str) -> dict[str, Any]:
+        return agent_json(store, store.get_agent(_agent_id(agent_id)))
+
+    @app.patch(f"{PREFIX}/agents/{{agent_id}}", tags=["agents"])
+    def update_agent(agent_id: str, body: AgentUpdate, request: Request) -> dict[str, Any]:
+        agent = store.get_agent(_agent_id(agent_id))
+        if body.name is not None and body.name != agent.name:
+            raise InvalidInputError(f"Renaming an agent is not supported: its name is its file name "
+                                    f"(agents/{agent.name}.md). Create a new agent instead.")
+        model, api_base = body.model, None
+        if body.llm_config is not None:
+            model, api_base = AgentCreate(llm_config=body.llm_config).model_and_base()
+        updated = store.update_agent(agent.id, model=model, api_base=api_base, system=body.system,
+                                     description=body.description, tools=body.tools, block_ids=body.block_ids,
+                                     actor=caller(request))
+        return agent_json(store, updated)
+
+    @app.delete(f"{PREFIX}/agents/{{agent_id}}", tags=["agents"])
+    def delete_agent(agent_id: str, request: Request) -> dict[str, Any]:
+        agent = store.delete_agent(_agent_id(agent_id), actor=caller(request))
+        return {"message": f"Agent id={agent.id} successfully deleted"}
+
+    core = f"{PREFIX}/agents/{{agent_id}}/core-memory/blocks"
+
+    @app.get(core, tags=["core memory"])
+    def agent_blocks(agent_id: str) -> list[dict[str, Any]]:
+        return [block_json(b) for b in store.agent_blocks(_agent_id(agent_id))]
+
+    @app.patch(core + "/attach/{block_id}", tags=["core memory"])
+    def attach(agent_id: str, block_id: str, request: Request) -> dict[str, Any]:
+        agent = store.attach_block(_agent_id(agent_id), _block_id(block_id), actor=caller(request))
+        return agent_json(store, agent)
+
+    @app.patch(core + "/detach/{block_id}", tags=["core memory"])
+    def detach(agent_id: str, block_id: str, request: Request) -> dict[str, Any]:
+        agent = store.detach_block(_agent_id(agent_id), _block_id(block_id), actor=caller(request))
+        return agent_json(store, agent)
+
+    @app.get(core + "/{block_label}", tags=["core memory"])
+    def agent_block(agent_id: str, block_label: str) -> JSONResponse:
+        block = store.agent_block(_agent_id(agent_id), block_label)
+        return with_version(block_json(block), block.version)
+
+    @app.patch(core + "/{block_label}", tags=["core memory"])
+    def update_agent_block(agent_id: str, block_label: str, body: BlockUpdate, request: Request,
+                           if_match: IfMatch = None) -> JSONResponse:
+        block = store.agent_block(_agent_id(agent_id), block_label)
+        fields = body.model_dump(include=set(BlockUpdate.model_fields), exclude_unset=True, exclude_none=True)
+        return edited(store.update_block(block.id, actor=caller(request), expected_version=expected(if_match),
+                                         **fields))
+
+
+# -- messages ------------------------------------------------------------------------------
+
+
+def _add_message_routes(app: FastAPI, store: Store) -> None:
+    messages = f"{PREFIX}/agents/{{agent_id}}/messages"
+
+    @app.post(messages, tags=["messages"], response_model=None)
+    def send(agent_id: str, body: MessagesCreate) -> dict[str, Any] | StreamingResponse:
+        """One turn; with `streaming: true` (1.x clients), the same turn as server-sent events."""
+        if body.streaming:
+            return stream(agent_id, body)
+        return turn_json(_turn(store, _agent_id(agent_id), body))
+
+    @app.post(messages + "/stream", tags=["messages"])
+    def stream(agent_id: str, body: MessagesCreate) -> StreamingResponse:
+        store.get_agent(_agent_id(agent_id))  # an unknown agent is a 404, not an empty stream
+        return StreamingResponse(_stream_turn(store, agent_id, body), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
+    @app.get(messages, tags=["messages"])
+    def list_messages(agent_id: str, limit: Limit = None, after: Cursor = None, before: Cursor = None,
+                      order: Order = None) -> list[dict[str, Any]]:
+        logged = store.list_messages(_agent_id(agent_id), limit=1_000_000)
+        chosen = page_by_position(logged, lambda m: m.id, limit=limit, after=after, before=before,
+                                  order=order or "desc", default_limit=100, what="message")
+        return [message_json(m) for m in chosen]
+
+
+def _turn(store: Store, agent_id: str, body: MessagesCreate,
+          on_message: Callable[[Any], None] | None = None) -> TurnResult:
+    options: dict[str, Any] = {"on_message": on_message}
+    if body.max_steps is not None:
+        options["max_steps"] = body.max_steps
+    try:
+        return store.send_message(agent_id, body.text(), **options)
+    except AgentTurnError as exc:
+        raise TurnFailed(exc) from None
+
+
+class TurnFailed(MemstoreError):
+    """A turn the provider or the model ended early: 502 when the model failed, with what it did."""
+
+    def __init__(self, error: AgentTurnError) -> None:
+        super().__init__(str(error))
+        self.result: TurnResult = error.result
+
+
+def _stream_turn(store: Store, agent_id: str, body: MessagesCreate) -> Iterator[str]:
+    """The turn as server-sent events: each message as its step ends, then stop_reason and usage."""
+    events: queue.Queue[Any] = queue.Queue()
+    done = object()
+
+    def run() -> None:
+        try:
+            events.put(_turn(store, agent_id, body, on_message=events.put))
+        except TurnFailed as exc:
+            events.put(exc)
+        except (MemstoreError, OSError) as exc:
+            events.put(exc)
+        finally:
+            events.put(done)
+
+    threading.Thread(target=run, name=f"turn-{agent_id}", daemon=True).start()
+    while (item := events.get()) is not done:
+        if isinstance(item, TurnResult):
+            yield _event(item.stop_reason.model_dump())
+            yield _event(item.usage.model_dump())
+        elif isinstance(item, TurnFailed):
+            yield _event(item.result.stop_reason.model_dump())
+            yield _event({"message_type": "error_message", "error_type": item.result.stop_reason.stop_reason,
+                          "message": str(item), "detail": str(item)})
+        elif isinstance(item, Exception):
+            yield _event({"message_type": "error_message", "error_type": "error", "message": _error_text(item),
+                          "detail": _error_text(item)})
+        else:
+            yield _event(message_json(item))
+    yield "data: [DONE]\n\n"
+
+
+def _event(data: dict[str, Any]) -> str:
+    return f"data: {json.dumps(data)}\n\n"
+
+
+# -- errors --------------------------------------------------------------------------------
+
+
+def _error_text(exc: Exception) -> str:
+    return f"memstore could not complete this: {os_error_text(exc)}" if isinstance(exc, OSError) else str(exc)
+
+
+def status_of(exc: Exception) -> int:
+    for kind, status in STATUS:
+        if isinstance(exc, kind):
+            return status
+    return 500
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(TurnFailed)
+    async def turn_failed(_: Request, exc: TurnFailed) -> JSONResponse:
+        reason = exc.result.stop_reason.stop_reason
+        return JSONResponse({"detail": str(exc), **turn_json(exc.result)},
+                            status_code=502 if reason == "llm_api_error" else 500)
+
+    @app.exception_handler(MemstoreError)
+    async def refused(_: Request, exc: MemstoreError) -> JSONResponse:
+        status = status_of(exc)
+        headers = {"Retry-After": "1"} if status == 503 else None
+        return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+
+    @app.exception_handler(OSError)
+    async def system_refused(_: Request, exc: OSError) -> JSONResponse:
+        return JSONResponse({"detail": _error_text(exc)}, status_code=503)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_body(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = jsonable_encoder(exc.errors(), custom_encoder={Exception: str})
+        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in errors)
+        return JSONResponse({"detail": f"Invalid request: {problems}", "errors": errors}, status_code=422)
+

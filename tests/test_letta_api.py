@@ -1,0 +1,215 @@
+"""Letta's API on `memstore serve --http`, through Letta's Python client (1.x): codes, paging, preconditions.
+
+A real server process on 127.0.0.1 and the real client; the agents' model is the scripted
+one, reached as a provider (litellm with OPENAI_API_BASE).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import letta_client
+import pytest
+from letta_client import Letta
+
+from memstore import Store
+from memstore.agents.scripted import Reply, ScriptedModel, http_error, text, tool_calls
+
+from .conftest import commit_count, git
+from .mcp_helpers import ok
+from .test_mcp_transport import authed, http_server
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture
+def scripted() -> Iterator[ScriptedModel]:
+    with ScriptedModel() as model:
+        yield model
+
+
+@pytest.fixture
+def server(ws_path: Path, scripted: ScriptedModel) -> Iterator[str]:
+    """A live server with a bearer token; yields its base URL (MCP at /mcp, Letta's API at /v1)."""
+    Store.init(ws_path)
+    env = {"OPENAI_API_BASE": scripted.api_base, "OPENAI_API_KEY": "sk-scripted"}
+    with http_server(ws_path, "--token", TOKEN, env=env) as mcp_url:
+        yield mcp_url.removesuffix("/mcp")
+
+
+@pytest.fixture
+def client(server: str) -> Letta:
+    return Letta(api_key=TOKEN, base_url=server, max_retries=0)
+
+
+def head(ws: Path, rel: str) -> str:
+    return git(ws, "log", "-1", "--format=%H", "--", rel).strip()
+
+
+def test_errors_use_letta_codes_and_write_nothing(client: Letta, server: str, ws_path: Path) -> None:
+    org = client.blocks.create(label="organization", value="Org", limit=100)
+    agent = client.agents.create(name="agent1", model="openai/gpt-4o-mini", block_ids=[org.id])
+    before = commit_count(ws_path)
+
+    with pytest.raises(letta_client.AuthenticationError) as wrong:
+        Letta(api_key="wrong", base_url=server, max_retries=0).blocks.list()
+    assert "bearer token" in str(wrong.value.body)
+    with pytest.raises(letta_client.NotFoundError) as unknown:
+        client.blocks.retrieve("block-00000000-0000-4000-8000-000000000000")
+    assert "No block with id block-00000000" in str(unknown.value.body)
+    with pytest.raises(letta_client.NotFoundError):
+        client.agents.retrieve("agent-00000000-0000-4000-8000-000000000000")
+    with pytest.raises(letta_client.NotFoundError):
+        client.agents.messages.create("agent-00000000-0000-4000-8000-000000000000",
+                                      messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(letta_client.UnprocessableEntityError) as path_label:
+        client.blocks.create(label="../etc", value="x")
+    assert "a label is never a path" in str(path_label.value.body)
+    with pytest.raises(letta_client.UnprocessableEntityError) as too_long:
+        client.blocks.update(org.id, value="x" * 101)
+    assert "Exceeds 100 character limit (requested 101)" in str(too_long.value.body)
+    with pytest.raises(letta_client.UnprocessableEntityError) as no_model:
+        client.agents.create(name="agent2")
+    assert "model" in str(no_model.value.body)
+    with pytest.raises(letta_client.UnprocessableEntityError) as unsupported:
+        client.blocks.create(label="tagged", value="x", tags=["a"])
+    assert "does not support the field(s) tags" in str(unsupported.value.body)
+    twin = client.blocks.create(label="organization", value="Another org")
+    with pytest.raises(letta_client.ConflictError) as clash:
+        client.agents.blocks.attach(twin.id, agent_id=agent.id)
+    assert "organization" in str(clash.value.body)
+    assert commit_count(ws_path) == before + 1  # only the twin's creation
+    assert client.blocks.retrieve(org.id).value == "Org"
+
+
+def test_writes_are_authored_by_the_caller(server: str, ws_path: Path) -> None:
+    plain = Letta(api_key=TOKEN, base_url=server, max_retries=0)
+    named = Letta(api_key=TOKEN, base_url=server, max_retries=0,
+                  default_headers={"X-Memstore-Author": "Ada Lovelace <ada@example.com>"})
+    block = plain.blocks.create(label="organization", value="Org")
+    assert git(ws_path, "log", "-1", "--format=%an <%ae>").strip() == "Letta <api-letta@agents.memstore>"
+    named.blocks.update(block.id, value="Org, edited by Ada")
+    assert git(ws_path, "log", "-1", "--format=%an <%ae>|%s").strip() == (
+        "Ada Lovelace <ada@example.com>|update_block organization")
+    assert "Memstore-Op: update_block" in git(ws_path, "log", "-1", "--format=%B")
+
+
+def test_if_match_refuses_a_stale_version(client: Letta, ws_path: Path) -> None:
+    block = client.blocks.create(label="organization", value="Org")
+    agent = client.agents.create(name="agent1", model="openai/gpt-4o-mini", block_ids=[block.id])
+    read = client.blocks.with_raw_response.retrieve(block.id)
+    etag = read.headers["etag"]
+    assert etag == f'"{head(ws_path, "blocks/organization.md")}"'
+
+    changed = client.blocks.with_raw_response.update(block.id, value="Org v2", extra_headers={"If-Match": etag})
+    assert changed.parse().value == "Org v2"
+    assert changed.headers["etag"] == f'"{head(ws_path, "blocks/organization.md")}"' != etag
+    before = commit_count(ws_path)
+    with pytest.raises(letta_client.APIStatusError) as stale:
+        client.blocks.update(block.id, value="clobbered", extra_headers={"If-Match": etag})
+    assert stale.value.status_code == 412
+    assert "has changed since version" in str(stale.value.body)
+    with pytest.raises(letta_client.APIStatusError) as stale_core:
+        client.agents.blocks.update("organization", agent_id=agent.id, value="clobbered",
+                                    extra_headers={"If-Match": etag})
+    assert stale_core.value.status_code == 412
+    assert commit_count(ws_path) == before
+    assert client.blocks.retrieve(block.id).value == "Org v2"
+    fresh = client.agents.blocks.with_raw_response.retrieve("organization", agent_id=agent.id).headers["etag"]
+    client.agents.blocks.update("organization", agent_id=agent.id, value="Org v3", extra_headers={"If-Match": fresh})
+    assert Store.open(ws_path).get_block("organization").value == "Org v3"
+
+
+def test_lists_page_with_after_and_before_until_empty(client: Letta) -> None:
+    made = {client.blocks.create(label=f"block{i}", value=str(i)).id for i in range(7)}
+    walked = [b.id for b in client.blocks.list(limit=3)]  # the client asks again with after=<last id>
+    assert len(walked) == 7 and set(walked) == made
+    assert walked == sorted(walked)
+    newest_first = [b.id for b in client.blocks.list(limit=2, order="desc")]
+    assert newest_first == list(reversed(walked))
+    assert [b.id for b in client.blocks.list(before=walked[3], limit=2).items] == walked[1:3]
+    assert client.blocks.list(after=walked[-1]).items == []
+    assert [b.label for b in client.blocks.list(label="block4").items] == ["block4"]
+
+
+def test_two_turns_at_once_lose_nothing(client: Letta, scripted: ScriptedModel, ws_path: Path) -> None:
+    block = client.blocks.create(label="organization", value="Org")
+    for name in ("agent-a", "agent-b"):
+        scripted.enqueue(name, Reply(tool_calls((
+            "memory_insert", {"label": "organization", "new_str": f"{name} was here"})).body, delay=0.3),
+            text("done"))
+    agents = [client.agents.create(name=n.replace("-", ""), model=f"openai/{n}", block_ids=[block.id])
+              for n in ("agent-a", "agent-b")]
+    errors: list[BaseException] = []
+
+    def turn(agent_id: str) -> None:
+        try:
+            client.agents.messages.create(agent_id, messages=[{"role": "user", "content": "Sign the block."}])
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=turn, args=(a.id,)) for a in agents]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    lines = client.blocks.retrieve(block.id).value.splitlines()
+    assert sorted(lines) == ["Org", "agent-a was here", "agent-b was here"]
+    authors = git(ws_path, "log", "--format=%an", "-2", "--", "blocks/organization.md").split()
+    assert sorted(authors) == ["agenta", "agentb"]
+
+
+def test_stream_sends_the_turn_in_lettas_chunks(client: Letta, scripted: ScriptedModel) -> None:
+    block = client.blocks.create(label="organization", value="Org")
+    agent = client.agents.create(name="agent1", model="openai/streamer", block_ids=[block.id])
+    scripted.enqueue("streamer", tool_calls(("memory_insert", {"label": "organization", "new_str": "streamed"})),
+                     text("Done."))
+    scripted.enqueue("streamer", text("Again."))
+    chunks = list(client.agents.messages.create(agent.id, messages=[{"role": "user", "content": "Go."}],
+                                                streaming=True))
+    kinds = [c.message_type for c in chunks]
+    assert kinds == ["tool_call_message", "tool_return_message", "assistant_message", "stop_reason",
+                     "usage_statistics"]
+    assert chunks[1].status == "success" and chunks[2].content == "Done."
+    assert chunks[3].stop_reason == "end_turn"
+    with pytest.warns(DeprecationWarning):  # the older route, /messages/stream
+        older = list(client.agents.messages.stream(agent.id, messages=[{"role": "user", "content": "Again?"}]))
+    assert [c.message_type for c in older] == ["assistant_message", "stop_reason", "usage_statistics"]
+    logged = client.agents.messages.list(agent.id, order="asc")
+    assert [m.message_type for m in logged.items] == ["user_message", "tool_call_message", "tool_return_message",
+                                                      "assistant_message", "user_message", "assistant_message"]
+
+
+def test_a_failed_turn_is_a_502_that_says_why(client: Letta, scripted: ScriptedModel) -> None:
+    agent = client.agents.create(name="agent1", model="openai/broken")
+    scripted.enqueue("broken", http_error(500, "the provider is down"))
+    with pytest.raises(letta_client.APIStatusError) as failed:
+        client.agents.messages.create(agent.id, messages=[{"role": "user", "content": "hi"}])
+    assert failed.value.status_code == 502
+    assert "model openai/broken" in str(failed.value.body) and "HTTP 500" in str(failed.value.body)
+
+
+def test_openapi_document_and_health(server: str) -> None:
+    with httpx.Client(base_url=server, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        doc = http.get("/v1/openapi.json").json()
+        assert "/v1/blocks/{block_id}" in doc["paths"] and "/v1/agents/{agent_id}/messages" in doc["paths"]
+        assert http.get("/v1/health/").json()["status"] == "ok"
+        assert http.get("/v1/health/", headers={"Authorization": "Bearer nope"}).status_code == 401
+        rebound = http.get("/v1/health/", headers={"Host": "attacker.example:80"})  # DNS rebinding
+        assert rebound.status_code == 421 and "127.0.0.1" in rebound.json()["detail"]
+
+
+@pytest.mark.anyio
+async def test_an_mcp_host_and_the_api_see_each_others_writes(server: str, ws_path: Path) -> None:
+    client = Letta(api_key=TOKEN, base_url=server, max_retries=0)
+    block = client.blocks.create(label="organization", value="From the API")
+    async with authed(f"{server}/mcp", TOKEN) as host:
+        assert (await ok(host, "get_block", block="organization"))["value"] == "From the API"
+        await ok(host, "memory_insert", label="organization", new_str="From the MCP host")
+        assert client.blocks.retrieve(block.id).value == "From the API\nFrom the MCP host"
+        client.blocks.update(block.id, value="Rewritten by the API")
+        assert (await ok(host, "get_block", block=block.id))["value"] == "Rewritten by the API"
