@@ -47,6 +47,9 @@ BlockRef = Annotated[str, Field(description="A block's id (block-…), file name
 AgentRef = Annotated[str, Field(description="An agent's id (agent-…) or name.")]
 Label = Annotated[str, Field(description="The label of the memory block to edit.")]
 Version = Annotated[str, Field(description="A commit id (as given by block_history) or a prefix of one.")]
+Expected = Annotated[str | None, Field(description=(
+    "Optional: apply only if the block is still at this version (the `version` get_block or the last edit "
+    "returned); if someone changed it since, the edit is refused and nothing is written."))]
 
 READ = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 ADD = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
@@ -164,10 +167,11 @@ def _register_block_tools(server: MemstoreServer) -> None:
     def update_block(
         block: BlockRef, ctx: Context, label: str | None = None, description: str | None = None,
         limit: int | None = None, read_only: bool | None = None, metadata: dict[str, Any] | None = None,
+        expected_version: Expected = None,
     ) -> EditResult:
         """Change a block's label, description or metadata (read_only and limit need an admin server)."""
         return store.update_block(block, label=label, description=description, limit=limit, read_only=read_only,
-                                  metadata=metadata, actor=server.actor(ctx))
+                                  metadata=metadata, actor=server.actor(ctx), expected_version=expected_version)
 
     @server.tool(annotations=CHANGE)
     @core_errors
@@ -196,38 +200,45 @@ def _register_edit_tools(server: MemstoreServer) -> None:
     def memory_insert(
         label: Label, new_str: Annotated[str, Field(description="The text to insert.")], ctx: Context,
         insert_line: Annotated[int, Field(description="Insert after this line: 0 for the top, -1 for the end.")] = -1,
+        expected_version: Expected = None,
     ) -> EditResult:
         """Insert text into a memory block after a given line. Additive: other writers' text is never lost."""
-        return store.memory_insert(label, new_str, insert_line, actor=server.actor(ctx))
+        return store.memory_insert(label, new_str, insert_line, actor=server.actor(ctx),
+                                   expected_version=expected_version)
 
     @server.tool(annotations=CHANGE)
     @core_errors
     def memory_replace(
         label: Label, old_str: Annotated[str, Field(description="Text that occurs exactly once in the block.")],
         new_str: Annotated[str, Field(description="The text to put in its place (may be empty).")], ctx: Context,
+        expected_version: Expected = None,
     ) -> EditResult:
         """Replace text that occurs exactly once in a memory block; refused if it is missing or repeated."""
-        return store.memory_replace(label, old_str, new_str, actor=server.actor(ctx))
+        return store.memory_replace(label, old_str, new_str, actor=server.actor(ctx),
+                                    expected_version=expected_version)
 
     @server.tool(annotations=SET)
     @core_errors
     def memory_rethink(
         label: Label, new_memory: Annotated[str, Field(description="The block's whole new value.")], ctx: Context,
+        expected_version: Expected = None,
     ) -> EditResult:
         """Rewrite a memory block's whole value (the old value stays in its history)."""
-        return store.memory_rethink(label, new_memory, actor=server.actor(ctx))
+        return store.memory_rethink(label, new_memory, actor=server.actor(ctx), expected_version=expected_version)
 
     @server.tool(annotations=ADD)
     @core_errors
-    def core_memory_append(label: Label, content: str, ctx: Context) -> EditResult:
+    def core_memory_append(label: Label, content: str, ctx: Context, expected_version: Expected = None) -> EditResult:
         """Append text to a memory block on a new line (Letta's older tool)."""
-        return store.core_memory_append(label, content, actor=server.actor(ctx))
+        return store.core_memory_append(label, content, actor=server.actor(ctx), expected_version=expected_version)
 
     @server.tool(annotations=CHANGE)
     @core_errors
-    def core_memory_replace(label: Label, old_content: str, new_content: str, ctx: Context) -> EditResult:
+    def core_memory_replace(label: Label, old_content: str, new_content: str, ctx: Context,
+                            expected_version: Expected = None) -> EditResult:
         """Replace every occurrence of old_content in a memory block (Letta's older tool)."""
-        return store.core_memory_replace(label, old_content, new_content, actor=server.actor(ctx))
+        return store.core_memory_replace(label, old_content, new_content, actor=server.actor(ctx),
+                                         expected_version=expected_version)
 
 
 def _register_history_tools(server: MemstoreServer) -> None:
@@ -248,9 +259,9 @@ def _register_history_tools(server: MemstoreServer) -> None:
 
     @server.tool(annotations=SET)
     @core_errors
-    def revert_block(block: BlockRef, version: Version, ctx: Context) -> EditResult:
+    def revert_block(block: BlockRef, version: Version, ctx: Context, expected_version: Expected = None) -> EditResult:
         """Set a block back to its value at an earlier version, as a new commit."""
-        return store.revert_block(block, version, actor=server.actor(ctx))
+        return store.revert_block(block, version, actor=server.actor(ctx), expected_version=expected_version)
 
 
 def _register_agent_tools(server: MemstoreServer) -> None:

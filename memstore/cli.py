@@ -113,6 +113,12 @@ def _history_text(entries: list[HistoryEntry]) -> str:
     return "\n".join(f"{e.version[:12]}  {e.date}  {e.author_name:<16} {e.message}" for e in entries)
 
 
+expected_option = click.option(
+    "--expected-version", "expected_version", metavar="VERSION",
+    help="Apply only if the block is still at VERSION (a commit id, as `block show --json` gives it); "
+         "if it changed since, refuse and write nothing.")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="memstore")
 @click.option("--workspace", "-w", "workspace", type=click.Path(file_okay=False), help=_WORKSPACE_HELP)
@@ -216,14 +222,17 @@ def _json_arg(raw: str | None) -> Any:
 @click.option("--limit", type=int)
 @click.option("--read-only/--writable", "read_only", default=None)
 @click.option("--metadata", help="Replace metadata with this JSON object.")
+@expected_option
 @workspace_option
 @json_option
 @handle_errors
 def block_update(ref: str, label: str | None, description: str | None, limit: int | None,
-                 read_only: bool | None, metadata: str | None, workspace: str | None, as_json: bool) -> None:
+                 read_only: bool | None, metadata: str | None, expected_version: str | None, workspace: str | None,
+                 as_json: bool) -> None:
     """Change a block's label, description, limit, read-only flag or metadata."""
     result = Store.open(workspace).update_block(ref, label=label, description=description, limit=limit,
-                                                read_only=read_only, metadata=_json_arg(metadata))
+                                                read_only=read_only, metadata=_json_arg(metadata),
+                                                expected_version=expected_version)
     _emit(result.model_dump(), as_json, lambda: _edit_text(result))
 
 
@@ -241,46 +250,57 @@ def _edit_command(name: str, help_text: str, *params: Callable[[F], F]) -> Calla
     def decorate(func: F) -> F:
         for param in reversed(params):
             func = param(func)
-        return block.command(name, help=help_text)(json_option(as_option(workspace_option(handle_errors(func)))))
+        return block.command(name, help=help_text)(
+            json_option(as_option(workspace_option(expected_option(handle_errors(func))))))
     return decorate
 
 
 @_edit_command("insert", "Insert TEXT after line --line (0: top; default -1: end).",
                click.argument("label"), click.argument("text"), click.option("--line", "insert_line", type=int, default=-1))
-def block_insert(label: str, text: str, insert_line: int, workspace: str | None, as_agent: str | None, as_json: bool) -> None:
+def block_insert(label: str, text: str, insert_line: int, workspace: str | None, as_agent: str | None,
+                expected_version: str | None, as_json: bool) -> None:
     store = Store.open(workspace)
-    result = store.memory_insert(label, text, insert_line, actor=_actor(store, as_agent))
+    result = store.memory_insert(label, text, insert_line, actor=_actor(store, as_agent),
+                                 expected_version=expected_version)
     _emit(result.model_dump(), as_json, lambda: _edit_text(result))
 
 
 @_edit_command("replace", "Replace the one occurrence of OLD with NEW.",
                click.argument("label"), click.argument("old"), click.argument("new"))
-def block_replace(label: str, old: str, new: str, workspace: str | None, as_agent: str | None, as_json: bool) -> None:
+def block_replace(label: str, old: str, new: str, workspace: str | None, as_agent: str | None,
+                expected_version: str | None, as_json: bool) -> None:
     store = Store.open(workspace)
-    result = store.memory_replace(label, old, new, actor=_actor(store, as_agent))
+    result = store.memory_replace(label, old, new, actor=_actor(store, as_agent),
+                                  expected_version=expected_version)
     _emit(result.model_dump(), as_json, lambda: _edit_text(result))
 
 
 @_edit_command("rethink", "Overwrite the whole value with TEXT.", click.argument("label"), click.argument("text"))
-def block_rethink(label: str, text: str, workspace: str | None, as_agent: str | None, as_json: bool) -> None:
+def block_rethink(label: str, text: str, workspace: str | None, as_agent: str | None,
+                expected_version: str | None, as_json: bool) -> None:
     store = Store.open(workspace)
-    result = store.memory_rethink(label, text, actor=_actor(store, as_agent))
+    result = store.memory_rethink(label, text, actor=_actor(store, as_agent),
+                                  expected_version=expected_version)
     _emit(result.model_dump(), as_json, lambda: _edit_text(result))
 
 
 @_edit_command("append", "Append TEXT on a new line (Letta's core_memory_append).",
                click.argument("label"), click.argument("text"))
-def block_append(label: str, text: str, workspace: str | None, as_agent: str | None, as_json: bool) -> None:
+def block_append(label: str, text: str, workspace: str | None, as_agent: str | None,
+                expected_version: str | None, as_json: bool) -> None:
     store = Store.open(workspace)
-    result = store.core_memory_append(label, text, actor=_actor(store, as_agent))
+    result = store.core_memory_append(label, text, actor=_actor(store, as_agent),
+                                      expected_version=expected_version)
     _emit(result.model_dump(), as_json, lambda: _edit_text(result))
 
 
 @_edit_command("replace-all", "Replace every occurrence of OLD with NEW (Letta's core_memory_replace).",
                click.argument("label"), click.argument("old"), click.argument("new"))
-def block_replace_all(label: str, old: str, new: str, workspace: str | None, as_agent: str | None, as_json: bool) -> None:
+def block_replace_all(label: str, old: str, new: str, workspace: str | None, as_agent: str | None,
+                expected_version: str | None, as_json: bool) -> None:
     store = Store.open(workspace)
-    result = store.core_memory_replace(label, old, new, actor=_actor(store, as_agent))
+    result = store.core_memory_replace(label, old, new, actor=_actor(store, as_agent),
+                                       expected_version=expected_version)
     _emit(result.model_dump(), as_json, lambda: _edit_text(result))
 
 
@@ -310,12 +330,13 @@ def block_diff(ref: str, from_version: str, to_version: str | None, workspace: s
 @block.command("revert")
 @click.argument("ref")
 @click.argument("version")
+@expected_option
 @workspace_option
 @json_option
 @handle_errors
-def block_revert(ref: str, version: str, workspace: str | None, as_json: bool) -> None:
+def block_revert(ref: str, version: str, expected_version: str | None, workspace: str | None, as_json: bool) -> None:
     """Make a block as it was at VERSION, in a new commit."""
-    result = Store.open(workspace).revert_block(ref, version)
+    result = Store.open(workspace).revert_block(ref, version, expected_version=expected_version)
     _emit(result.model_dump(), as_json, lambda: _edit_text(result))
 
 

@@ -129,3 +129,15 @@ def test_workspace_before_the_command_and_found_from_a_subfolder(run, ws_path: P
     monkeypatch.delenv("MEMSTORE_WORKSPACE", raising=False)
     out = runner.invoke(main, ["block", "show", "organization"])
     assert out.exit_code == 0 and "Org" in out.output
+
+
+def test_expected_version_on_the_cli(run, ws_path: Path) -> None:
+    run("block", "create", "notes", "one")
+    version = json.loads(run("block", "show", "notes", "--json"))["version"]
+    run("block", "insert", "notes", "two", "--expected-version", version)
+    out = run("block", "rethink", "notes", "clobbered", "--expected-version", version, code=1)
+    assert f"has changed since version {version[:12]}" in out
+    assert json.loads(run("block", "show", "notes", "--json"))["value"] == "one\ntwo"
+    now = git(ws_path, "rev-parse", "HEAD").strip()
+    run("block", "update", "notes", "--description", "Notes", "--expected-version", now[:7])
+    assert "--expected-version VERSION" in run("block", "replace", "--help")

@@ -118,3 +118,4 @@ def test_limit_holds_for_any_value(value: str, limit: int) -> None:
             edits.check_limit("x", value, limit)
     else:
         edits.check_limit("x", value, limit)
+

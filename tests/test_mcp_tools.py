@@ -65,7 +65,9 @@ async def test_the_server_lists_exactly_the_documented_tools_with_annotations(cl
         assert tools[name].annotations.destructive_hint is True
     assert tools["memory_insert"].annotations.destructive_hint is False
     assert tools["get_block"].output_schema is not None
-    assert set(tools["memory_insert"].input_schema["properties"]) == {"label", "new_str", "insert_line"}
+    assert set(tools["memory_insert"].input_schema["properties"]) == {"label", "new_str", "insert_line",
+                                                                  "expected_version"}
+    assert tools["memory_insert"].input_schema["required"] == ["label", "new_str"]
 
 
 # -- blocks ------------------------------------------------------------------------------
@@ -369,3 +371,19 @@ async def test_as_agent_reads_its_blocks_by_file_name_and_only_its_own_memory_co
         assert "mine" in (await client.get_prompt("memory_context", {"agent": "agent1"})).messages[0].content.text
         with pytest.raises(MCPError):
             await client.get_prompt("memory_context", {"agent": "agent2"})
+
+
+async def test_expected_version_refuses_an_edit_against_a_stale_version(client: Client, store: Store,
+                                                                        ws_path: Path) -> None:
+    first = await ok(client, "create_block", label="notes", value="one")
+    done = await ok(client, "memory_insert", label="notes", new_str="two", expected_version=first["version"])
+    assert done["version"] == git(ws_path, "rev-parse", "HEAD").strip()
+    before = commit_count(ws_path)
+    refused = await error(client, "memory_rethink", label="notes", new_memory="clobbered",
+                          expected_version=first["version"])
+    assert f"has changed since version {first['version'][:12]}" in refused and "nothing was written" in refused
+    assert await error(client, "memory_replace", label="notes", old_str="two", new_str="2",
+                       expected_version=first["version"][:7])
+    assert commit_count(ws_path) == before and store.get_block("notes").value == "one\ntwo"
+    await ok(client, "memory_replace", label="notes", old_str="two", new_str="2", expected_version=done["version"])
+    assert store.get_block("notes").value == "one\n2"

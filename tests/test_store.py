@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,7 @@ from memstore import (
     InvalidNameError,
     LimitExceededError,
     NotFoundError,
+    PreconditionFailedError,
     ReadOnlyError,
     ReplaceError,
     Store,
@@ -415,3 +417,62 @@ def test_background_maintenance_packs_objects_and_writes_the_commit_graph(store:
     assert list((store.ws.root / ".git/objects/pack").glob("*.pack"))  # gc ran first: objects are packed
     time.sleep(0.5)  # let it finish before the folder goes
     assert_clean_repo(store.ws.root)
+
+
+def test_expected_version_guards_every_edit(store: Store, ws_path: Path) -> None:
+    block = store.create_block("notes", "one")
+    assert block.version is not None
+    done = store.memory_insert("notes", "two", expected_version=block.version)
+    before = commit_count(ws_path)
+    for edit in (lambda v: store.memory_rethink("notes", "x", expected_version=v),
+                 lambda v: store.core_memory_append("notes", "x", expected_version=v),
+                 lambda v: store.update_block("notes", value="x", expected_version=v),
+                 lambda v: store.revert_block("notes", block.version, expected_version=v)):
+        with pytest.raises(PreconditionFailedError, match="has changed since version"):
+            edit(block.version)
+    with pytest.raises(InvalidInputError, match="too short"):
+        store.memory_insert("notes", "x", expected_version=done.version[:4])
+    assert commit_count(ws_path) == before
+    store.memory_insert("notes", "three", expected_version=done.version[:7].upper())
+    store.memory_insert("notes", "four", expected_version="*")
+    assert store.get_block("notes").value == "one\ntwo\nthree\nfour"
+
+
+def test_expected_version_refuses_over_an_uncommitted_hand_edit(store: Store, ws_path: Path) -> None:
+    block = store.create_block("notes", "one")
+    path = ws_path / block.path
+    by_hand = path.read_text() + "by hand\n"
+    path.write_text(by_hand)
+    with pytest.raises(PreconditionFailedError, match="edited the file by hand"):
+        store.memory_insert("notes", "agent line", expected_version=block.version)
+    assert path.read_text() == by_hand
+
+
+def test_update_block_sets_the_value_in_one_commit_and_read_only_binds_agents(store: Store, ws_path: Path) -> None:
+    policy = store.create_block("policies", "Rules", read_only=True)
+    before = commit_count(ws_path)
+    result = store.update_block("policies", value="New rules", description="The rules")
+    assert (result.block.value, result.block.description) == ("New rules", "The rules")
+    assert commit_count(ws_path) == before + 1
+    agent = store.create_agent("agent1", "openai/x", block_ids=[policy.id])
+    with pytest.raises(ReadOnlyError):
+        store.update_block("policies", value="agent rules", actor=agent.actor())
+    with pytest.raises(LimitExceededError):
+        store.update_block("policies", value="x" * 30, limit=20)
+    assert store.get_block("policies").value == "New rules"
+
+
+def test_update_agent_and_agent_block(store: Store) -> None:
+    org = store.create_block("organization", "Org")
+    twin = store.create_block("organization", "Other org")
+    agent = store.create_agent("agent1", "openai/a", block_ids=[org.id])
+    assert store.agent_block("agent1", "organization").id == org.id
+    with pytest.raises(NotFoundError, match="Block field policies does not exist"):
+        store.agent_block("agent1", "policies")
+    with pytest.raises(ConflictError):
+        store.update_agent("agent1", block_ids=[org.id, twin.id])
+    updated = store.update_agent(agent.id, model="anthropic/claude", system="Be brief.", tools=["web_search"],
+                                 block_ids=[twin.id])
+    assert (updated.model, updated.system, updated.tools, updated.blocks) == (
+        "anthropic/claude", "Be brief.", ["web_search"], [twin.id])
+    assert store.get_agent("agent1") == updated
