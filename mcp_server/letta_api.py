@@ -23,6 +23,7 @@ from fastapi import FastAPI, Header, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic_core import to_jsonable_python
 
 import memstore
 from memstore import (
@@ -164,7 +165,7 @@ def with_version(body: Any, version: str | None, pending: str | None = None, sta
         headers["ETag"] = f'"{version}"'
     if pending:
         headers["X-Memstore-Pending"] = pending.replace("\n", " ")[:500]
-    return JSONResponse(jsonable_encoder(body), status_code=status, headers=headers)
+    return JSONResponse(to_jsonable_python(body), status_code=status, headers=headers)
 
 
 def edited(result: EditResult) -> JSONResponse:

@@ -1,0 +1,156 @@
+"""Letta's API over HTTP: a block read and a block PATCH, side by side with a no-op route.
+
+    python benchmarks/rest.py            # 400 requests of each kind
+    python benchmarks/rest.py --quick    # 100 of each, for a smoke run
+
+The server is `serve --http`'s application (MCP at /mcp, Letta's API at /v1) under uvicorn in
+its own process, with two routes the benchmark adds (GET and PATCH /v1/noop, not shipped):
+their round trip is the HTTP floor. One keep-alive client sends the requests in turn.
+Goals: a read at most 1.5x the no-op; a write at most the no-op plus the core edit, which
+is measured in process in the same run, interleaved with the PATCHes so both meet the same
+disk and history (store.update_block with a new value, on another block).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from memstore import Store  # noqa: E402
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f} ms"
+
+
+def serve(workspace: str, port: int) -> None:
+    """The benchmark's server: serve --http's application plus the no-op routes."""
+    import anyio
+    import uvicorn
+
+    from mcp_server import MemstoreServer, ServerConfig
+    from mcp_server.letta_api import create_app
+    from mcp_server.run import MCP_PATH, ByPath
+
+    store = Store.open(workspace)
+    letta = create_app(store)
+    inside: list[float] = []  # the core's share of each PATCH, measured in the server
+    update_block = store.update_block
+
+    def timed_update(*args: object, **kwargs: object) -> object:
+        start = time.perf_counter()
+        try:
+            return update_block(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            inside.append(time.perf_counter() - start)
+
+    store.update_block = timed_update  # type: ignore[method-assign]
+
+    @letta.get("/v1/noop-inside")
+    def core_inside() -> list[float]:
+        return inside
+
+    @letta.get("/v1/noop")
+    def noop_get() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @letta.patch("/v1/noop")
+    def noop_patch(body: dict[str, str]) -> dict[str, str]:
+        return body
+
+    mcp = MemstoreServer(store, ServerConfig(), notifications=False)
+    app = ByPath(mcp.streamable_http_app(streamable_http_path=MCP_PATH, host="127.0.0.1"), letta, loopback_only=True)
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    anyio.run(uvicorn.Server(config).serve)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def timed(call, n: int) -> list[float]:
+    times = []
+    for i in range(n):
+        start = time.perf_counter()
+        call(i)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--serve", nargs=2, metavar=("WORKSPACE", "PORT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve[0], int(args.serve[1]))
+        return
+    import httpx
+
+    n = 100 if args.quick else 400
+    with tempfile.TemporaryDirectory() as tmp:
+        ws = Path(tmp) / "ws"
+        store = Store.init(ws)
+        block = store.create_block("organization", "Organization: Letta", limit=100_000)
+        core = store.create_block("core-only", "x", limit=100_000)
+        core_edit: list[float] = []
+
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, __file__, "--serve", str(ws), str(port)],
+                                env={k: os.environ[k] for k in ("HOME", "PATH") if k in os.environ})
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+                for _ in range(300):
+                    try:
+                        http.get("/v1/noop").raise_for_status()
+                        break
+                    except httpx.TransportError:
+                        time.sleep(0.05)
+                for _ in range(20):  # warm both paths
+                    http.get("/v1/noop")
+                    http.get(f"/v1/blocks/{block.id}")
+                noop_get = timed(lambda i: http.get("/v1/noop").raise_for_status(), n)
+                read = timed(lambda i: http.get(f"/v1/blocks/{block.id}").raise_for_status(), n)
+                noop_patch = timed(lambda i: http.patch("/v1/noop", json={"value": f"v{i}"}).raise_for_status(), n)
+                write: list[float] = []
+                for i in range(n):  # the core edit interleaved, so both see the same disk and history
+                    write += timed(lambda i: http.patch(f"/v1/blocks/{block.id}",
+                                                        json={"value": f"value {i}"}).raise_for_status(), 1)
+                    core_edit += timed(lambda i: store.update_block(core.id, value=f"core value {i}"), 1)
+                inside = http.get("/v1/noop-inside").json()
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+    med = statistics.median
+    print(f"REST over HTTP/1.1 keep-alive, {n} requests each (median, p95)")
+    for name, times in (("GET /v1/noop", noop_get), ("GET /v1/blocks/{id}", read),
+                        ("PATCH /v1/noop", noop_patch), ("PATCH /v1/blocks/{id}", write),
+                        ("core update_block (in process)", core_edit),
+                        ("  the same, inside the PATCHes", inside)):
+        print(f"  {name:32s} {ms(med(times)):>10s}  {ms(pct(times, 95)):>10s}")
+    read_ratio = med(read) / med(noop_get)
+    budget = med(noop_patch) + med(core_edit)
+    print(f"read / no-op: {read_ratio:.2f}x (goal <= 1.5x: {'met' if read_ratio <= 1.5 else 'NOT met'})")
+    print(f"write {ms(med(write))} vs no-op + core edit {ms(budget)} "
+          f"(goal: {'met' if med(write) <= budget else 'NOT met'})")
+
+
+if __name__ == "__main__":
+    main()
