@@ -114,9 +114,11 @@ def caller(request: Request) -> Actor:
         if name and address:
             return Actor.client(name, address)
         return Actor.client(name or given)
-    program = request.headers.get("x-fern-sdk-name") or request.headers.get("user-agent", "")
-    product = re.split(r"[\s/]", program.strip(), maxsplit=1)[0] if program.strip() else ""
-    return Actor.client(product or "letta-api-client")
+    sdk = request.headers.get("x-fern-sdk-name", "").strip()  # Letta's 0.1.x clients name themselves here
+    if sdk:
+        return Actor.client(sdk)
+    agent = request.headers.get("user-agent", "").strip()  # else the product, e.g. `Letta/Python 1.12.1`
+    return Actor.client(re.split(r"[\s/]", agent, maxsplit=1)[0] if agent else "letta-api-client")
 
 
 # -- lists ---------------------------------------------------------------------------------

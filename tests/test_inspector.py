@@ -21,7 +21,7 @@ from .conftest import git
 
 MEMSTORE = str(Path(sys.executable).with_name("memstore"))
 # Read at import: the autouse fixture clears MEMSTORE_* variables before each test.
-INSPECTOR_DIR = os.environ.get("MEMSTORE_INSPECTOR_DIR", "")
+INSPECTOR_DIR = os.environ.get("MEMSTORE_INSPECTOR_DIR", str(Path(__file__).resolve().parents[1] / ".ci/inspector"))
 REQUIRE_INSPECTOR = bool(os.environ.get("MEMSTORE_REQUIRE_INSPECTOR"))
 
 

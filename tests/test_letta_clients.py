@@ -75,7 +75,7 @@ def run_example(command: list[str], url: str, tmp_path: Path, **env: str) -> str
     return result.stdout
 
 
-def check_tutorial(ws: Path, out: str, scripted: ScriptedModel) -> None:
+def check_tutorial(ws: Path, out: str, scripted: ScriptedModel, client: str) -> None:
     """What the tutorial promises, read from the workspace and git rather than from the client."""
     store = Store.open(ws)
     assert store.get_block("organization").value == f"Organization: Letta\n{AGENT1_LINE}\n{AGENT2_LINE}"
@@ -83,7 +83,7 @@ def check_tutorial(ws: Path, out: str, scripted: ScriptedModel) -> None:
     agent1, agent2 = store.get_agent("agent1"), store.get_agent("agent2")
     assert authors[1:] == [f"agent1|{agent1.id}@agents.memstore|memory_insert organization",
                            f"agent2|{agent2.id}@agents.memstore|memory_insert organization"]
-    assert authors[0].endswith("|create_block organization") and "agents.memstore" in authors[0]
+    assert authors[0].startswith(f"{client}|api-") and authors[0].endswith("|create_block organization")
     assert blame_authors(ws, "blocks/organization.md")[AGENT1_LINE] == "agent1"
     assert blame_authors(ws, "blocks/organization.md")[AGENT2_LINE] == "agent2"
     # the read-only block refused agent3, and is unchanged
@@ -111,7 +111,7 @@ def test_tutorial_through_the_python_client_1x(letta_url: str, ws_path: Path, sc
                                                tmp_path: Path) -> None:
     out = run_example([sys.executable, str(EXAMPLES / "letta_tutorial_v1.py")], letta_url, tmp_path)
     assert "Attached block to agent2: ['organization']" in out
-    check_tutorial(ws_path, out, scripted)
+    check_tutorial(ws_path, out, scripted, "Letta")
 
 
 def test_tutorial_through_the_python_client_0_1(letta_url: str, ws_path: Path, scripted: ScriptedModel,
@@ -120,7 +120,7 @@ def test_tutorial_through_the_python_client_0_1(letta_url: str, ws_path: Path, s
         missing("letta-client 0.1.x")
     out = run_example([sys.executable, str(EXAMPLES / "letta_tutorial.py")], letta_url, tmp_path,
                       PYTHONPATH=PY01_DIR)
-    check_tutorial(ws_path, out, scripted)
+    check_tutorial(ws_path, out, scripted, "letta-client")
 
 
 def test_tutorial_through_the_typescript_client(letta_url: str, ws_path: Path, scripted: ScriptedModel,
@@ -135,7 +135,7 @@ def test_tutorial_through_the_typescript_client(letta_url: str, ws_path: Path, s
     (tmp_path / "package.json").write_text('{"type": "module"}')
     out = run_example([str(node), "--experimental-strip-types", "--no-warnings", str(program)], letta_url, tmp_path)
     assert "Attached block to agent2: organization" in out
-    check_tutorial(ws_path, out, scripted)
+    check_tutorial(ws_path, out, scripted, "@letta-ai/letta-client")
 
     # Every shape the tutorial touches, parsed strictly by the client's own schemas.
     scripted.enqueue(MODEL, tool_calls(("conversation_search", {"query": "Letta"})), text("Checked."))
