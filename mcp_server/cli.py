@@ -6,6 +6,8 @@ SDK itself is imported only when `serve` runs, so other commands start fast.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from memstore.cli import handle_errors, main, workspace_option
@@ -43,4 +45,45 @@ def serve(use_http: bool, host: str, port: int, token: str | None, as_agent: str
         serve_stdio(store, config, watch=not no_watch)
 
 
-__all__ = ["main", "serve"]
+HOST_NAMES = {"claude-desktop": "Claude Desktop", "claude-code": "Claude Code", "cursor": "Cursor",
+              "vscode": "VS Code"}
+
+
+@main.command("setup")
+@click.argument("host", type=click.Choice(list(HOST_NAMES)))
+@click.option("--as", "as_agent", metavar="AGENT",
+              help="The host acts as this agent: its blocks only, commits authored by it.")
+@click.option("--name", default="memstore", show_default=True, help="The server's name in the host's list.")
+@click.option("--folder", type=click.Path(file_okay=False),
+              help="VS Code only: the folder whose .vscode/mcp.json gets the server (default: the current one).")
+@click.option("--print", "print_only", is_flag=True, help="Show the entry and where it goes; change nothing.")
+@workspace_option
+@handle_errors
+def setup_command(host: str, as_agent: str | None, name: str, folder: str | None, print_only: bool,
+                  workspace: str | None) -> None:
+    """Add memstore's MCP server to HOST's configuration (merged, backed up, idempotent).
+
+    \b
+    Examples:
+      memstore setup claude-desktop -w ~/my-memory
+      memstore setup cursor --as agent1
+      memstore setup vscode --print
+    """
+    from .setup import config_path, launch, setup, snippet
+
+    store = Store.open(workspace)
+    if as_agent:
+        store.get_agent(as_agent)  # an unknown agent is refused now, not when the host starts
+    where = Path(folder) if folder else None
+    if print_only:
+        server = launch(store.ws.root, as_agent)
+        target = "Run:" if host == "claude-code" else f"Add to {config_path(host, folder=where)}:"
+        click.echo(f"{target}\n{snippet(host, server, name)}")
+        return
+    outcome = setup(host, store.ws.root, as_agent=as_agent, name=name, folder=where)
+    click.echo(outcome.message)
+    if outcome.changed:
+        click.echo(f"Restart {HOST_NAMES[host]} (or reload its MCP servers) to start using memstore.")
+
+
+__all__ = ["main", "serve", "setup_command"]
