@@ -353,8 +353,10 @@ def _add_message_routes(app: FastAPI, store: Store) -> None:
 
     @app.get(messages, tags=["messages"])
     def list_messages(agent_id: str, limit: Limit = None, after: Cursor = None, before: Cursor = None,
-                      order: Order = None) -> list[dict[str, Any]]:
-        logged = store.list_messages(_agent_id(agent_id), limit=1_000_000)
+                      order: Order = None, include_err: bool = False) -> list[dict[str, Any]]:
+        """The agent's log; the notes of turns that ended early only with `include_err` (as in Letta)."""
+        logged = [m for m in store.list_messages(_agent_id(agent_id), limit=1_000_000)
+                  if include_err or m.message_type != "error_message"]
         chosen = page_by_position(logged, lambda m: m.id, limit=limit, after=after, before=before,
                                   order=order or "desc", default_limit=100, what="message")
         return [message_json(m) for m in chosen]

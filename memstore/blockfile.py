@@ -71,6 +71,16 @@ def parse_document(data: bytes, path: str) -> tuple[dict[str, Any], str]:
     return _load_yaml(front, path), body.removesuffix("\n")
 
 
+def value_first_line(data: bytes) -> int:
+    """The 1-based line of the file where the value starts (1 for a file without front matter)."""
+    text = data.decode("utf-8", errors="replace").removeprefix("\ufeff")
+    first, sep, rest = text.partition("\n")
+    closing = _CLOSING_FENCE.search(rest) if first.rstrip("\r \t") == "---" and sep else None
+    if closing is None:
+        return 1
+    return text.count("\n", 0, len(first) + 1 + closing.end()) + 2
+
+
 def _load_yaml(front: str, path: str) -> dict[str, Any]:
     """The front matter mapping (a copy the caller may change); errors name the file and line."""
     return copy.deepcopy(_LOADED.get_or_make(front, lambda: _parse_yaml(front, path)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -12,7 +13,7 @@ import click
 
 from .errors import InvalidInputError, MemstoreError, os_error_text
 from .handedits import file_problem
-from .models import Actor, Agent, Block, EditResult, HistoryEntry
+from .models import Actor, Agent, BlameLine, Block, EditResult, HistoryEntry
 from .store import Store
 from .workspace import ENV_WORKSPACE
 
@@ -54,10 +55,15 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except MemstoreError as exc:
-            _fail(str(exc))
+            _fail(cli_text(exc))
         except OSError as exc:  # the system refused: a full disk, a read-only file system
             _fail(os_error_text(exc))
     return wrapper  # type: ignore[return-value]
+
+
+def cli_text(exc: MemstoreError) -> str:
+    """A refusal as a sentence: Letta's texts open with `Error ` (kept for MCP and the API), not here."""
+    return re.sub(r"^Error:? (?=[A-Z])", "", str(exc))
 
 
 def _fail(message: str) -> NoReturn:
@@ -110,7 +116,33 @@ def _edit_text(result: EditResult) -> str:
 
 
 def _history_text(entries: list[HistoryEntry]) -> str:
-    return "\n".join(f"{e.version[:12]}  {e.date}  {e.author_name:<16} {e.message}" for e in entries)
+    """One aligned line per commit: version, date, kind of author, author, message."""
+    rows = [(e.version[:12], _short_date(e.date), e.author_kind, _clip(e.author_name, 24), e.message)
+            for e in entries]
+    return _columns(rows)
+
+
+def _blame_text(lines: list[BlameLine]) -> str:
+    rows = [((b.version or "")[:12] or "-" * 12, _short_date(b.date), b.author_kind, _clip(b.author_name, 24),
+             f"{b.line:>3}  {b.text}") for b in lines]
+    return _columns(rows)
+
+
+def _columns(rows: list[tuple[str, ...]]) -> str:
+    """Rows as aligned columns (the last one unpadded)."""
+    if not rows:
+        return ""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join([*(c.ljust(w) for c, w in zip(r, widths, strict=False)), r[-1]]) for r in rows)
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _short_date(iso: str | None) -> str:
+    """`2026-12-04 12:15` from an ISO 8601 date (in the writer's own offset)."""
+    return iso[:16].replace("T", " ") if iso else ""
 
 
 expected_option = click.option(
@@ -445,6 +477,22 @@ def log_command(ref: str | None, limit: int, workspace: str | None, as_json: boo
     store = Store.open(workspace)
     entries = store.block_history(ref, limit) if ref else store.workspace_history(limit)
     _emit([e.model_dump() for e in entries], as_json, lambda: _history_text(entries) or "(no history)")
+
+
+@main.command("blame")
+@click.argument("ref")
+@workspace_option
+@json_option
+@handle_errors
+def blame_command(ref: str, workspace: str | None, as_json: bool) -> None:
+    """Who last wrote each line of a block's value, and when: an agent, a host or a person.
+
+    \b
+    Example:
+      memstore blame organization
+    """
+    lines = Store.open(workspace).block_blame(ref)
+    _emit([b.model_dump() for b in lines], as_json, lambda: _blame_text(lines) or "(the value is empty)")
 
 
 from . import watch_cli as _watch_commands  # noqa: E402,F401 - registers `status` and `watch`

@@ -150,7 +150,7 @@ class Committer:
         """
         blob = self._store_blob(current)
         journal = [_Entry(self.head_blob(rel), blob, self.ws.person.name, self.ws.person.email,
-                          commit_message(subject, trailers))]
+                          commit_message(subject, {**trailers, "Memstore-Author-Kind": "person"}))]
         try:
             self._save_journal(rel, journal)
             return self._commit_journal(rel, journal, wait=None)

@@ -195,7 +195,8 @@ def _add_id(store: Store, rel: str, current: bytes) -> str | None:
     if problem:
         return None  # committed as written; `status` shows what still needs fixing
     return store.commits.write(rel, data, current, COMMITTER, commit_message(
-        f"Add id to {rel}", {"Memstore-Op": "add_id", "Memstore-Block": added["id"]})).version
+        f"Add id to {rel}", {"Memstore-Op": "add_id", "Memstore-Block": added["id"],
+                             "Memstore-Author-Kind": "person"})).version
 
 
 def _new_block_document(data: bytes, rel: str) -> tuple[dict[str, Any], str]:

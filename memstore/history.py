@@ -10,17 +10,19 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+from datetime import UTC, datetime
 
 import git
 
 from .errors import NotFoundError
 from .gitrepo import GitRepo
-from .models import HistoryEntry
+from .models import AuthorKind, BlameLine, HistoryEntry
 
 _FIELDS = ["%H", "%an", "%ae", "%aI", "%s",
            "%(trailers:key=Memstore-Op,valueonly,separator=%x2C)",
            "%(trailers:key=Memstore-Agent,valueonly,separator=%x2C)",
-           "%(trailers:key=Memstore-Block,valueonly,separator=%x2C)"]
+           "%(trailers:key=Memstore-Block,valueonly,separator=%x2C)",
+           "%(trailers:key=Memstore-Author-Kind,valueonly,separator=%x2C)"]
 _FORMAT = "%x1f".join(_FIELDS) + "%x1e"
 
 
@@ -32,16 +34,65 @@ def file_history(store: GitRepo, rel: str, limit: int = 20, block_id: str | None
         parts = record.strip("\n").split("\x1f")
         if len(parts) != len(_FIELDS):
             continue
-        version, name, email, date, subject, op, agent, block = parts
+        version, name, email, date, subject, op, agent, block, kind = parts
         entries.append(HistoryEntry(
             version=version, author_name=name, author_email=email, date=date,
-            op=op or None, agent_id=agent or None, message=subject,
+            op=op or None, agent_id=agent or None, message=subject, author_kind=author_kind(kind),
         ))
         if block_id and block == block_id and op == "create_block":
             break
     if entries and len(entries) < limit and store.shallow and store.is_shallow_boundary(entries[-1].version):
         entries[-1] = entries[-1].model_copy(update={"history_cut": True})
     return entries
+
+
+def author_kind(trailer: str) -> AuthorKind:
+    """The kind a commit's Memstore-Author-Kind trailer names; a commit without one is a person's own."""
+    return trailer if trailer in ("agent", "host", "person") else "person"  # type: ignore[return-value]
+
+
+def blame(store: GitRepo, rel: str, first_line: int) -> list[BlameLine]:
+    """Who last wrote each line of `rel` from `first_line` (1-based) on, as `git blame` says.
+
+    Lines of the working file not committed yet (a pending hand edit) have no version.
+    """
+    out = _git(store).blame("--line-porcelain", "--", rel)
+    lines: list[BlameLine] = []
+    info: dict[str, str] = {}
+    for raw in out.splitlines():
+        if raw.startswith("\t"):
+            number = int(info["line"])
+            if number >= first_line:
+                lines.append(BlameLine(
+                    line=number - first_line + 1, text=raw[1:], version=info["commit"],
+                    author_name=info.get("author", ""), author_email=info.get("author-mail", "").strip("<>"),
+                    author_kind="person", date=info.get("author-time")))
+            info = {}
+        elif not info:
+            commit, _, rest = raw.partition(" ")
+            info = {"commit": commit, "line": rest.split()[1]}
+        else:
+            key, _, value = raw.partition(" ")
+            info[key] = value
+    kinds = _kinds(store, {b.version for b in lines if b.version and set(b.version) != {"0"}})
+    return [b.model_copy(update=_blame_fields(b, kinds)) for b in lines]
+
+
+def _kinds(store: GitRepo, versions: set[str]) -> dict[str, AuthorKind]:
+    if not versions:
+        return {}
+    out = _git(store).show("-s", "--format=%H %(trailers:key=Memstore-Author-Kind,valueonly,separator=%x2C)",
+                           *sorted(versions))
+    return {line.split(" ", 1)[0]: author_kind(line.partition(" ")[2].strip()) for line in out.splitlines() if line}
+
+
+def _blame_fields(line: BlameLine, kinds: dict[str, AuthorKind]) -> dict[str, object]:
+    if line.version is None or set(line.version) == {"0"}:
+        return {"version": None, "author_name": "(not committed yet)", "author_email": "", "author_kind": "person",
+                "date": None}
+    stamp = int(line.date) if line.date and line.date.isdigit() else None
+    date = datetime.fromtimestamp(stamp, UTC).isoformat() if stamp is not None else None
+    return {"author_kind": kinds.get(line.version, "person"), "date": date}
 
 
 def _git(store: GitRepo) -> git.Git:

@@ -6,7 +6,7 @@ import dataclasses
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
@@ -14,6 +14,7 @@ from .errors import InvalidNameError
 
 DEFAULT_LIMIT = 20_000
 MAX_NAME_LENGTH = 64
+AuthorKind = Literal["agent", "host", "person"]
 AGENT_EMAIL_DOMAIN = "agents.memstore"
 
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
@@ -105,24 +106,26 @@ class Actor:
     agent_id: str | None = None
     is_agent: bool = False
     admin: bool = False
+    kind: AuthorKind = "person"
 
     @classmethod
     def agent(cls, name: str, agent_id: str) -> Actor:
-        return cls(name=name, email=f"{agent_id}@{AGENT_EMAIL_DOMAIN}", agent_id=agent_id, is_agent=True)
+        return cls(name=name, email=f"{agent_id}@{AGENT_EMAIL_DOMAIN}", agent_id=agent_id, is_agent=True,
+                   kind="agent")
 
     @classmethod
     def host(cls, name: str) -> Actor:
         """An outside LLM host without a registered agent: read-only still binds it."""
         name = re.sub(r"[<>\x00-\x1f\x7f]+", " ", name).strip()[:MAX_NAME_LENGTH] or "mcp-host"
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-").lower() or "host"
-        return cls(name=name, email=f"host-{slug}@{AGENT_EMAIL_DOMAIN}", is_agent=True)
+        return cls(name=name, email=f"host-{slug}@{AGENT_EMAIL_DOMAIN}", is_agent=True, kind="host")
 
     @classmethod
     def client(cls, name: str, email: str | None = None) -> Actor:
         """A program calling the Letta API: an administrative caller, as in Letta (read-only does not bind it)."""
         name = re.sub(r"[<>\x00-\x1f\x7f]+", " ", name).strip()[:MAX_NAME_LENGTH] or "api-client"
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-").lower() or "client"
-        return cls(name=name, email=email or f"api-{slug}@{AGENT_EMAIL_DOMAIN}")
+        return cls(name=name, email=email or f"api-{slug}@{AGENT_EMAIL_DOMAIN}", kind="host")
 
     def with_admin(self, admin: bool = True) -> Actor:
         """This actor, allowed (or not) to change `read_only` and `limit`."""
@@ -197,3 +200,17 @@ class HistoryEntry(BaseModel):
     agent_id: str | None = None
     message: str
     history_cut: bool = Field(default=False, description="a shallow clone: history before this commit is not here")
+    author_kind: AuthorKind = Field(default="person", description="who made it: an agent, a host (an MCP host or "
+                                    "an API client) or a person; from the commit's Memstore-Author-Kind trailer")
+
+
+class BlameLine(BaseModel):
+    """One line of a block's value and the commit that last wrote it."""
+
+    line: int = Field(description="1-based line number in the value")
+    text: str
+    version: str | None = Field(description="the commit; null for a line not committed yet (a hand edit)")
+    author_name: str
+    author_email: str
+    author_kind: AuthorKind
+    date: str | None

@@ -45,6 +45,7 @@ from .models import (
     validate_agent_name,
     validate_name,
 )
+from .blockfile import value_first_line
 from .prompt import render_memory_blocks
 from .validation import (
     check_bool,
@@ -444,7 +445,8 @@ class Store:
     def _adopt_hand_edit(self, rel: str, current: bytes, block: Block) -> None:
         """Commit a person's uncommitted edit of `rel` before an edit lands on top of it."""
         self.commits.adopt_hand_edit(rel, current, f"Hand edit {rel}",
-                                     {"Memstore-Op": "hand_edit", "Memstore-Block": block.id})
+                                     {"Memstore-Op": "hand_edit", "Memstore-Block": block.id,
+                                      "Memstore-Author-Kind": "person"})
 
     def _message(self, op: str, block: Block | Agent, actor: Actor, suffix: str = "") -> str:
         name = block.label if isinstance(block, Block) else block.name
@@ -452,6 +454,7 @@ class Store:
             "Memstore-Op": op,
             "Memstore-Block": block.id if isinstance(block, Block) else None,
             "Memstore-Agent": actor.agent_id if isinstance(block, Block) else block.id,
+            "Memstore-Author-Kind": actor.kind,
         })
 
     def _after_commit(self) -> None:
@@ -466,6 +469,15 @@ class Store:
         name = self.resolve_block(ref, actor)
         block = self._read_block(name)
         return history.file_history(self.ws.git, f"blocks/{name}.md", limit, block.id if block else None)
+
+    def block_blame(self, ref: str, *, actor: Actor | None = None) -> list[BlameLine]:
+        """Each line of a block's value with the commit, author and kind that last wrote it."""
+        name = self.resolve_block(ref, actor)
+        rel = f"blocks/{name}.md"
+        data = self.commits.read(rel)
+        if data is None:
+            raise NotFoundError(f"Block file {rel} no longer exists.")
+        return history.blame(self.ws.git, rel, value_first_line(data))
 
     def workspace_history(self, limit: int = 20) -> list[HistoryEntry]:
         """Recent commits of the whole workspace, newest first."""
@@ -716,8 +728,10 @@ class Store:
             new = change(agent)
             if self.commits.hand_edited(rel, current):
                 handedits.require_valid(self, rel, current)
-                self.commits.adopt_hand_edit(rel, current, f"Hand edit {rel}", {"Memstore-Op": "hand_edit"})
-            message = commit_message(subject, {"Memstore-Op": op, "Memstore-Agent": actor.agent_id or agent.id})
+                self.commits.adopt_hand_edit(rel, current, f"Hand edit {rel}",
+                                             {"Memstore-Op": "hand_edit", "Memstore-Author-Kind": "person"})
+            message = commit_message(subject, {"Memstore-Op": op, "Memstore-Agent": actor.agent_id or agent.id,
+                                               "Memstore-Author-Kind": actor.kind})
             self.commits.write(rel, render_agent(new), current, _ident(actor), message)
         return new
 

@@ -182,6 +182,8 @@ def test_provider_faults_end_the_turn_clearly_and_keep_the_log_consistent(
     assert store.get_block("organization").value == "Org\nkept"  # the edit before the fault stays
     log = read_log(store, store.get_agent("agent1"))
     assert log[0].message_type == "user_message"
+    assert log[-1].message_type == "error_message" and log[-1].error_type == reason  # the log says why
+    assert words in log[-1].message
     calls = {m.tool_call.tool_call_id for m in log if m.message_type == "tool_call_message"}
     returns = {m.tool_call_id for m in log if m.message_type == "tool_return_message"}
     assert calls == returns  # every logged call has its answer: the log replays cleanly
@@ -359,7 +361,7 @@ def test_an_empty_reply_ends_the_turn_with_a_clear_error(store: Store, model: Sc
     model.enqueue("agent1", empty)
     with pytest.raises(AgentTurnError, match="returned no message"):
         store.send_message("agent1", "hello")
-    assert [m.message_type for m in read_log(store, store.get_agent("agent1"))] == ["user_message"]
+    assert [m.message_type for m in read_log(store, store.get_agent("agent1"))] == ["user_message", "error_message"]
 
 
 def test_a_malformed_call_is_replayed_with_empty_arguments(store: Store, model: ScriptedModel) -> None:
@@ -373,3 +375,21 @@ def test_a_malformed_call_is_replayed_with_empty_arguments(store: Store, model: 
     replayed = model.requests["agent1"][-1]["messages"]
     calls = [m for m in replayed if m.get("tool_calls")]
     assert calls and calls[0]["tool_calls"][0]["function"]["arguments"] == "{}"
+
+
+def test_a_missing_key_is_said_as_such_and_noted_in_the_log(store: Store, ws_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    store.create_agent("agent1", "openai/gpt-4o-mini")
+    with pytest.raises(AgentTurnError) as caught:
+        store.send_message("agent1", "hello")
+    assert "no API key for model openai/gpt-4o-mini: set OPENAI_API_KEY" in str(caught.value)
+    assert "HTTP" not in str(caught.value)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(ws_path.parent / "home")}
+    shown = subprocess.run([MEMSTORE, "agent", "messages", "agent1", "-w", str(ws_path)], env=env,
+                           capture_output=True, text=True, timeout=60, check=True)
+    assert shown.stdout.splitlines() == [
+        "you › hello",
+        "(the turn ended early: llm_api_error: no API key for model openai/gpt-4o-mini: set OPENAI_API_KEY in the "
+        "environment of the memstore process (no request was sent).)"]
+

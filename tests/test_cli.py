@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from memstore import Store
+from memstore import Actor, Store
 from memstore.cli import main
 
 from .conftest import assert_clean_repo, git
@@ -50,10 +50,11 @@ def test_cli_tutorial_flow(run, ws_path: Path) -> None:
     shown = run("block", "show", "organization")
     assert shown.endswith("Organization: Letta\nagent1: Letta is in SF.\nagent2: Letta builds agents.\n")
     refused = run("block", "insert", "policies", "x", "--as", "agent2", code=1)
-    assert refused.strip().startswith("memstore: error: Error This block is read-only and cannot be edited.")
+    assert refused.strip().startswith("memstore: error: This block is read-only and cannot be edited.")
     assert len(refused.strip().splitlines()) == 1
     log = run("log", "organization")
-    assert [line.split()[2] for line in log.splitlines()] == ["agent2", "agent1", "Pat"]
+    assert [line.split()[3:5] for line in log.splitlines()] == [["agent", "agent2"], ["agent", "agent1"],
+                                                                 ["person", "Pat"]]
     assert [line.split()[0] for line in run("block", "agents", "organization").splitlines()] == ["agent1", "agent2"]
     listed = json.loads(run("block", "list", "--json"))
     assert sorted(b["label"] for b in listed) == ["organization", "policies"]
@@ -141,3 +142,45 @@ def test_expected_version_on_the_cli(run, ws_path: Path) -> None:
     now = git(ws_path, "rev-parse", "HEAD").strip()
     run("block", "update", "notes", "--description", "Notes", "--expected-version", now[:7])
     assert "--expected-version VERSION" in run("block", "replace", "--help")
+
+
+def test_log_aligns_its_columns_and_tells_agent_host_and_person_from_the_commit(run, ws_path: Path) -> None:
+    store = Store.open(ws_path)
+    store.create_block("organization", "Org")
+    agent = store.create_agent("agent1", "openai/x", block_ids=[store.get_block("organization").id])
+    store.memory_insert("organization", "from agent1", actor=agent.actor())
+    store.memory_insert("organization", "from a host", actor=Actor.host("Ada Person"))  # a host named like a person
+    path = ws_path / "blocks/organization.md"
+    path.write_text(path.read_text() + "by hand\n")
+    store.memory_insert("organization", "from the cli")  # commits the hand edit first, as the person
+    lines = run("log").splitlines()
+    assert [line.split()[3] for line in lines[:4]] == ["person", "person", "host", "agent"]
+    assert lines[2].split()[4:6] == ["Ada", "Person"] and lines[3].split()[4] == "agent1"
+    starts = {line.index(line.split()[3]) for line in lines}
+    assert len(starts) == 1  # the kind column lines up on every row
+    assert [e["author_kind"] for e in json.loads(run("log", "--json"))][:4] == ["person", "person", "host", "agent"]
+
+
+def test_blame_names_who_wrote_each_line(run, ws_path: Path) -> None:
+    store = Store.open(ws_path)
+    store.create_block("organization", "Org")
+    agent = store.create_agent("agent1", "openai/x", block_ids=[store.get_block("organization").id])
+    store.memory_insert("organization", "agent line", actor=agent.actor())
+    path = ws_path / "blocks/organization.md"
+    path.write_text(path.read_text() + "not committed\n")
+    rows = json.loads(run("blame", "organization", "--json"))
+    assert [(r["line"], r["text"], r["author_kind"], r["author_name"]) for r in rows] == [
+        (1, "Org", "person", "Pat Person"), (2, "agent line", "agent", "agent1"),
+        (3, "not committed", "person", "(not committed yet)")]
+    assert rows[1]["version"] == git(ws_path, "rev-parse", "HEAD").strip() and rows[2]["version"] is None
+    text = run("blame", "organization").splitlines()
+    assert text[1].split()[3:5] == ["agent", "agent1"] and text[1].endswith("2  agent line")
+
+
+def test_refusals_read_naturally_on_the_cli(run, ws_path: Path) -> None:
+    store = Store.open(ws_path)
+    policy = store.create_block("policies", "Rules", read_only=True)
+    store.create_agent("agent1", "openai/x", block_ids=[policy.id])
+    out = run("block", "insert", "policies", "x", "--as", "agent1", code=1)
+    assert out.strip() == "memstore: error: This block is read-only and cannot be edited. (block `policies`)"
+

@@ -27,6 +27,8 @@ def message_lines(name: str, message: Any) -> list[str]:
         return [f"{name} → {message.tool_call.name}({message.tool_call.arguments})"]
     if kind == "tool_return_message":
         return [f"  ← {message.status}: {message.tool_return}"]
+    if kind == "error_message":
+        return [f"(the turn ended early: {message.error_type}: {message.message})"]
     return [f"{name} › {message.content}"]
 
 

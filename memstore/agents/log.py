@@ -44,8 +44,10 @@ def append_turn(store: Store, agent: Agent, messages: list[Any]) -> None:
     with store.commits.locked(rel) as current:
         if store.commits.hand_edited(rel, current):
             parse_log(current or b"", rel)  # a log broken by hand is refused, not built upon
-            store.commits.adopt_hand_edit(rel, current, f"Hand edit {rel}", {"Memstore-Op": "hand_edit"})
+            store.commits.adopt_hand_edit(rel, current, f"Hand edit {rel}",
+                                          {"Memstore-Op": "hand_edit", "Memstore-Author-Kind": "person"})
         message = commit_message(f"send_message {agent.name}", {"Memstore-Op": "send_message",
-                                                                "Memstore-Agent": agent.id})
+                                                                "Memstore-Agent": agent.id,
+                                                                "Memstore-Author-Kind": "agent"})
         store.commits.write(rel, (current or b"") + dump_lines(messages), current, Ident(actor.name, actor.email),
                             message)

@@ -65,8 +65,16 @@ class AssistantMessage(_Base):
     content: str
 
 
+class ErrorMessage(_Base):
+    """The log's note of a turn that ended early: why, in words (Letta's error message shape)."""
+
+    message_type: Literal["error_message"] = "error_message"
+    error_type: str = Field(description="the turn's stop reason, e.g. llm_api_error")
+    message: str
+
+
 Message = Annotated[
-    UserMessage | ReasoningMessage | ToolCallMessage | ToolReturnMessage | AssistantMessage,
+    UserMessage | ReasoningMessage | ToolCallMessage | ToolReturnMessage | AssistantMessage | ErrorMessage,
     Field(discriminator="message_type"),
 ]
 _MESSAGE = TypeAdapter(Message)

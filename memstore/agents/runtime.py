@@ -23,6 +23,7 @@ from ..validation import check_count, check_text
 from .log import append_turn, context_messages, log_path
 from .messages import (
     AssistantMessage,
+    ErrorMessage,
     ReasoningMessage,
     StopReason,
     StopReasonName,
@@ -100,7 +101,8 @@ def send_message(
         log.exception("agent turn failed")
         reason, error = "error", f"unexpected {type(exc).__name__}: {exc}"
     finally:
-        append_turn(store, agent, [user, *produced])
+        note = [ErrorMessage(error_type=reason, message=error)] if error else []
+        append_turn(store, agent, [user, *produced, *note])  # the log says why a turn ended early
         emit()
     result = TurnResult(messages=produced, stop_reason=StopReason(stop_reason=reason), usage=usage, error=error)
     if reason not in ("end_turn", "max_steps"):
@@ -188,6 +190,10 @@ def provider_error(exc: Exception, agent: Agent, timeout: float) -> str:
     import litellm
 
     where = f"model {agent.model}" + (f" at {agent.api_base}" if agent.api_base else "")
+    missing = _missing_keys(agent)
+    if missing:
+        return (f"no API key for {where}: set {' or '.join(missing)} in the environment of the memstore process "
+                "(no request was sent).")
     if isinstance(exc, litellm.AuthenticationError):
         return f"the provider refused the API key for {where} (HTTP 401); check the key in the environment."
     if isinstance(exc, litellm.RateLimitError):
@@ -197,6 +203,15 @@ def provider_error(exc: Exception, agent: Agent, timeout: float) -> str:
     status = getattr(exc, "status_code", None)
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return f"{where} failed" + (f" (HTTP {status})" if status else "") + f": {first[:300]}"
+
+
+def _missing_keys(agent: Agent) -> list[str]:
+    """The provider key variables litellm wants for this model and cannot find (empty when it has them)."""
+    try:
+        checked = _litellm().validate_environment(model=agent.model, api_base=agent.api_base)
+    except Exception:  # noqa: BLE001 - an unknown provider: say what the provider said instead
+        return []
+    return [] if checked.get("keys_in_environment") else list(checked.get("missing_keys") or [])
 
 
 def _litellm() -> Any:
@@ -233,6 +248,8 @@ def to_chat(messages: list[Any]) -> list[dict[str, Any]]:
             chat.append({"role": "user", "content": message.content})
         elif kind == "tool_return_message":
             chat.append({"role": "tool", "tool_call_id": message.tool_call_id, "content": message.tool_return})
+        elif kind == "error_message":
+            continue  # the log's note for people, not part of the conversation
         else:
             _into_assistant(chat, message)
     for entry in chat:
