@@ -6,6 +6,7 @@ state memstore may commit to; every problem is a WorkspaceError naming the way o
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
@@ -167,8 +168,11 @@ def init_workspace(path: str | os.PathLike[str]) -> Workspace:
     failure never leaves a half-made workspace.
     """
     root = Path(path).expanduser().resolve()
+    if root.is_dir() and (root / ".git").exists():
+        return _init_in_repository(root)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise WorkspaceError(f"{root} already exists and is not an empty folder; choose a new folder.")
+        raise WorkspaceError(f"{root} already exists and is not an empty folder or a git repository; choose a new "
+                             "folder, or the top folder of a git repository.")
     fmt = os.environ.get("GIT_DEFAULT_HASH", "sha1").lower()
     if fmt != "sha1":
         raise WorkspaceError(f"GIT_DEFAULT_HASH={fmt}: memstore works with SHA-1 repositories only (git's default); "
@@ -197,6 +201,75 @@ def init_workspace(path: str | os.PathLike[str]) -> Workspace:
             raise
         raise WorkspaceError(f"cannot create {root}: {exc.strerror or exc}") from None
     return open_workspace(root)
+
+
+IGNORE_RULE = ".memstore/"
+
+
+def _init_in_repository(root: Path) -> Workspace:
+    """Make an existing repository a workspace: blocks/, agents/ and the ignore rule, in one commit.
+
+    Nothing else of the person's is touched: other staged or changed files stay as they
+    are, and the commit goes through git's own machinery (hooks and signing as configured).
+    """
+    if (root / "blocks").is_dir() and (root / "agents").is_dir():
+        raise WorkspaceError(f"{root} is already a memstore workspace.")
+    GitRepo(root)  # a repository memstore cannot work in is refused before anything is changed
+    top = _git_out(root, "rev-parse", "--show-toplevel")
+    if Path(top).resolve() != root:
+        raise WorkspaceError(f"{root} is inside the git repository {top}; run `memstore init {top}` to use that "
+                             "repository, or choose a new folder.")
+    for name in ("blocks", "agents"):
+        if (root / name).exists() and not ((root / name).is_dir() and not any((root / name).iterdir())):
+            raise WorkspaceError(f"{root / name} already exists and memstore did not make it; move it away, "
+                                 "then run `memstore init` again.")
+    ignore = root / ".gitignore"
+    if _git_out(root, "status", "--porcelain", "--", ".gitignore"):
+        raise WorkspaceError(f"{ignore} has uncommitted changes; commit or stash them first, so that memstore's "
+                             "commit holds only its own rule.")
+    old_ignore = ignore.read_bytes() if ignore.exists() else None
+    made: list[Path] = []
+    try:
+        for name in ("blocks", "agents"):
+            (root / name).mkdir(exist_ok=True)
+            keep = root / name / ".gitkeep"
+            keep.write_bytes(b"")
+            made.append(keep)
+        lines = (old_ignore or b"").decode("utf-8", errors="replace").splitlines()
+        if IGNORE_RULE not in (line.strip() for line in lines):
+            sep = b"" if not old_ignore or old_ignore.endswith(b"\n") else b"\n"
+            ignore.write_bytes((old_ignore or b"") + sep + b"# memstore's local state: never committed.\n"
+                               + IGNORE_RULE.encode() + b"\n")
+        person = person_ident(git_config(root))
+        _git(root, "add", "--", ".gitignore", *(str(p.relative_to(root)) for p in made))
+        _git(root, "commit", "--quiet", "-m", "Make this repository a memstore workspace", "-m",
+             "Memstore-Op: init\nMemstore-Author-Kind: person", "--", ".gitignore", *(str(p.relative_to(root)) for p in made), env={
+                 "GIT_AUTHOR_NAME": person.name, "GIT_AUTHOR_EMAIL": person.email})
+    except (OSError, WorkspaceError):
+        _undo_init(root, made, ignore, old_ignore)
+        raise
+    return open_workspace(root)
+
+
+def _undo_init(root: Path, made: list[Path], ignore: Path, old_ignore: bytes | None) -> None:
+    """Put the repository back as it was after a failed `init` (a refusing hook, a full disk)."""
+    subprocess.run(["git", "reset", "--quiet", "--", ".gitignore", *(str(p.relative_to(root)) for p in made)],
+                   cwd=root, capture_output=True, check=False)
+    for keep in made:
+        keep.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            keep.parent.rmdir()
+    if old_ignore is None:
+        ignore.unlink(missing_ok=True)
+    else:
+        ignore.write_bytes(old_ignore)
+
+
+def _git_out(cwd: Path, *args: str) -> str:
+    proc = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise WorkspaceError(f"git {args[0]} failed in {cwd}: {(proc.stderr or proc.stdout).strip()}")
+    return proc.stdout.strip()
 
 
 def _git(cwd: Path, *args: str, env: dict[str, str] | None = None) -> None:

@@ -184,3 +184,54 @@ def test_refusals_read_naturally_on_the_cli(run, ws_path: Path) -> None:
     out = run("block", "insert", "policies", "x", "--as", "agent1", code=1)
     assert out.strip() == "memstore: error: This block is read-only and cannot be edited. (block `policies`)"
 
+
+
+def test_init_in_an_existing_repository_adds_only_its_folders_and_rule(tmp_path: Path) -> None:
+    repo = tmp_path / "project"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    (repo / "README.md").write_text("# my project\n")
+    (repo / ".gitignore").write_text("node_modules/")  # no final newline
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "project")
+    (repo / "notes.txt").write_text("wip\n")
+    git(repo, "add", "notes.txt")  # staged, not for memstore to commit
+    (repo / "README.md").write_text("# my project\nchanged\n")
+    runner = CliRunner()
+    done = runner.invoke(main, ["init", str(repo)])
+    assert done.exit_code == 0, done.output
+    assert git(repo, "show", "--name-only", "--format=%s", "HEAD").split() == [
+        "Make", "this", "repository", "a", "memstore", "workspace", ".gitignore", "agents/.gitkeep", "blocks/.gitkeep"]
+    assert (repo / ".gitignore").read_text() == "node_modules/\n# memstore's local state: never committed.\n.memstore/\n"
+    assert git(repo, "status", "--porcelain").splitlines() == [" M README.md", "A  notes.txt"]
+    created = runner.invoke(main, ["block", "create", "organization", "Org", "-w", str(repo)])
+    assert created.exit_code == 0, created.output
+    assert git(repo, "status", "--porcelain").splitlines() == [" M README.md", "A  notes.txt"]
+    again = runner.invoke(main, ["init", str(repo)])
+    assert again.exit_code == 1 and "already a memstore workspace" in again.output
+
+
+def test_init_in_a_repository_refuses_what_it_did_not_make_and_changes_nothing(tmp_path: Path) -> None:
+    repo = tmp_path / "project"
+    (repo / "blocks").mkdir(parents=True)
+    (repo / "blocks" / "lego.txt").write_text("my own blocks folder\n")
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "project")
+    runner = CliRunner()
+    refused = runner.invoke(main, ["init", str(repo)])
+    assert refused.exit_code == 1 and "blocks already exists and memstore did not make it" in refused.output
+    (repo / "blocks" / "lego.txt").rename(repo / "lego.txt")
+    (repo / "blocks").rmdir()
+    hook = repo / ".git" / "hooks" / "pre-commit"
+    hook.write_text("#!/bin/sh\necho 'no commits today' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    head = git(repo, "rev-parse", "HEAD")
+    hooked = runner.invoke(main, ["init", str(repo)])
+    assert hooked.exit_code == 1 and "no commits today" in hooked.output
+    assert git(repo, "rev-parse", "HEAD") == head
+    assert not (repo / "blocks").exists() and not (repo / ".gitignore").exists()
+    assert git(repo, "status", "--porcelain").splitlines() == [" D blocks/lego.txt",
+                                                               "?? lego.txt"]
+    inside = runner.invoke(main, ["init", str(repo / "sub")])
+    assert inside.exit_code == 0  # an empty folder inside a repository becomes a new repository of its own
