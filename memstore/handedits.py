@@ -210,7 +210,12 @@ def _new_block_document(data: bytes, rel: str) -> tuple[dict[str, Any], str]:
 
 
 def status(store: Store) -> Status:
-    """Files that differ from their last commit (valid or not), and agents listing deleted blocks."""
+    """Files that differ from their last commit (valid or not), and agents listing deleted blocks.
+
+    New hand-made block files are adopted first, as every command does, so what is listed
+    as uncommitted is what still is.
+    """
+    store.problems()
     uncommitted, invalid = [], []
     for rel in _candidates(store):
         try:

@@ -100,11 +100,29 @@ class Store:
         if actor is not None and actor.agent_id:
             return self.agent_blocks(actor.agent_id)
         snap = self.catalog.snapshot(rescan=True)
+        if self._adopt_new_files(snap.problems):
+            snap = self.catalog.snapshot(rescan=True)
         return [b for b in (self._read_block(name) for name in snap.entries) if b is not None]
+
+    def _adopt_new_files(self, problems: list[FileFormatError]) -> bool:
+        """Commit new hand-made block files (plain text, or without an id) as the watcher would.
+
+        So a file a person drops into blocks/ is the same block to every command, whether or
+        not a watcher runs. True if any was adopted.
+        """
+        adopted = False
+        for problem in problems:
+            rel = problem.path
+            if rel.startswith("blocks/") and self.commits.head_blob(rel) is None:
+                adopted |= handedits.pick_up(self, rel).action == "created"
+        return adopted
 
     def problems(self) -> list[FileFormatError]:
         """Block files that do not parse, each naming its file and line."""
-        return list(self.catalog.snapshot(rescan=True).problems)
+        snap = self.catalog.snapshot(rescan=True)
+        if self._adopt_new_files(snap.problems):
+            snap = self.catalog.snapshot(rescan=True)
+        return list(snap.problems)
 
     def get_block(self, ref: str, version: str | None = None, *, actor: Actor | None = None) -> Block:
         """A block by id, file name or unambiguous label; as of `version` if given."""
@@ -179,7 +197,10 @@ class Store:
             raise AmbiguousNameError(ref, [f"{n} ({self.catalog.snapshot().entries[n].id})" for n in names])
         if names:
             return names[0]
+        rel = f"blocks/{ref}.md"
         if (self.ws.blocks_dir / f"{ref}.md").exists():
+            if self.commits.head_blob(rel) is None:  # a new hand-made file: adopt it as the watcher would
+                handedits.pick_up(self, rel)
             return ref
         raise NotFoundError(f"No block named '{ref}' (by label or file name). `memstore block list` shows them.")
 

@@ -17,7 +17,7 @@ from .watcher import Watcher
 def status_text(report: Status) -> str:
     lines = []
     if report.uncommitted:
-        lines += ["Uncommitted hand edits (valid; the watcher or the next edit commits them):",
+        lines += ["Uncommitted hand edits (valid; the watcher or the next edit of the file commits them):",
                   *(f"  {rel}" for rel in report.uncommitted)]
     if report.invalid:
         lines += ["Invalid files (not committed; agents read the last committed version):",

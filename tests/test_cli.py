@@ -235,3 +235,21 @@ def test_init_in_a_repository_refuses_what_it_did_not_make_and_changes_nothing(t
                                                                "?? lego.txt"]
     inside = runner.invoke(main, ["init", str(repo / "sub")])
     assert inside.exit_code == 0  # an empty folder inside a repository becomes a new repository of its own
+
+
+def test_a_plain_text_block_file_is_a_block_to_every_command_without_a_watcher(run, ws_path: Path) -> None:
+    (ws_path / "blocks" / "notes.md").write_text("Just notes\nline two\n")
+    shown = json.loads(run("block", "show", "notes", "--json"))
+    assert (shown["label"], shown["value"]) == ("notes", "Just notes\nline two")
+    assert shown["id"].startswith("block-")
+    run("block", "insert", "notes", "three")
+    assert json.loads(run("block", "show", "notes", "--json"))["value"] == "Just notes\nline two\nthree"
+    (ws_path / "blocks" / "todo.md").write_text("buy milk\n")
+    listed = run("block", "list")
+    assert "todo" in listed and "notes" in listed and "warning" not in listed
+    (ws_path / "blocks" / "later.md").write_text("later\n")
+    assert "later.md" not in run("status")  # adopted by status itself, so not listed as uncommitted
+    subjects = git(ws_path, "log", "--format=%s").splitlines()
+    assert subjects[:2] == ["Add id to blocks/later.md", "Hand edit blocks/later.md"]
+    assert "Hand edit blocks/notes.md" in subjects and "Add id to blocks/todo.md" in subjects
+    assert git(ws_path, "status", "--porcelain") == ""
