@@ -17,7 +17,8 @@ ENV_TOKEN = "MEMSTORE_TOKEN"
 
 
 @main.command("serve")
-@click.option("--http", "use_http", is_flag=True, help="Serve streamable HTTP at /mcp instead of stdio.")
+@click.option("--http", "use_http", is_flag=True,
+              help="Serve HTTP instead of stdio: MCP (streamable HTTP) at /mcp and Letta's REST API at /v1.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (with --http).")
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535),
               help="Port to listen on (with --http; 0 picks a free one).")
@@ -31,7 +32,7 @@ ENV_TOKEN = "MEMSTORE_TOKEN"
 @handle_errors
 def serve(use_http: bool, host: str, port: int, token: str | None, as_agent: str | None, admin: bool,
           no_watch: bool, workspace: str | None) -> None:
-    """Run the MCP server on this workspace (stdio unless --http)."""
+    """Run the MCP server on this workspace (stdio unless --http, which adds Letta's API at /v1)."""
     from .run import check_http_options, serve_http, serve_stdio
     from .server import ServerConfig
 

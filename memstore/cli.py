@@ -155,7 +155,25 @@ expected_option = click.option(
 @click.version_option(package_name="memstore")
 @click.option("--workspace", "-w", "workspace", type=click.Path(file_okay=False), help=_WORKSPACE_HELP)
 def main(workspace: str | None) -> None:
-    """Shared memory blocks for LLM agents, kept as markdown files in a git repository."""
+    """Shared memory blocks for LLM agents, kept as markdown files in a git repository.
+
+    Every edit is one git commit authored by whoever made it: an agent, a host or you.
+
+    \b
+    Examples:
+      memstore init ~/my-memory                 a new workspace (or make a git repository one)
+      memstore setup claude-desktop -w ~/my-memory
+                                                add it to Claude Desktop (or claude-code, cursor, vscode)
+      memstore block create organization "Organization: Letta" --limit 4000
+      memstore block insert organization "Founded in 2023." --as agent1
+      memstore block show organization          the value, its limit and version
+      memstore log                              who changed what: agent, host or person
+      memstore blame organization               who wrote each line
+      memstore agent create agent1 --model openai/gpt-4o-mini --block organization
+      memstore agent send agent1 "What do we know about Letta?"
+      memstore serve --http                     MCP at /mcp and Letta's REST API at /v1
+      memstore demo                             Letta's shared-memory tutorial, offline
+    """
 
 
 @main.command()
@@ -249,10 +267,11 @@ def _json_arg(raw: str | None) -> Any:
 
 @block.command("update")
 @click.argument("ref")
-@click.option("--label")
-@click.option("--description")
-@click.option("--limit", type=int)
-@click.option("--read-only/--writable", "read_only", default=None)
+@click.option("--label", help="A new label (agents see it; unique among each agent's blocks).")
+@click.option("--description", help="What the block is for (agents see it; '' removes it).")
+@click.option("--limit", type=int, help="A new character limit (not below the value's length).")
+@click.option("--read-only/--writable", "read_only", default=None,
+              help="Lock the block for agents, or let them edit it again.")
 @click.option("--metadata", help="Replace metadata with this JSON object.")
 @expected_option
 @workspace_option
@@ -288,7 +307,9 @@ def _edit_command(name: str, help_text: str, *params: Callable[[F], F]) -> Calla
 
 
 @_edit_command("insert", "Insert TEXT after line --line (0: top; default -1: end).",
-               click.argument("label"), click.argument("text"), click.option("--line", "insert_line", type=int, default=-1))
+               click.argument("label"), click.argument("text"),
+               click.option("--line", "insert_line", type=int, default=-1,
+                            help="Insert after this line: 0 for the top, -1 (default) for the end."))
 def block_insert(label: str, text: str, insert_line: int, workspace: str | None, as_agent: str | None,
                 expected_version: str | None, as_json: bool) -> None:
     store = Store.open(workspace)
@@ -338,7 +359,7 @@ def block_replace_all(label: str, old: str, new: str, workspace: str | None, as_
 
 @block.command("history")
 @click.argument("ref")
-@click.option("-n", "--limit", type=int, default=20, show_default=True)
+@click.option("-n", "--limit", type=int, default=20, show_default=True, help="How many commits to show, newest first.")
 @workspace_option
 @json_option
 @handle_errors
@@ -419,7 +440,7 @@ def agent_show(ref: str, workspace: str | None, as_json: bool) -> None:
 @click.option("--no-base-tools", is_flag=True,
               help="Leave out Letta's base tools (memory_insert, memory_replace, conversation_search).")
 @click.option("--system", help="The system prompt / persona.")
-@click.option("--description")
+@click.option("--description", help="What the agent is for (shown in listings and to Letta clients).")
 @click.option("--api-base", help="A provider base URL for this agent's model.")
 @workspace_option
 @json_option
@@ -468,7 +489,7 @@ def agent_detach(agent_ref: str, block_ref: str, workspace: str | None) -> None:
 
 @main.command("log")
 @click.argument("ref", required=False)
-@click.option("-n", "--limit", type=int, default=20, show_default=True)
+@click.option("-n", "--limit", type=int, default=20, show_default=True, help="How many commits to show, newest first.")
 @workspace_option
 @json_option
 @handle_errors

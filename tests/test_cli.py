@@ -253,3 +253,21 @@ def test_a_plain_text_block_file_is_a_block_to_every_command_without_a_watcher(r
     assert subjects[:2] == ["Add id to blocks/later.md", "Hand edit blocks/later.md"]
     assert "Hand edit blocks/notes.md" in subjects and "Add id to blocks/todo.md" in subjects
     assert git(ws_path, "status", "--porcelain") == ""
+
+
+def test_every_option_has_help_and_the_top_level_help_has_examples() -> None:
+    import click
+
+    from mcp_server.cli import main as full_main  # the installed command, `serve` and `setup` included
+
+    def options(command: click.Command, path: str) -> list[str]:
+        found = [f"{path} {o.opts[0]}" for o in command.params
+                 if isinstance(o, click.Option) and not o.help and not o.hidden]
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                found += options(sub, f"{path} {name}")
+        return found
+
+    assert options(full_main, "memstore") == []
+    shown = CliRunner().invoke(full_main, ["--help"]).output
+    assert "Examples:" in shown and "memstore setup claude-desktop" in shown and "memstore blame" in shown

@@ -42,7 +42,8 @@ def turn_text(name: str, result: TurnResult) -> str:
 @agent.command("send")
 @click.argument("name")
 @click.argument("text")
-@click.option("--max-steps", type=click.IntRange(1, 100), default=DEFAULT_MAX_STEPS, show_default=True)
+@click.option("--max-steps", type=click.IntRange(1, 100), default=DEFAULT_MAX_STEPS, show_default=True,
+              help="Most model calls in this turn; the turn stops there (stop reason max_steps).")
 @workspace_option
 @json_option
 @handle_errors
@@ -63,7 +64,8 @@ def _render(name: str, result: TurnResult, as_json: bool) -> str:
 
 @agent.command("messages")
 @click.argument("name")
-@click.option("-n", "--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
+@click.option("-n", "--limit", type=click.IntRange(1, 100_000), default=50, show_default=True,
+              help="How many of the latest messages to show.")
 @workspace_option
 @json_option
 @handle_errors
