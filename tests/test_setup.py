@@ -73,14 +73,20 @@ async def test_setup_merges_backs_up_is_idempotent_and_the_entry_starts(
 @pytest.mark.anyio
 async def test_setup_vscode_writes_the_folders_servers_key(store: Store, ws_path: Path, tmp_path: Path) -> None:
     project = tmp_path / "project"
-    project.mkdir()
+    (project / ".vscode").mkdir(parents=True)
+    original = json.dumps({"inputs": [{"id": "key", "type": "promptString"}], "servers": {"fs": OTHER}})
+    (project / ".vscode" / "mcp.json").write_text(original)
     home = tmp_path / "host-home"
     home.mkdir()
     done = setup(home, "vscode", "-w", str(ws_path), cwd=project)
     assert done.returncode == 0, done.stderr
     written = json.loads((project / ".vscode" / "mcp.json").read_text())
+    assert written["inputs"] == [{"id": "key", "type": "promptString"}] and written["servers"]["fs"] == OTHER
     entry = written["servers"]["memstore"]
     assert entry["type"] == "stdio" and entry["args"] == ["serve", "--workspace", str(ws_path.resolve())]
+    assert [b.read_text() for b in (project / ".vscode").glob("mcp.json.*.bak")] == [original]
+    again = setup(home, "vscode", "-w", str(ws_path), "--folder", str(project))
+    assert "nothing changed" in again.stdout and len(list((project / ".vscode").glob("*.bak"))) == 1
     assert "memory_rethink" in await list_tools_as_a_host(entry, home)
 
 
