@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import subprocess
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -38,6 +39,7 @@ from pygit2.enums import FilterMode, ObjectType
 
 from . import gitindex
 from .errors import ConflictError, MemstoreError, WorkspaceError
+from .cache import LRU
 from .fsutil import pid_alive, replace_file, write_all
 
 log = logging.getLogger(__name__)
@@ -126,7 +128,10 @@ class GitRepo:
         self.common_dir = _common_dir(self.git_dir)
         self.shallow = self.repo.is_shallow
         self._index_note = root / ".memstore" / "locks" / "index-note"
+        self._index_cache: tuple[tuple[int, int, int], bytes] | None = None
         self._trees: dict[str, bytes] = {}  # tree id -> its bytes, the last few written or read
+        self._trees_lock = threading.Lock()
+        self._blobs: LRU[tuple[str, str], str | None] = LRU(1024)  # (commit, path) -> blob: commits never change
         self._remove_dead_temp_locks()
         self.repo.set_ident("memstore", "memstore@agents.memstore")  # reflog lines of branch moves
         self.flush = _fsync_components(cfg.get("core.fsync"))
@@ -211,13 +216,30 @@ class GitRepo:
         return self.blob_at(tip, rel) if tip else None
 
     def blob_at(self, commit: str, rel: str) -> str | None:
+        """The blob of regular file `rel` in `commit` (None: absent, or not a regular file).
+
+        Found in the trees' bytes (kept for the last few trees) rather than through libgit2,
+        which parses every entry of a tree per lookup: 1.5 ms for a tree of 10,000 blocks
+        against 0.1 ms (benchmarks/edits.py, edit latency by workspace size).
+        """
         try:
-            entry = self.repo[commit].peel(pygit2.Tree)[rel]
-        except KeyError:
+            return self._blobs.get_or_make((commit, rel), lambda: self._blob_in(self._tree_of(commit), rel))
+        except (KeyError, ValueError):  # no such commit here: nothing is remembered
             return None
+
+    def _tree_of(self, commit: str) -> str:
+        return str(self.repo[commit].peel(pygit2.Commit).tree_id)
+
+    def _blob_in(self, tree: str, rel: str) -> str | None:
+        *folders, name = rel.split("/")
+        for folder in folders:
+            found = _tree_entry(self._tree_raw(tree), folder.encode())
+            if found is None or found[0] != b"40000":
+                return None
+            tree = found[1]
+        found = _tree_entry(self._tree_raw(tree), name.encode())
         # A regular file only: a committed symbolic link (a pull may bring one) is not content.
-        regular = entry.filemode in (pygit2.GIT_FILEMODE_BLOB, pygit2.GIT_FILEMODE_BLOB_EXECUTABLE)
-        return str(entry.id) if regular else None
+        return found[1] if found is not None and found[0] in (b"100644", b"100755") else None
 
     def read_blob(self, oid: str) -> bytes:
         try:
@@ -340,10 +362,14 @@ class GitRepo:
         raw = self._trees.get(tree)
         if raw is None:
             raw = self.repo[tree].read_raw()
-            if len(self._trees) >= 8:
+            self._keep_tree(tree, raw)
+        return raw
+
+    def _keep_tree(self, tree: str, raw: bytes) -> None:
+        with self._trees_lock:  # threads of one server share this cache
+            while len(self._trees) >= 8:
                 self._trees.pop(next(iter(self._trees)))
             self._trees[tree] = raw
-        return raw
 
     def _write_raw(self, kind: bytes, body: bytes) -> str:
         """Store an object loose; big ones uncompressed (still a zlib stream, as git reads it)."""
@@ -376,9 +402,7 @@ class GitRepo:
 
     def _remember_tree(self, kind: bytes, oid: str, body: bytes) -> None:
         if kind == b"tree":
-            if len(self._trees) >= 8:
-                self._trees.pop(next(iter(self._trees)))
-            self._trees[oid] = body
+            self._keep_tree(oid, body)
 
     # -- the index -------------------------------------------------------------------------
 
@@ -473,8 +497,22 @@ class GitRepo:
         return note.get("end") if note.get("index") == [st.st_ino, st.st_size, st.st_mtime_ns] else None
 
     def _read_index(self) -> bytes | None:
+        """The index's bytes; the last ones read or written are kept while the file is that same file.
+
+        git replaces the index by renaming a new file into place, so (inode, size, mtime)
+        names one version of it; with 10,000 files the index is ~1 MB, read up to three
+        times per edit otherwise.
+        """
+        path = self.git_dir / "index"
         try:
-            return (self.git_dir / "index").read_bytes()
+            key = _stat_key(os.stat(path))
+            cached = self._index_cache
+            if cached is not None and cached[0] == key:
+                return cached[1]
+            data = path.read_bytes()
+            if _stat_key(os.stat(path)) == key:  # not replaced while it was read
+                self._index_cache = (key, data)
+            return data
         except FileNotFoundError:
             return None
 
@@ -509,6 +547,7 @@ class GitRepo:
             os.fsync(fd)
         st = os.fstat(fd)
         replace_file(self.git_dir / "index.lock", self.git_dir / "index")
+        self._index_cache = (_stat_key(st), bytes(data))
         self._index_note.write_text(json.dumps({"index": [st.st_ino, st.st_size, st.st_mtime_ns],
                                                 "end": len(data) - 20}))
 
@@ -567,6 +606,10 @@ def unmerged_error(rel: str) -> ConflictError:
 
 
 _MODES = (b"100644", b"100755", b"120000", b"160000", b"40000")
+
+
+def _stat_key(st: os.stat_result) -> tuple[int, int, int]:
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _tree_entry(raw: bytes, name: bytes) -> tuple[bytes, str, int] | None:
