@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import FastAPI, Header, Query, Request, Response
+from fastapi import FastAPI, Header, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -111,8 +111,8 @@ def caller(request: Request) -> Actor:
         name, address = email.utils.parseaddr(given)
         if not name and not address:
             raise InvalidInputError("X-Memstore-Author must be 'Name <email>' or a name.")
-        if name and address:
-            return Actor.client(name, address)
+        if address and "@" in address:
+            return Actor.client(name or address.split("@")[0], address)
         return Actor.client(name or given)
     sdk = request.headers.get("x-fern-sdk-name", "").strip()  # Letta's 0.1.x clients name themselves here
     if sdk:
@@ -178,10 +178,7 @@ def expected(if_match: str | None) -> str | None:
     """The version an `If-Match` header names (`"v"`, `W/"v"` or `*`)."""
     if if_match is None:
         return None
-    value = if_match.strip()
-    if value.startswith("W/"):
-        value = value[2:]
-    value = value.strip('"')
+    value = if_match.strip().removeprefix("W/").strip('"')
     if not value:
         raise InvalidInputError("If-Match is empty; give the version from the block's ETag.")
     return value

@@ -33,6 +33,7 @@ from .errors import (
 )
 from .gitrepo import Ident, blob_id
 from .models import (
+    BlameLine,
     DEFAULT_LIMIT,
     Actor,
     Agent,

@@ -94,7 +94,11 @@ def test_writes_are_authored_by_the_caller(server: str, ws_path: Path) -> None:
     named.blocks.update(block.id, value="Org, edited by Ada")
     assert git(ws_path, "log", "-1", "--format=%an <%ae>|%s").strip() == (
         "Ada Lovelace <ada@example.com>|update_block organization")
-    assert "Memstore-Op: update_block" in git(ws_path, "log", "-1", "--format=%B")
+    message = git(ws_path, "log", "-1", "--format=%B")
+    assert "Memstore-Op: update_block" in message and "Memstore-Author-Kind: host" in message
+    Letta(api_key=TOKEN, base_url=server, max_retries=0,
+          default_headers={"X-Memstore-Author": "bob@example.com"}).blocks.update(block.id, value="Bob's")
+    assert git(ws_path, "log", "-1", "--format=%an <%ae>").strip() == "bob <bob@example.com>"
 
 
 def test_if_match_refuses_a_stale_version(client: Letta, ws_path: Path) -> None:
