@@ -301,3 +301,19 @@ def test_without_hard_links_locks_are_taken_as_git_takes_them(store: Store, ws_p
     monkeypatch.undo()
     assert not list((ws_path / ".git").glob("memstore-lock.*"))
     assert_clean_repo(ws_path)
+
+
+def test_a_linked_worktree_is_a_workspace_of_its_own_branch(store: Store, ws_path: Path, tmp_path: Path) -> None:
+    store.create_block("organization", "Org")
+    tree = tmp_path / "feature-tree"
+    git(ws_path, "worktree", "add", "-q", "-b", "feature", str(tree))
+    branch_store = Store.open(tree)
+    result = branch_store.memory_insert("organization", "on the feature branch")
+    assert result.version == git(tree, "rev-parse", "feature").strip()
+    assert git(tree, "status", "--porcelain") == ""  # the worktree's own index agrees with its branch
+    assert git(ws_path, "status", "--porcelain") == ""
+    assert Store.open(ws_path).get_block("organization").value == "Org"  # main is untouched
+    store.memory_insert("organization", "on main")
+    assert branch_store.get_block("organization").value == "Org\non the feature branch"
+    assert git(ws_path, "log", "-1", "--format=%s", "main").strip() == "memory_insert organization"
+    assert_clean_repo(ws_path)
