@@ -40,7 +40,7 @@ from pygit2.enums import FilterMode, ObjectType
 from . import gitindex
 from .errors import ConflictError, MemstoreError, WorkspaceError
 from .cache import LRU
-from .fsutil import pid_alive, replace_file, write_all
+from .fsutil import PORTABLE, pid_alive, replace_file, write_all
 
 log = logging.getLogger(__name__)
 
@@ -632,6 +632,8 @@ def _tree_entry(raw: bytes, name: bytes) -> tuple[bytes, str, int] | None:
 
 def _link(src: Path, dst: Path) -> None:
     """Hard-link `src` as `dst` (FileExistsError if taken), making `dst`'s folder if a gc removed it."""
+    if PORTABLE:
+        raise OSError(errno.EPERM, "hard links not used (MEMSTORE_PORTABLE)")
     try:
         os.link(src, dst)
     except FileNotFoundError:  # e.g. `git pack-refs` removed the ref's empty folder

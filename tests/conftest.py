@@ -26,6 +26,8 @@ def hermetic_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[No
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(home / ".gitconfig"))
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
     for name in list(os.environ):
+        if name == "MEMSTORE_PORTABLE":  # set by tests/test_portable.py for a whole run, child processes too
+            continue
         if name.startswith(("MEMSTORE_", "GIT_AUTHOR_", "GIT_COMMITTER_")) or name in ("GIT_DIR", "GIT_WORK_TREE"):
             monkeypatch.delenv(name)
     yield

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from memstore import Store
-from memstore import gitrepo
+from memstore import fsutil, gitrepo
 from memstore.errors import ConflictError, WorkspaceError
 
 from .conftest import assert_clean_repo, git
@@ -282,6 +282,10 @@ def test_a_lock_left_by_a_killed_memstore_writer_is_removed_and_only_that_one(st
     twin = ws_path / f".git/memstore-lock.{int(dead.stdout)}.1"
     twin.write_bytes(b"")
     os.link(twin, ws_path / ".git/index.lock")  # as a writer killed while holding it leaves them
+    if fsutil.PORTABLE:  # locks made without hard links: none is provably ours, so none is removed
+        assert store.memory_insert("org", "after the crash", actor=actor).pending
+        assert (ws_path / ".git/index.lock").exists()
+        return
     assert store.memory_insert("org", "after the crash", actor=actor).version
     assert not twin.exists()
     (ws_path / ".git/index.lock").write_bytes(b"")  # a git command's, with no twin: never removed
