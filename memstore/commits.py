@@ -66,6 +66,10 @@ class Committer:
         self.locks = Locks(ws.locks_dir)
         self.on_commit = on_commit
         ws.pending_dir.mkdir(parents=True, exist_ok=True)
+        self._journal_paths: dict[str, Path] = {}
+        # Files whose journal this process found or left empty under their lock: the next write,
+        # under the same lock, need not read it again (only a lock holder writes a journal).
+        self._known_empty: set[str] = set()
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -113,7 +117,8 @@ class Committer:
         if content == current:
             return Saved(None)
         blob = self._store_blob(content)
-        journal = self._journal(rel)
+        journal = [] if rel in self._known_empty else self._journal(rel)
+        self._known_empty.discard(rel)
         earlier = bool(journal)
         journal.append(_Entry(blob_id(current) if current is not None else None, blob, author.name, author.email,
                               message))
@@ -212,6 +217,7 @@ class Committer:
                         self._put(rel, disk)  # the person's change back in place
                 journal.pop(0)
                 self._save_journal(rel, journal)
+        self._known_empty.add(rel)
         if self.on_commit is not None:
             self.on_commit()
         return version
@@ -220,6 +226,7 @@ class Committer:
         """Commit the edits of `rel` a blocked or killed writer left in its journal (under the file lock)."""
         journal = self._journal(rel)
         if not journal:
+            self._known_empty.add(rel)
             return None
         disk = self.read(rel)
         disk_blob = blob_id(disk) if disk is not None else None
@@ -262,7 +269,10 @@ class Committer:
     # -- the journal -------------------------------------------------------------------------
 
     def _journal_path(self, rel: str) -> Path:
-        return self.ws.pending_dir / (rel.replace("/", "__") + ".json")
+        path = self._journal_paths.get(rel)
+        if path is None:
+            path = self._journal_paths[rel] = self.ws.pending_dir / (rel.replace("/", "__") + ".json")
+        return path
 
     def _journal(self, rel: str) -> list[_Entry]:
         try:

@@ -129,6 +129,7 @@ class GitRepo:
         self.shallow = self.repo.is_shallow
         self._index_note = root / ".memstore" / "locks" / "index-note"
         self._index_cache: tuple[tuple[int, int, int], bytes] | None = None
+        self._index_written: tuple[tuple[int, int, int], int] | None = None  # (index stat, entries end)
         self._trees: dict[str, bytes] = {}  # tree id -> its bytes, the last few written or read
         self._trees_lock = threading.Lock()
         self._blobs: LRU[tuple[str, str], str | None] = LRU(1024)  # (commit, path) -> blob: commits never change
@@ -328,8 +329,12 @@ class GitRepo:
         line = (f"{old or '0' * 40} {new} memstore <memstore@agents.memstore> {int(now)} "
                 f"{sign}{offset // 60:02d}{offset % 60:02d}\t{kind}: {message.splitlines()[0]}\n").encode()
         for log_path in (self.common_dir / "logs" / name, self.git_dir / "logs" / "HEAD"):
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(log_path, "ab") as out:
+            try:
+                out = open(log_path, "ab")  # noqa: SIM115 - closed below
+            except FileNotFoundError:  # the first commit on this branch, or a gc removed the folder
+                log_path.parent.mkdir(parents=True, exist_ok=True)
+                out = open(log_path, "ab")  # noqa: SIM115
+            with out:
                 out.write(line)
 
     def _tree_with(self, tree: str | None, path: str, blob: str | None) -> str:
@@ -489,6 +494,13 @@ class GitRepo:
 
     def _known_index_end(self) -> int | None:
         """Where the entries of an index memstore wrote end (it has no extensions), if this is one."""
+        written = self._index_written
+        if written is not None:
+            try:
+                if _stat_key(os.stat(self.git_dir / "index")) == written[0]:
+                    return written[1]  # this process wrote it: no need to read the note
+            except OSError:
+                pass
         try:
             note = json.loads(self._index_note.read_text())
             st = os.stat(self.git_dir / "index")
@@ -548,6 +560,7 @@ class GitRepo:
         st = os.fstat(fd)
         replace_file(self.git_dir / "index.lock", self.git_dir / "index")
         self._index_cache = (_stat_key(st), bytes(data))
+        self._index_written = (_stat_key(st), len(data) - 20)
         self._index_note.write_text(json.dumps({"index": [st.st_ino, st.st_size, st.st_mtime_ns],
                                                 "end": len(data) - 20}))
 
