@@ -45,8 +45,7 @@ from memstore import (
     TurnResult,
 )
 from memstore.errors import EditError, os_error_text
-from memstore.models import validate_agent_name
-from memstore.validation import check_tools
+from memstore.store import new_block
 
 from .letta_shapes import (
     AgentCreate,
@@ -254,17 +253,12 @@ def _add_agent_routes(app: FastAPI, store: Store) -> None:
     def create_agent(body: AgentCreate, request: Request) -> dict[str, Any]:
         actor = caller(request)
         model, api_base = body.model_and_base()
-        name = validate_agent_name(body.name or f"agent{uuid.uuid4().hex[:8]}")  # Letta names unnamed agents too
-        check_tools(body.tools, body.include_base_tools)
-        if any(a.name.lower() == name.lower() for a in store.list_agents()):
-            raise ConflictError(f"An agent named '{name}' already exists.")
-        made = [store.create_block(b.label, b.value, limit=b.limit, read_only=b.read_only,
-                                   description=b.description, metadata=b.metadata, actor=actor)
-                for b in body.memory_blocks or []]
-        agent = store.create_agent(name, model, block_ids=[*(b.id for b in made), *(body.block_ids or [])],
-                                   tools=body.tools, include_base_tools=body.include_base_tools,
-                                   system=body.system, description=body.description, api_base=api_base,
-                                   actor=actor)
+        name = body.name or f"agent{uuid.uuid4().hex[:8]}"  # Letta names unnamed agents too
+        inline = [new_block(b.label, b.value, limit=b.limit, read_only=b.read_only, description=b.description,
+                            metadata=b.metadata) for b in body.memory_blocks or []]
+        agent = store.create_agent(name, model, block_ids=body.block_ids, new_blocks=inline, tools=body.tools,
+                                   include_base_tools=body.include_base_tools, system=body.system,
+                                   description=body.description, api_base=api_base, actor=actor)
         return agent_json(store, agent)
 
     @app.get(f"{PREFIX}/agents/", tags=["agents"])

@@ -244,15 +244,11 @@ class Store:
         description: str | None = None, metadata: dict[str, Any] | None = None, actor: Actor | None = None,
     ) -> Block:
         """Create a block in `blocks/<label>.md` (or `<label>-2.md`, … when taken)."""
-        validate_name(label)
-        limit = check_limit_arg(DEFAULT_LIMIT if limit is None else limit)
-        block = Block(
-            id=f"block-{uuid.uuid4()}", label=label, value=check_text(value, "value"), limit=limit,
-            read_only=check_bool(read_only, "read_only"), description=check_optional_text(description),
-            metadata=check_metadata(metadata), name=label,
-        )
-        edits.check_limit(label, block.value, limit)
-        actor = actor or self.person
+        return self._create_block(new_block(label, value, limit=limit, read_only=read_only, description=description,
+                                            metadata=metadata), actor or self.person)
+
+    def _create_block(self, block: Block, actor: Actor) -> Block:
+        label = block.label
         taken = {p.name[:-3].lower() for p in self.ws.blocks_dir.glob("*.md")}
         for n in range(1, 10_000):
             name = file_name_for(label, n)
@@ -594,29 +590,34 @@ class Store:
     def create_agent(
         self, name: str, model: str, *, block_ids: list[str] | None = None, tools: list[str] | None = None,
         system: str | None = None, description: str | None = None, api_base: str | None = None,
-        include_base_tools: bool = True, actor: Actor | None = None,
+        include_base_tools: bool = True, new_blocks: list[Block] | None = None, actor: Actor | None = None,
     ) -> Agent:
         """Register an agent with its model, tools, persona and attached blocks.
 
         As in Letta, the agent has the base memory tools unless `include_base_tools` is
-        False; `tools` adds to them.
+        False; `tools` adds to them. `new_blocks` (made with `new_block`) are created and
+        attached first, as Letta's `memory_blocks`; everything is checked before anything is
+        written, so a refusal leaves no half-made agent or stray block.
         """
         validate_agent_name(name)
-        check_agent_admin(actor or self.person, "create_agent")
-        taken = next((n for n in self._agent_file_names() if n.lower() == name.lower() and n != name), None)
+        actor = actor or self.person
+        check_agent_admin(actor, "create_agent")
+        taken = next((n for n in self._agent_file_names() if n.lower() == name.lower()), None)
         if taken is not None:
-            raise ConflictError(f"An agent named '{taken}' exists; names that differ only in case would collide on "
-                                "macOS and Windows.")
-        blocks = [self.get_block(ref) for ref in (block_ids or [])]
-        check_unique_labels(name, blocks)
+            raise ConflictError(f"An agent named '{name}' already exists." if taken == name else
+                                f"An agent named '{taken}' exists; names that differ only in case would collide "
+                                "on macOS and Windows.")
+        existing = [self.get_block(ref) for ref in (block_ids or [])]
+        check_unique_labels(name, [*(new_blocks or []), *existing])
         agent = Agent(
             id=f"agent-{uuid.uuid4()}", name=name, model=_check_model(model), tools=check_tools(tools, include_base_tools),
-            blocks=list(dict.fromkeys(b.id for b in blocks)), description=check_optional_text(description),
+            blocks=[], description=check_optional_text(description),
             system=check_text(DEFAULT_SYSTEM if system is None else system, "system"),
             api_base=check_optional_text(api_base),
         )
+        made = [self._create_block(b, actor) for b in new_blocks or []]
+        agent = agent.model_copy(update={"blocks": list(dict.fromkeys(b.id for b in [*made, *existing]))})
         rel = agent.path
-        actor = actor or self.person
         with self.commits.locked(rel) as current:
             if current is not None:
                 raise ConflictError(f"An agent named '{name}' already exists.")
@@ -775,6 +776,20 @@ def _check_policy_change(actor: Actor, block: Block, changes: dict[str, Any]) ->
                 f"Changing `{key}` of block '{block.label}' is not allowed for agent '{actor.name}': "
                 "only a person or an admin may change a block's read_only flag or limit."
             )
+
+
+def new_block(label: str, value: str = "", *, limit: int | None = None, read_only: bool = False,
+              description: str | None = None, metadata: dict[str, Any] | None = None) -> Block:
+    """A block as `create_block` would make it, checked but not yet written (its file name comes then)."""
+    validate_name(label)
+    limit = check_limit_arg(DEFAULT_LIMIT if limit is None else limit)
+    block = Block(
+        id=f"block-{uuid.uuid4()}", label=label, value=check_text(value, "value"), limit=limit,
+        read_only=check_bool(read_only, "read_only"), description=check_optional_text(description),
+        metadata=check_metadata(metadata), name=label,
+    )
+    edits.check_limit(label, block.value, limit)
+    return block
 
 
 def _check_model(model: object) -> str:

@@ -217,3 +217,25 @@ async def test_an_mcp_host_and_the_api_see_each_others_writes(server: str, ws_pa
         assert client.blocks.retrieve(block.id).value == "From the API\nFrom the MCP host"
         client.blocks.update(block.id, value="Rewritten by the API")
         assert (await ok(host, "get_block", block=block.id))["value"] == "Rewritten by the API"
+
+
+def test_an_agent_with_inline_blocks_is_checked_whole_before_anything_is_written(client: Letta,
+                                                                                ws_path: Path) -> None:
+    before = commit_count(ws_path)
+    with pytest.raises(letta_client.ConflictError):
+        client.agents.create(name="agent1", model="openai/gpt-4o-mini", memory_blocks=[
+            {"label": "human", "value": "Ada"}, {"label": "human", "value": "Bob"}])
+    with pytest.raises(letta_client.UnprocessableEntityError):
+        client.agents.create(name="agent1", model="openai/gpt-4o-mini", memory_blocks=[
+            {"label": "persona", "value": "fine"}, {"label": "human", "value": "x" * 50, "limit": 10}])
+    with pytest.raises(letta_client.UnprocessableEntityError):
+        client.agents.create(name="agent1", model="openai/gpt-4o-mini", tools=["no_such_tool"],
+                             memory_blocks=[{"label": "persona", "value": "fine"}])
+    assert commit_count(ws_path) == before and client.blocks.list().items == []
+    agent = client.agents.create(name="agent1", model="openai/gpt-4o-mini", memory_blocks=[
+        {"label": "persona", "value": "I am agent1."}, {"label": "human", "value": "Ada", "read_only": True}])
+    assert [(b.label, b.value, b.read_only) for b in agent.memory.blocks] == [
+        ("persona", "I am agent1.", False), ("human", "Ada", True)]
+    with pytest.raises(letta_client.ConflictError):
+        client.agents.create(name="agent1", model="openai/gpt-4o-mini", memory_blocks=[{"label": "x", "value": ""}])
+    assert len(client.blocks.list().items) == 2
