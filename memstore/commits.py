@@ -67,9 +67,6 @@ class Committer:
         self.on_commit = on_commit
         ws.pending_dir.mkdir(parents=True, exist_ok=True)
         self._journal_paths: dict[str, Path] = {}
-        # Files whose journal this process found or left empty under their lock: the next write,
-        # under the same lock, need not read it again (only a lock holder writes a journal).
-        self._known_empty: set[str] = set()
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -117,8 +114,7 @@ class Committer:
         if content == current:
             return Saved(None)
         blob = self._store_blob(content)
-        journal = [] if rel in self._known_empty else self._journal(rel)
-        self._known_empty.discard(rel)
+        journal = self._journal(rel)
         earlier = bool(journal)
         journal.append(_Entry(blob_id(current) if current is not None else None, blob, author.name, author.email,
                               message))
@@ -217,7 +213,6 @@ class Committer:
                         self._put(rel, disk)  # the person's change back in place
                 journal.pop(0)
                 self._save_journal(rel, journal)
-        self._known_empty.add(rel)
         if self.on_commit is not None:
             self.on_commit()
         return version
@@ -226,7 +221,6 @@ class Committer:
         """Commit the edits of `rel` a blocked or killed writer left in its journal (under the file lock)."""
         journal = self._journal(rel)
         if not journal:
-            self._known_empty.add(rel)
             return None
         disk = self.read(rel)
         disk_blob = blob_id(disk) if disk is not None else None
@@ -246,6 +240,10 @@ class Committer:
                                         hand_edited=disk_blob != journal[-1].new)
         except CommitPending:
             return None
+
+    def has_pending(self, rel: str) -> bool:
+        """Whether an edit of `rel` is written but its commit is still pending."""
+        return bool(self._journal(rel))
 
     def pending_files(self) -> list[str]:
         """The files with edits written but not yet committed."""

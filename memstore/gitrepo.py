@@ -128,8 +128,8 @@ class GitRepo:
         self.common_dir = _common_dir(self.git_dir)
         self.shallow = self.repo.is_shallow
         self._index_note = root / ".memstore" / "locks" / "index-note"
-        self._index_cache: tuple[tuple[int, int, int], bytes] | None = None
-        self._index_written: tuple[tuple[int, int, int], int] | None = None  # (index stat, entries end)
+        self._index_cache: tuple[tuple[int, int, int, int], bytes] | None = None
+        self._index_written: tuple[tuple[int, int, int, int], int] | None = None  # (index stat, entries end)
         self._trees: dict[str, bytes] = {}  # tree id -> its bytes, the last few written or read
         self._trees_lock = threading.Lock()
         self._blobs: LRU[tuple[str, str], str | None] = LRU(1024)  # (commit, path) -> blob: commits never change
@@ -307,7 +307,7 @@ class GitRepo:
                     if attempt == 9:
                         raise CommitPending("the branch kept moving under another git command") from None
             st = os.stat(self.root / rel) if blob is not None and on_disk else None
-            self._write_index(index_fd, self._new_index(index, rel, blob, st, known_end))
+            self._write_index(index_fd, *self._new_index(index, rel, blob, st, known_end))
         return commit
 
     def _move_branch(self, old: str | None, new: str, message: str, wait: float) -> None:
@@ -529,11 +529,15 @@ class GitRepo:
             return None
 
     def _new_index(self, index: bytes | None, rel: str, blob: str | None, st: os.stat_result | None,
-                   known_end: int | None) -> bytes:
-        """The index with `rel`'s entry as just committed (patched; through libgit2 for formats we do not patch)."""
+                   known_end: int | None) -> tuple[bytes, bool]:
+        """The index with `rel`'s entry as just committed, and whether memstore's patch made it.
+
+        A patched index has no extensions; one libgit2 wrote (for formats memstore does not
+        patch, or when there was no index) may have a cache tree, so its end is not known.
+        """
         if index is not None:
             try:
-                return gitindex.patch_index(bytearray(index), [(rel.encode(), blob, st)], known_end)
+                return gitindex.patch_index(bytearray(index), [(rel.encode(), blob, st)], known_end), True
             except gitindex.IndexFormatUnsupported:
                 pass
         tmp = self.git_dir / f"memstore-index.{os.getpid()}"
@@ -548,21 +552,25 @@ class GitRepo:
             elif rel in idx:
                 idx.remove(rel)
             idx.write()
-            return tmp.read_bytes()
+            return tmp.read_bytes(), False
         finally:
             tmp.unlink(missing_ok=True)
 
-    def _write_index(self, fd: int, data: bytes) -> None:
-        """Write the new index into our `index.lock` and rename it into place, as git does."""
+    def _write_index(self, fd: int, data: bytes, patched: bool) -> None:
+        """Write the new index into our `index.lock` and rename it into place, as git does.
+
+        The note tells every memstore process where the entries of this index end, but only
+        for an index memstore's patch made (no extensions); otherwise the next patch walks it.
+        """
         write_all(fd, data)
         if "index" in self.flush:
             os.fsync(fd)
         st = os.fstat(fd)
         replace_file(self.git_dir / "index.lock", self.git_dir / "index")
+        end = len(data) - 20 if patched else None
         self._index_cache = (_stat_key(st), bytes(data))
-        self._index_written = (_stat_key(st), len(data) - 20)
-        self._index_note.write_text(json.dumps({"index": [st.st_ino, st.st_size, st.st_mtime_ns],
-                                                "end": len(data) - 20}))
+        self._index_written = (_stat_key(st), end) if end is not None else None
+        self._index_note.write_text(json.dumps({"index": [st.st_ino, st.st_size, st.st_mtime_ns], "end": end}))
 
     def unmerged(self, rel: str, index: bytes | None = None) -> bool:
         """Whether `rel` has conflict stages in the index (a merge, stash pop or rebase left it)."""
@@ -621,8 +629,9 @@ def unmerged_error(rel: str) -> ConflictError:
 _MODES = (b"100644", b"100755", b"120000", b"160000", b"40000")
 
 
-def _stat_key(st: os.stat_result) -> tuple[int, int, int]:
-    return st.st_ino, st.st_size, st.st_mtime_ns
+def _stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
+    """One version of a file that is only ever replaced by a rename (git's index)."""
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _tree_entry(raw: bytes, name: bytes) -> tuple[bytes, str, int] | None:

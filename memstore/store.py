@@ -133,9 +133,17 @@ class Store:
             data = history.content_at(self.ws.git, rel, version)
             return block_from_file(data, rel, name).model_copy(
                 update={"version": history.resolve_version(self.ws.git, version)})
+        try:
+            data = self.commits.read(rel)
+        except FileFormatError:  # a file memstore does not read (a symbolic link…): as last committed, below
+            data = None
+        if data is not None and self.commits.hand_edited(rel, data):
+            handedits.pick_up(self, rel)  # a person's valid edit is committed, as the watcher would, so the
+            # version given is the commit that holds what is read (an invalid one is reported, not read)
         block = self._read_block(name, strict=True)
         assert block is not None
-        return block.model_copy(update={"version": self.last_change.get(rel)})
+        pending = self.commits.has_pending(rel)  # no version while the value's commit is still pending
+        return block.model_copy(update={"version": None if pending else self.last_change.get(rel)})
 
     def _read_block(self, name: str, *, strict: bool = False) -> Block | None:
         rel = f"blocks/{name}.md"
@@ -444,10 +452,11 @@ class Store:
             raise InvalidInputError(f"expected_version '{expected}' is too short: give at least 7 characters of "
                                     "the version (a commit id).")
         now = self.last_change.get(rel)
-        if self.commits.hand_edited(rel, current):
+        if self.commits.hand_edited(rel, current) or self.commits.has_pending(rel):
             raise PreconditionFailedError(
-                f"Block '{block.label}' has changed since version {expected[:12]}: someone edited the file by hand "
-                "and that edit is not committed yet. Read the block again and retry; nothing was written.")
+                f"Block '{block.label}' has changed since version {expected[:12]}: it holds a change whose commit "
+                "is not made yet (a hand edit, or an edit waiting for a git command). Read the block again and "
+                "retry; nothing was written.")
         if now is None or not now.startswith(expected.lower()):
             raise PreconditionFailedError(
                 f"Block '{block.label}' has changed since version {expected[:12]}: it is now at version "

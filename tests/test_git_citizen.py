@@ -321,3 +321,16 @@ def test_a_linked_worktree_is_a_workspace_of_its_own_branch(store: Store, ws_pat
     assert branch_store.get_block("organization").value == "Org\non the feature branch"
     assert git(ws_path, "log", "-1", "--format=%s", "main").strip() == "memory_insert organization"
     assert_clean_repo(ws_path)
+
+
+def test_an_index_libgit2_rebuilt_is_never_patched_as_if_it_had_no_cache_tree(store: Store, ws_path: Path) -> None:
+    store.create_block("a", "a0")
+    store.create_block("b", "b0")
+    (ws_path / ".git" / "index").unlink()  # a person's `rm .git/index`: memstore rebuilds it through libgit2
+    store.memory_rethink("a", "a1")
+    store.memory_rethink("b", "b1")
+    assert git(ws_path, "write-tree").strip() == git(ws_path, "rev-parse", "HEAD^{tree}").strip()
+    assert git(ws_path, "status", "--porcelain") == ""
+    git(ws_path, "commit", "--allow-empty", "-qm", "a person's commit")
+    assert Store.open(ws_path).get_block("b").value == "b1"
+    assert git(ws_path, "show", "HEAD:blocks/b.md").endswith("b1\n")

@@ -443,7 +443,7 @@ def test_expected_version_refuses_over_an_uncommitted_hand_edit(store: Store, ws
     path = ws_path / block.path
     by_hand = path.read_text() + "by hand\n"
     path.write_text(by_hand)
-    with pytest.raises(PreconditionFailedError, match="edited the file by hand"):
+    with pytest.raises(PreconditionFailedError, match="whose commit is not made yet"):
         store.memory_insert("notes", "agent line", expected_version=block.version)
     assert path.read_text() == by_hand
 
@@ -476,3 +476,32 @@ def test_update_agent_and_agent_block(store: Store) -> None:
     assert (updated.model, updated.system, updated.tools, updated.blocks) == (
         "anthropic/claude", "Be brief.", ["web_search"], [twin.id])
     assert store.get_agent("agent1") == updated
+
+
+def test_a_pending_commit_has_no_version_and_fails_every_precondition(store: Store, ws_path: Path) -> None:
+    block = store.create_block("notes", "one")
+    lock = ws_path / ".git" / "index.lock"
+    lock.write_bytes(b"")  # a git command holds the index
+    first = store.memory_insert("notes", "two")
+    assert first.pending and first.version is None
+    assert store.get_block("notes").version is None  # never the old commit beside the new value
+    for expected in (block.version, block.version[:7]):
+        with pytest.raises(PreconditionFailedError, match="whose commit is not made yet"):
+            store.memory_rethink("notes", "clobbered", expected_version=expected)
+    lock.unlink()
+    done = store.memory_insert("notes", "three", expected_version="*")  # commits the pending edit first
+    assert done.version == git(ws_path, "rev-parse", "HEAD").strip()
+    assert store.get_block("notes").value == "one\ntwo\nthree"
+    assert git(ws_path, "log", "-3", "--format=%s").splitlines() == [
+        "memory_insert notes", "memory_insert notes", "create_block notes"]
+
+
+def test_reading_a_block_with_a_hand_edit_commits_it_so_its_version_is_true(store: Store, ws_path: Path) -> None:
+    block = store.create_block("notes", "one")
+    path = ws_path / block.path
+    path.write_text(path.read_text() + "by hand\n")
+    shown = store.get_block("notes")
+    assert shown.value == "one\nby hand"
+    assert shown.version == git(ws_path, "rev-parse", "HEAD").strip() != block.version
+    assert git(ws_path, "log", "-1", "--format=%an|%s").strip() == f"{PERSON_NAME}|Hand edit blocks/notes.md"
+    store.memory_insert("notes", "agent", expected_version=shown.version)  # the version read is the one to use
