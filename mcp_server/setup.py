@@ -13,6 +13,7 @@ import json
 import os
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -102,22 +103,39 @@ def shell_line(argv: list[str]) -> str:
 def install_file(host: str, path: Path, server: Launch, name: str = SERVER_NAME) -> Outcome:
     """Merge memstore's entry into the host's JSON file, backing up the old file first."""
     section, value = entry(host, server)
+    path = path.resolve()  # a config kept as a symbolic link (dotfiles) is changed where it lives
     config = _read_config(path)
     servers = config.setdefault(section, {})
     if not isinstance(servers, dict):
         raise SetupError(f"{path}: `{section}` is not a JSON object; fix or remove it, then run setup again.")
-    if servers.get(name) == value:
+    old = servers.get(name)
+    if isinstance(old, dict):
+        value = {**old, **value}  # keys a person added to the entry (`env`, `disabled`, …) stay
+    if old == value:
         return Outcome(f"{path} already starts memstore as '{name}'; nothing changed.", changed=False)
-    replaced = name in servers
     servers[name] = value
     path.parent.mkdir(parents=True, exist_ok=True)
-    backup = None
-    if path.exists():
-        backup = path.with_name(f"{path.name}.{time.strftime('%Y%m%d-%H%M%S')}.bak")
-        shutil.copy2(path, backup)
+    backup = _backup(path) if path.exists() else None
     write_atomic(path, (json.dumps(config, indent=2) + "\n").encode(), path.parent)
-    said = f"{'Updated' if replaced else 'Added'} the MCP server '{name}' in {path}"
+    if backup is not None:
+        os.chmod(path, stat.S_IMODE(backup.stat().st_mode))  # a private config (0600) stays private
+    said = f"{'Updated' if old is not None else 'Added'} the MCP server '{name}' in {path}"
     return Outcome(said + (f" (the old file is kept as {backup.name})." if backup else "."), changed=True)
+
+
+def _backup(path: Path) -> Path:
+    """A copy of the file beside it, under a name no earlier backup has."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        backup = path.with_name(f"{path.name}.{stamp}{f'-{n}' if n else ''}.bak")
+        try:
+            with open(backup, "xb") as out:
+                out.write(path.read_bytes())
+        except FileExistsError:
+            continue
+        shutil.copymode(path, backup)
+        return backup
+    raise SetupError(f"Could not find a free name for a backup of {path}; nothing was changed.")
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -145,16 +163,14 @@ def install_claude_code(server: Launch, name: str = SERVER_NAME) -> Outcome:
         return Outcome(f"Claude Code's `claude` command is not on PATH. Run this where it is:\n{command}",
                        changed=False)
     existing = subprocess.run([claude, "mcp", "get", name], capture_output=True, text=True, check=False)
-    if existing.returncode == 0 and server.command in existing.stdout and all(
-            a in existing.stdout for a in server.args):
-        return Outcome(f"Claude Code already starts memstore as '{name}'; nothing changed.", changed=False)
-    if existing.returncode == 0:
+    if existing.returncode == 0:  # replaced as a whole, so the entry is exactly this one however it read
         subprocess.run([claude, "mcp", "remove", "--scope", "user", name], capture_output=True, text=True,
                        check=False)
     added = subprocess.run(claude_add_command(claude, server, name), capture_output=True, text=True, check=False)
     if added.returncode != 0:
         raise SetupError(f"`claude mcp add` failed: {(added.stderr or added.stdout).strip()[:500]}")
-    return Outcome(f"Added the MCP server '{name}' to Claude Code (user scope).", changed=True)
+    said = "Replaced" if existing.returncode == 0 else "Added"
+    return Outcome(f"{said} the MCP server '{name}' in Claude Code (user scope).", changed=True)
 
 
 def setup(host: str, workspace: Path, *, as_agent: str | None = None, name: str = SERVER_NAME,

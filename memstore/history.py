@@ -56,10 +56,15 @@ def blame(store: GitRepo, rel: str, first_line: int) -> list[BlameLine]:
 
     Lines of the working file not committed yet (a pending hand edit) have no version.
     """
-    out = _git(store).blame("--line-porcelain", "--", rel)
+    try:
+        out = _git(store).blame("--line-porcelain", "--", rel)
+    except git.GitCommandError:  # not committed at all yet (its creation waits for a git command)
+        return []
     lines: list[BlameLine] = []
     info: dict[str, str] = {}
-    for raw in out.splitlines():
+    for raw in out.split("\n"):  # not splitlines: a value may hold U+2028, \f or a lone \r
+        if not raw:
+            continue
         if raw.startswith("\t"):
             number = int(info["line"])
             if number >= first_line:

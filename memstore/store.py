@@ -504,7 +504,13 @@ class Store:
         data = self.commits.read(rel)
         if data is None:
             raise NotFoundError(f"Block file {rel} no longer exists.")
-        return history.blame(self.ws.git, rel, value_first_line(data))
+        blamed = history.blame(self.ws.git, rel, value_first_line(data))
+        if not blamed and data:  # never committed: every line is the file's own, not committed yet
+            block = self.get_block(ref, actor=actor)
+            return [BlameLine(line=n, text=text, version=None, author_name="(not committed yet)", author_email="",
+                              author_kind="person", date=None) for n, text in enumerate(block.value.split("\n"), 1)
+                    if block.value]
+        return blamed
 
     def workspace_history(self, limit: int = 20) -> list[HistoryEntry]:
         """Recent commits of the whole workspace, newest first."""

@@ -5,6 +5,7 @@ Each failure is an InvalidInputError or ConflictError whose message names the ar
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import yaml
@@ -40,7 +41,17 @@ def check_text(value: object, name: str) -> str:
         raise InvalidInputError(f"`{name}` is {len(value):,} characters; the most memstore accepts is {MAX_TEXT:,}.")
     if "\x00" in value:
         raise InvalidInputError(f"`{name}` contains a NUL character, which a text file cannot hold.")
+    _check_encodable(value, name)
     return value
+
+
+def _check_encodable(value: str, name: str) -> None:
+    """Refuse a lone surrogate (JSON's `\ud800`): it is not a character, and no file can hold it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(f"`{name}` contains {value[exc.start]!r} at position {exc.start}, half of a "
+                                "UTF-16 pair, which is not a character.") from None
 
 
 def check_optional_text(value: object) -> str | None:
@@ -68,7 +79,23 @@ def check_metadata(metadata: object) -> dict[str, Any]:
         yaml.safe_dump(metadata)
     except yaml.YAMLError as exc:
         raise InvalidInputError(f"`metadata` must hold plain values (text, numbers, lists, mappings): {exc}") from None
+    _check_plain(metadata, "metadata")
     return metadata
+
+
+def _check_plain(value: object, where: str) -> None:
+    """Refuse what JSON cannot carry back to a client: NaN and infinities, lone surrogates."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidInputError(f"`{where}` holds {value!r}; numbers must be finite.")
+    if isinstance(value, str):
+        _check_encodable(value, where)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_plain(key, where)
+            _check_plain(item, f"{where}.{key}")
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_plain(item, where)
 
 
 def check_tools(tools: list[str] | None, include_base_tools: bool = True) -> list[str]:

@@ -271,3 +271,10 @@ def test_every_option_has_help_and_the_top_level_help_has_examples() -> None:
     assert options(full_main, "memstore") == []
     shown = CliRunner().invoke(full_main, ["--help"]).output
     assert "Examples:" in shown and "memstore setup claude-desktop" in shown and "memstore blame" in shown
+
+
+def test_blame_keeps_lines_that_hold_unusual_line_breaks(run, ws_path: Path) -> None:
+    store = Store.open(ws_path)
+    store.create_block("odd", "alpha\u2028beta\nform\x0cfeed\nend")
+    rows = json.loads(run("blame", "odd", "--json"))
+    assert [r["text"] for r in rows] == ["alpha\u2028beta", "form\x0cfeed", "end"]

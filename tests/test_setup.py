@@ -105,7 +105,7 @@ def test_setup_claude_code_runs_claude_mcp_add_or_prints_it(store: Store, ws_pat
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
     added = setup(home, "claude-code", "-w", str(ws_path), path=f"{bin_dir}:/usr/bin:/bin")
     assert added.returncode == 0, added.stderr
-    assert "Added the MCP server 'memstore' to Claude Code" in added.stdout
+    assert "Added the MCP server 'memstore' in Claude Code" in added.stdout
     assert calls.read_text().splitlines()[-1] == (
         f"mcp add --scope user memstore -- {MEMSTORE} serve --workspace {ws_path.resolve()}")
 
@@ -135,3 +135,28 @@ def test_config_paths_per_platform(tmp_path: Path) -> None:
         home / ".config/Claude/claude_desktop_config.json")
     assert config_path("cursor", platform="win32", env={}, home=home) == home / ".cursor/mcp.json"
     assert config_path("vscode", folder=home / "p") == home / "p/.vscode/mcp.json"
+
+
+def test_setup_keeps_a_private_linked_config_private_and_a_persons_keys(store: Store, ws_path: Path,
+                                                                       tmp_path: Path) -> None:
+    store.create_agent("agent1", "openai/gpt-4o-mini")
+    home = tmp_path / "host-home"
+    dotfiles = tmp_path / "dotfiles"
+    dotfiles.mkdir()
+    real = dotfiles / "mcp.json"
+    real.write_text(json.dumps({"mcpServers": {"filesystem": {**OTHER, "env": {"TOKEN": "secret"}}}}))
+    real.chmod(0o600)
+    (home / ".cursor").mkdir(parents=True)
+    (home / ".cursor" / "mcp.json").symlink_to(real)  # a config kept in a dotfiles repository
+
+    assert setup(home, "cursor", "-w", str(ws_path)).returncode == 0
+    assert (home / ".cursor" / "mcp.json").is_symlink()  # changed where it lives, the link kept
+    assert stat.S_IMODE(real.stat().st_mode) == 0o600  # other servers' secrets stay private
+    config = json.loads(real.read_text())
+    config["mcpServers"]["memstore"]["env"] = {"MEMSTORE_AUTHOR_NAME": "Ada"}  # a person's own key
+    real.write_text(json.dumps(config))
+    again = setup(home, "cursor", "-w", str(ws_path), "--as", "agent1")
+    assert again.returncode == 0 and "Updated the MCP server 'memstore'" in again.stdout
+    entry = json.loads(real.read_text())["mcpServers"]["memstore"]
+    assert entry["env"] == {"MEMSTORE_AUTHOR_NAME": "Ada"} and entry["args"][-2:] == ["--as", "agent1"]
+    assert len(list(dotfiles.glob("mcp.json.*.bak"))) == 2  # each change kept its own backup
