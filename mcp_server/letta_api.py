@@ -43,6 +43,7 @@ from memstore import (
     ReadOnlyError,
     Store,
     TurnResult,
+    WorkspaceError,
 )
 from memstore.errors import EditError, os_error_text
 from memstore.store import new_block
@@ -79,17 +80,23 @@ STATUS: list[tuple[type[Exception], int]] = [
     (InvalidInputError, 422),
     (EditError, 422),
     (FileFormatError, 409),
+    (WorkspaceError, 409),  # the repository's state refuses it: a merge under way, a refusing hook
     (LockTimeoutError, 503),
 ]
 
 
-def create_app(store: Store) -> FastAPI:
-    """The /v1 application over one store (mounted beside MCP by `serve --http`)."""
+def create_app(store: Store, *, endpoints_allowed: bool = False) -> FastAPI:
+    """The /v1 application over one store (mounted beside MCP by `serve --http`).
+
+    `endpoints_allowed`: callers may point an agent's model at an endpoint of their choice
+    (`llm_config.model_endpoint`). That endpoint would receive the server's provider key, so
+    only a server whose callers prove themselves with a bearer token allows it.
+    """
     app = FastAPI(title="memstore: Letta's API", version=memstore.__version__,
                   openapi_url=f"{PREFIX}/openapi.json", docs_url=f"{PREFIX}/docs", redoc_url=None)
     _add_error_handlers(app)
     _add_block_routes(app, store)
-    _add_agent_routes(app, store)
+    _add_agent_routes(app, store, endpoints_allowed)
     _add_message_routes(app, store)
 
     @app.get(f"{PREFIX}/health", tags=["health"])
@@ -219,8 +226,9 @@ def _add_block_routes(app: FastAPI, store: Store) -> None:
                                          expected_version=expected(if_match), **fields))
 
     @app.delete(f"{PREFIX}/blocks/{{block_id}}", tags=["blocks"])
-    def delete_block(block_id: str, request: Request) -> dict[str, Any]:
-        return block_json(store.delete_block(_block_id(block_id), actor=caller(request)))
+    def delete_block(block_id: str, request: Request, if_match: IfMatch = None) -> dict[str, Any]:
+        return block_json(store.delete_block(_block_id(block_id), actor=caller(request),
+                                             expected_version=expected(if_match)))
 
     @app.get(f"{PREFIX}/blocks/{{block_id}}/agents", tags=["blocks"])
     def block_agents(block_id: str, limit: Limit = None, after: Cursor = None, before: Cursor = None,
@@ -247,12 +255,19 @@ def _agent_id(agent_id: str) -> str:
 # -- agents --------------------------------------------------------------------------------
 
 
-def _add_agent_routes(app: FastAPI, store: Store) -> None:
+def _check_endpoint(api_base: str | None, allowed: bool) -> None:
+    if api_base and not allowed:
+        raise NotAllowedError("Setting an agent's model endpoint through the API needs a server started with "
+                              "--token: the endpoint would receive this server's provider key.")
+
+
+def _add_agent_routes(app: FastAPI, store: Store, endpoints_allowed: bool) -> None:
     @app.post(f"{PREFIX}/agents/", tags=["agents"])
     @app.post(f"{PREFIX}/agents", include_in_schema=False)
     def create_agent(body: AgentCreate, request: Request) -> dict[str, Any]:
         actor = caller(request)
         model, api_base = body.model_and_base()
+        _check_endpoint(api_base, endpoints_allowed)
         name = body.name or f"agent{uuid.uuid4().hex[:8]}"  # Letta names unnamed agents too
         inline = [new_block(b.label, b.value, limit=b.limit, read_only=b.read_only, description=b.description,
                             metadata=b.metadata) for b in body.memory_blocks or []]
@@ -283,6 +298,7 @@ def _add_agent_routes(app: FastAPI, store: Store) -> None:
         model, api_base = body.model, None
         if body.llm_config is not None:
             model, api_base = AgentCreate(llm_config=body.llm_config).model_and_base()
+            _check_endpoint(api_base, endpoints_allowed)
         updated = store.update_agent(agent.id, model=model, api_base=api_base, system=body.system,
                                      description=body.description, tools=body.tools, block_ids=body.block_ids,
                                      actor=caller(request))
@@ -382,7 +398,7 @@ def _stream_turn(store: Store, agent_id: str, body: MessagesCreate) -> Iterator[
             events.put(_turn(store, agent_id, body, on_message=events.put))
         except TurnFailed as exc:
             events.put(exc)
-        except (MemstoreError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - the stream's edge: the client hears of every failure
             events.put(exc)
         finally:
             events.put(done)
@@ -412,7 +428,9 @@ def _event(data: dict[str, Any]) -> str:
 
 
 def _error_text(exc: Exception) -> str:
-    return f"memstore could not complete this: {os_error_text(exc)}" if isinstance(exc, OSError) else str(exc)
+    if isinstance(exc, OSError):
+        return f"memstore could not complete this: {os_error_text(exc)}"
+    return str(exc) if isinstance(exc, MemstoreError) else f"unexpected {type(exc).__name__}: {exc}"
 
 
 def status_of(exc: Exception) -> int:

@@ -140,8 +140,8 @@ def serve_http(store: Store, config: ServerConfig, *, host: str, port: int, toke
 
     check_http_options(host, token)
     server = MemstoreServer(store, config, notifications=watch)
-    app: ASGIApp = ByPath(server.streamable_http_app(streamable_http_path=MCP_PATH, host=host), create_app(store),
-                          loopback_only=is_loopback(host))
+    app: ASGIApp = ByPath(server.streamable_http_app(streamable_http_path=MCP_PATH, host=host),
+                          create_app(store, endpoints_allowed=bool(token)), loopback_only=is_loopback(host))
     if token:
         app = BearerAuth(app, token)
     sock = _listen(host, port)

@@ -8,6 +8,7 @@ the acting agent or person.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import uuid
@@ -26,6 +27,7 @@ from .errors import (
     FileFormatError,
     InvalidInputError,
     InvalidNameError,
+    MemstoreError,
     NotAllowedError,
     NotFoundError,
     PreconditionFailedError,
@@ -115,7 +117,10 @@ class Store:
         for problem in problems:
             rel = problem.path
             if rel.startswith("blocks/") and self.commits.head_blob(rel) is None:
-                adopted |= handedits.pick_up(self, rel).action == "created"
+                try:
+                    adopted |= handedits.pick_up(self, rel).action == "created"
+                except MemstoreError:  # refused (a hook, a merge under way): it stays a listed problem
+                    continue
         return adopted
 
     def problems(self) -> list[FileFormatError]:
@@ -325,7 +330,7 @@ class Store:
                         "labels are unique among one agent's blocks."
                     )
 
-    def delete_block(self, ref: str, *, actor: Actor | None = None) -> Block:
+    def delete_block(self, ref: str, *, actor: Actor | None = None, expected_version: str | None = None) -> Block:
         """Delete a block (its history stays in git) and detach it from every agent."""
         actor = actor or self.person
         name = self.resolve_block(ref, actor)
@@ -336,6 +341,8 @@ class Store:
             block = block_from_file(current, rel, name)
             if actor.is_agent and block.read_only:
                 raise ReadOnlyError(block.label)
+            if expected_version is not None:
+                self._check_version(rel, current, block, expected_version)
             if self._check_hand_edit(rel, current, block):
                 self._adopt_hand_edit(rel, current, block)
             self.commits.write(rel, None, current, _ident(actor), self._message("delete_block", block, actor))
@@ -630,13 +637,21 @@ class Store:
             system=check_text(DEFAULT_SYSTEM if system is None else system, "system"),
             api_base=check_optional_text(api_base),
         )
-        made = [self._create_block(b, actor) for b in new_blocks or []]
-        agent = agent.model_copy(update={"blocks": list(dict.fromkeys(b.id for b in [*made, *existing]))})
-        rel = agent.path
-        with self.commits.locked(rel) as current:
-            if current is not None:
-                raise ConflictError(f"An agent named '{name}' already exists.")
-            self.commits.write(rel, render_agent(agent), None, _ident(actor), self._message("create_agent", agent, actor))
+        made: list[Block] = []
+        try:
+            for planned in new_blocks or []:
+                made.append(self._create_block(planned, actor))
+            agent = agent.model_copy(update={"blocks": list(dict.fromkeys(b.id for b in [*made, *existing]))})
+            with self.commits.locked(agent.path) as current:
+                if current is not None:
+                    raise ConflictError(f"An agent named '{name}' already exists.")
+                self.commits.write(agent.path, render_agent(agent), None, _ident(actor),
+                                   self._message("create_agent", agent, actor))
+        except (MemstoreError, OSError):
+            for block in made:  # the agent was not made (a race for its name, a refusing hook): nor are they
+                with contextlib.suppress(MemstoreError, OSError):
+                    self.delete_block(block.id, actor=actor)
+            raise
         return agent
 
     def update_agent(

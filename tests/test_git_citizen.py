@@ -334,3 +334,16 @@ def test_an_index_libgit2_rebuilt_is_never_patched_as_if_it_had_no_cache_tree(st
     git(ws_path, "commit", "--allow-empty", "-qm", "a person's commit")
     assert Store.open(ws_path).get_block("b").value == "b1"
     assert git(ws_path, "show", "HEAD:blocks/b.md").endswith("b1\n")
+
+
+def test_an_agent_refused_by_a_hook_leaves_none_of_its_new_blocks(store: Store, ws_path: Path) -> None:
+    from memstore.store import new_block
+
+    _hook(ws_path, "pre-commit", "git diff --cached --name-only | grep -q '^agents/' && "
+                                 "{ echo 'no new agents today' >&2; exit 1; }\nexit 0\n")
+    store = Store.open(ws_path)
+    with pytest.raises(ConflictError, match="no new agents today"):
+        store.create_agent("agent1", "openai/gpt-4o-mini", new_blocks=[new_block("persona", "I am agent1.")])
+    assert store.list_blocks() == [] and store.list_agents() == []
+    assert not (ws_path / "blocks/persona.md").exists()
+    assert_clean_repo(ws_path)

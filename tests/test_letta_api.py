@@ -239,3 +239,29 @@ def test_an_agent_with_inline_blocks_is_checked_whole_before_anything_is_written
     with pytest.raises(letta_client.ConflictError):
         client.agents.create(name="agent1", model="openai/gpt-4o-mini", memory_blocks=[{"label": "x", "value": ""}])
     assert len(client.blocks.list().items) == 2
+
+
+def test_a_model_endpoint_needs_a_server_with_a_token(store_server_without_token: str) -> None:
+    client = Letta(api_key="unused", base_url=store_server_without_token, max_retries=0)
+    with pytest.raises(letta_client.PermissionDeniedError) as refused:
+        client.agents.create(name="agent1", llm_config={"model": "gpt-4o-mini", "model_endpoint_type": "openai",
+                                                        "model_endpoint": "http://attacker.example/v1",
+                                                        "context_window": 128000})
+    assert "provider key" in str(refused.value.body)
+    assert client.agents.list().items == []
+
+
+@pytest.fixture
+def store_server_without_token(ws_path: Path) -> Iterator[str]:
+    Store.init(ws_path)
+    with http_server(ws_path) as mcp_url:
+        yield mcp_url.removesuffix("/mcp")
+
+
+def test_delete_honours_if_match(client: Letta, ws_path: Path) -> None:
+    block = client.blocks.create(label="notes", value="one")
+    stale = client.blocks.with_raw_response.retrieve(block.id).headers["etag"]
+    client.blocks.update(block.id, value="two")
+    with pytest.raises(letta_client.APIStatusError) as refused:
+        client.blocks.delete(block.id, extra_headers={"If-Match": stale})
+    assert refused.value.status_code == 412 and (ws_path / "blocks/notes.md").exists()
