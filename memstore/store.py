@@ -63,6 +63,7 @@ from .validation import (
 from .workspace import Workspace, init_workspace, open_workspace
 
 DEFAULT_SYSTEM = "You are a helpful assistant with a persistent, shared memory."
+_UNREAD = object()  # `_read_block`'s default: read the file itself
 _MAINTAIN_EVERY = 250
 _PARSED_CACHE = 512  # parsed block (and agent) files kept, by content
 
@@ -138,24 +139,28 @@ class Store:
             data = history.content_at(self.ws.git, rel, version)
             return block_from_file(data, rel, name).model_copy(
                 update={"version": history.resolve_version(self.ws.git, version)})
+        data: bytes | None | object
         try:
             data = self.commits.read(rel)
-        except FileFormatError:  # a file memstore does not read (a symbolic link…): as last committed, below
-            data = None
-        if data is not None and self.commits.hand_edited(rel, data):
+        except FileFormatError:  # a file memstore does not read (a symbolic link…): _read_block says so
+            data = _UNREAD
+        if isinstance(data, bytes) and self.commits.hand_edited(rel, data):
             handedits.pick_up(self, rel)  # a person's valid edit is committed, as the watcher would, so the
-            # version given is the commit that holds what is read (an invalid one is reported, not read)
-        block = self._read_block(name, strict=True)
+            data = _UNREAD  # version given is the commit that holds what is read (an invalid one is not read)
+        block = self._read_block(name, strict=True, data=data)
         assert block is not None
         pending = self.commits.has_pending(rel)  # no version while the value's commit is still pending
         return block.model_copy(update={"version": None if pending else self.last_change.get(rel)})
 
-    def _read_block(self, name: str, *, strict: bool = False) -> Block | None:
+    def _read_block(self, name: str, *, strict: bool = False, data: bytes | None | object = _UNREAD) -> Block | None:
+        """The block in `blocks/<name>.md` (`data`: the file's bytes when the caller has just read them)."""
         rel = f"blocks/{name}.md"
-        try:
-            data = self.commits.read(rel)
-        except FileFormatError:  # not a file memstore reads (a symbolic link, …): as last committed, if ever
-            return self._last_good(rel, name, None, strict=strict)
+        if data is _UNREAD:
+            try:
+                data = self.commits.read(rel)
+            except FileFormatError:  # not a file memstore reads (a symbolic link, …): as last committed, if ever
+                return self._last_good(rel, name, None, strict=strict)
+        assert data is None or isinstance(data, bytes)
         if data is None:
             if strict:
                 raise NotFoundError(f"Block file {rel} no longer exists.")
