@@ -295,10 +295,8 @@ def _add_agent_routes(app: FastAPI, store: Store, endpoints_allowed: bool) -> No
         if body.name is not None and body.name != agent.name:
             raise InvalidInputError(f"Renaming an agent is not supported: its name is its file name "
                                     f"(agents/{agent.name}.md). Create a new agent instead.")
-        model, api_base = body.model, None
-        if body.llm_config is not None:
-            model, api_base = AgentCreate(llm_config=body.llm_config).model_and_base()
-            _check_endpoint(api_base, endpoints_allowed)
+        model, api_base = body.model_and_base() if body.model or body.llm_config else (None, None)
+        _check_endpoint(api_base, endpoints_allowed)
         updated = store.update_agent(agent.id, model=model, api_base=api_base, system=body.system,
                                      description=body.description, tools=body.tools, block_ids=body.block_ids,
                                      actor=caller(request))
@@ -396,9 +394,7 @@ def _stream_turn(store: Store, agent_id: str, body: MessagesCreate) -> Iterator[
     def run() -> None:
         try:
             events.put(_turn(store, agent_id, body, on_message=events.put))
-        except TurnFailed as exc:
-            events.put(exc)
-        except Exception as exc:  # noqa: BLE001 - the stream's edge: the client hears of every failure
+        except Exception as exc:  # noqa: BLE001 - the stream's edge: the client hears of every failure (TurnFailed too)
             events.put(exc)
         finally:
             events.put(done)

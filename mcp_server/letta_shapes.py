@@ -80,16 +80,14 @@ class LlmConfigIn(_Body):
     context_window: int | None = None
 
 
-class AgentCreate(_Body):
+class AgentUpdate(_Body):
     name: str | None = None
     model: str | None = None
     llm_config: LlmConfigIn | None = None
     system: str | None = None
     description: str | None = None
     block_ids: list[str] | None = None
-    memory_blocks: list[BlockCreate] | None = None
     tools: list[str] | None = None
-    include_base_tools: bool = True
 
     def model_and_base(self) -> tuple[str, str | None]:
         """The litellm model string and endpoint: `model`, else Letta's `llm_config`."""
@@ -101,14 +99,9 @@ class AgentCreate(_Body):
         raise InvalidInputError("Give the agent a `model` (such as 'openai/gpt-4o-mini') or an `llm_config`.")
 
 
-class AgentUpdate(_Body):
-    name: str | None = None
-    model: str | None = None
-    llm_config: LlmConfigIn | None = None
-    system: str | None = None
-    description: str | None = None
-    block_ids: list[str] | None = None
-    tools: list[str] | None = None
+class AgentCreate(AgentUpdate):
+    memory_blocks: list[BlockCreate] | None = None
+    include_base_tools: bool = True
 
 
 class TextPart(BaseModel):
