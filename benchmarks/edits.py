@@ -7,8 +7,12 @@
 Prints memstore's single-writer edit latency beside two references made in the same run on
 the same machine: the naive GitPython path (`repo.index.add` + `repo.index.commit`) and the
 fastest raw commit this script can make (objects written directly plus a ref update).
-The 8-writer runs are repeated (`--rounds`, default 3) with a raw-commit probe before each,
-because a virtual disk's speed can swing several-fold within minutes.
+The 8-writer runs are repeated (`--rounds`, default 3) with two probes before each, because
+a virtual disk's speed can swing several-fold within minutes: a raw commit, and the cost of
+creating one new file. A commit by git's rules creates at least six (blob, two trees,
+commit, the branch's new ref file, the new index) and an edit a seventh (the block file's
+replacement), so on a file system where creating a file is slow, that cost bounds every
+figure here. Run with `--dir` on another file system (a RAM disk, say) to separate the two.
 """
 
 from __future__ import annotations
@@ -83,6 +87,19 @@ def gitpython_step(root: Path):
         repo.index.commit(f"memory_insert organization {i}", author=actor, committer=actor)
 
     return step
+
+
+def new_file_us(root: Path, count: int = 200) -> float:
+    """Median microseconds to create (and write 100 bytes to) a new file in `root`."""
+    root.mkdir(parents=True)
+    times = []
+    for i in range(count):
+        start = time.perf_counter()
+        fd = os.open(root / f"f{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, b"x" * 100)
+        os.close(fd)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e6
 
 
 def raw_step(root: Path):
@@ -282,7 +299,8 @@ def _run(args: argparse.Namespace, root: Path) -> None:
     per_writer = 50 if args.quick else 200
     big_history = 10_000 if args.quick else 100_000
     print(f"memstore edit benchmark ({'quick' if args.quick else 'full'}), python {sys.version.split()[0]}, "
-          f"{os.cpu_count()} cores, repositories in {root}")
+          f"{os.cpu_count()} cores, repositories in {root} (creating a new file there: "
+          f"{new_file_us(root / 'files-start'):.0f} us)")
     print(f"\nSingle writer, {n} memory_insert edits into one block (the three paths take turns):")
     mem, naive, raw = interleaved(n, [memstore_step(root), gitpython_step(root), raw_step(root)])
     for name, lat in (("memstore (lock+read+validate+write+commit)", mem),
@@ -293,11 +311,12 @@ def _run(args: argparse.Namespace, root: Path) -> None:
           f"memstore p50 / raw p50 = {pct(mem, 50) / pct(raw, 50):.2f}")
 
     print(f"\n8 writer processes x {per_writer} edits, {args.rounds} round(s); before each round the raw "
-          "commit p50 of 100 commits shows how fast the disk is just then:")
+          "commit p50 of 100 commits and the median cost of creating a new file show how fast the disk is "
+          "just then:")
     runs: dict[bool, list[dict[str, float]]] = {True: [], False: []}
     for rnd in range(args.rounds):
         probe = pct(timed(100, raw_step(root / f"probe-{rnd}")), 50)
-        print(f"  round {rnd + 1} (raw commit p50 {ms(probe)}):")
+        print(f"  round {rnd + 1} (raw commit p50 {ms(probe)}, new file {new_file_us(root / f'files-{rnd}'):.0f} us):")
         for shared in (True, False):
             where = "one block" if shared else "8 blocks"
             r = bench_writers(root / f"writers-{rnd}-{where[0]}", 8, per_writer, shared)

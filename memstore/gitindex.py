@@ -78,24 +78,46 @@ def patch_index(data: bytearray, changes: list[IndexChange], entries_end: int | 
 
 
 def unmerged(data: bytes, path: bytes) -> bool:
-    """Whether the index holds conflict stages (1-3) for `path`."""
+    """Whether the index holds conflict stages (1-3) for `path`.
+
+    git sorts entries by path, then stage, so only the first entry of `path` and the one
+    right after it need looking at (not the rest of a 1 MB index).
+    """
     if data[:4] != b"DIRC":
         return False
     version = struct.unpack_from(">I", data, 4)[0]
     if version not in (2, 3):
         raise IndexFormatUnsupported(f"index version {version}")
-    length = min(len(path), 0xFFF)
-    at = data.find(path + b"\0", 12)
+    key = path + b"\0"
+    at = data.find(key, 12)
     while at >= 0:
-        (flags,) = struct.unpack_from(">H", data, at - 2)
-        if version == 3 and flags & 0xFFF != length:  # an extended entry: flags, then extended flags
-            (flags,) = struct.unpack_from(">H", data, at - 4)
-            if not flags & 0x4000:
-                flags = 0
-        if flags & 0xFFF == length and flags & 0x3000:
-            return True
-        at = data.find(path + b"\0", at + 1)
+        found = _entry_named(data, at, version, min(len(path), 0xFFF))
+        if found is not None:
+            stage, end = found
+            if stage:
+                return True
+            nxt = end + (64 if version == 3 and _u16(data, end + 60) & 0x4000 else 62)
+            following = _entry_named(data, nxt, version, min(len(path), 0xFFF)) if data.startswith(key, nxt) else None
+            return following is not None and following[0] > 0
+        at = data.find(key, at + 1)
     return False
+
+
+def _u16(data: bytes, at: int) -> int:
+    return struct.unpack_from(">H", data, at)[0] if 0 <= at <= len(data) - 2 else 0
+
+
+def _entry_named(data: bytes, at: int, version: int, length: int) -> tuple[int, int] | None:
+    """(stage, end) of the entry whose name starts at `at`; None if no entry's name starts there."""
+    flags, head = _u16(data, at - 2), 62
+    if version == 3 and flags & 0xFFF != length:  # an extended entry: flags, then extended flags
+        flags, head = _u16(data, at - 4), 64
+        if not flags & 0x4000:
+            return None
+    if flags & 0xFFF != length:
+        return None
+    start = at - head
+    return (flags >> 12) & 3, start + ((head + length) // 8 + 1) * 8
 
 
 def _patch_entry(

@@ -347,3 +347,39 @@ def test_an_agent_refused_by_a_hook_leaves_none_of_its_new_blocks(store: Store, 
     assert store.list_blocks() == [] and store.list_agents() == []
     assert not (ws_path / "blocks/persona.md").exists()
     assert_clean_repo(ws_path)
+
+
+@pytest.mark.parametrize("version", [2, 3])
+def test_conflict_stages_are_read_from_the_index_git_writes(tmp_path: Path, version: int) -> None:
+    """Only a path's own first entry and the one after it are read; git's index is the reference."""
+    from memstore import gitindex
+
+    repo = tmp_path / "r"
+    git(tmp_path, "init", "-q", "-b", "main", str(repo))
+    names = ["a.md", "b.md", "b.md.bak", "xb.md", "c.md"]  # neighbours, a longer name, a name ending in b.md
+    for name in names:
+        (repo / name).write_text("base\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "base")
+    git(repo, "checkout", "-qb", "side")
+    for name in ("b.md", "c.md"):
+        (repo / name).write_text("side\n")
+    git(repo, "commit", "-qam", "side")
+    git(repo, "checkout", "-q", "main")
+    for name in ("b.md", "c.md"):
+        (repo / name).write_text("main\n")
+    git(repo, "commit", "-qam", "main")
+    assert subprocess.run(["git", "merge", "-q", "side"], cwd=repo, capture_output=True).returncode != 0
+    git(repo, "update-index", "--index-version", str(version))
+    if version == 3:  # extended entries (a 64-byte head) before and after the conflicted ones
+        git(repo, "update-index", "--skip-worktree", "a.md", "b.md.bak")
+    data = (repo / ".git/index").read_bytes()
+    assert int.from_bytes(data[4:8], "big") == version
+    conflicted = set(git(repo, "diff", "--name-only", "--diff-filter=U").split())
+    assert conflicted == {"b.md", "c.md"}
+    for name in [*names, "missing.md", "b"]:
+        assert gitindex.unmerged(data, name.encode()) == (name in conflicted), name
+    git(repo, "add", "b.md")  # resolved: stage 0 again, the other stays unmerged
+    data = (repo / ".git/index").read_bytes()
+    assert not gitindex.unmerged(data, b"b.md")
+    assert gitindex.unmerged(data, b"c.md")
