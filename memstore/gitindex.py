@@ -88,16 +88,16 @@ def unmerged(data: bytes, path: bytes) -> bool:
     version = struct.unpack_from(">I", data, 4)[0]
     if version not in (2, 3):
         raise IndexFormatUnsupported(f"index version {version}")
-    key = path + b"\0"
+    key, length = path + b"\0", min(len(path), 0xFFF)
     at = data.find(key, 12)
     while at >= 0:
-        found = _entry_named(data, at, version, min(len(path), 0xFFF))
+        found = _entry_named(data, at, version, length)
         if found is not None:
             stage, end = found
             if stage:
                 return True
             nxt = end + (64 if version == 3 and _u16(data, end + 60) & 0x4000 else 62)
-            following = _entry_named(data, nxt, version, min(len(path), 0xFFF)) if data.startswith(key, nxt) else None
+            following = _entry_named(data, nxt, version, length) if data.startswith(key, nxt) else None
             return following is not None and following[0] > 0
         at = data.find(key, at + 1)
     return False
