@@ -48,6 +48,7 @@ LOCK_WAIT = 5.0  # seconds memstore waits for a lock a git command holds before 
 _BIG_OBJECT = 64 * 1024  # bytes: objects this big are stored uncompressed (compressing costs more than the disk)
 _HOOKS = ("pre-commit", "prepare-commit-msg", "commit-msg", "post-commit")
 _EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+_IndexKey = tuple[int, int, int, bytes]
 
 
 @dataclass(frozen=True)
@@ -128,8 +129,10 @@ class GitRepo:
         self.common_dir = _common_dir(self.git_dir)
         self.shallow = self.repo.is_shallow
         self._index_note = root / ".memstore" / "locks" / "index-note"
-        self._index_cache: tuple[tuple[int, int, int, int], bytes] | None = None
-        self._index_written: tuple[tuple[int, int, int, int], int] | None = None  # (index stat, entries end)
+        self._index_cache: tuple[_IndexKey, bytes, int | None] | None = None  # (version, bytes, entries' end)
+        self._unmerged_seen: tuple[bytes, str, bool] = (b"", "", False)  # (index checksum, path, answer)
+        self._index_sha1 = gitindex.ResumableSha1()
+        self._tree_sha1 = gitindex.ResumableSha1()
         self._trees: dict[str, bytes] = {}  # tree id -> its bytes, the last few written or read
         self._trees_lock = threading.Lock()
         self._blobs: LRU[tuple[str, str], str | None] = LRU(1024)  # (commit, path) -> blob: commits never change
@@ -308,6 +311,7 @@ class GitRepo:
                         raise CommitPending("the branch kept moving under another git command") from None
             st = os.stat(self.root / rel) if blob is not None and on_disk else None
             self._write_index(index_fd, *self._new_index(index, rel, blob, st, known_end))
+        self._blobs.get_or_make((commit, rel), lambda: blob)
         return commit
 
     def _move_branch(self, old: str | None, new: str, message: str, wait: float) -> None:
@@ -353,7 +357,7 @@ class GitRepo:
             entry = (blob, b"100644") if blob else None
         if found is not None and entry is not None and found[0] == entry[1]:
             at = found[2]
-            return self._write_raw(b"tree", raw[:at] + bytes.fromhex(entry[0]) + raw[at + 20 :])
+            return self._write_raw(b"tree", raw[:at] + bytes.fromhex(entry[0]) + raw[at + 20 :], (tree, at))
         builder = self.repo.TreeBuilder(self.repo[tree]) if tree else self.repo.TreeBuilder()
         if entry is None:
             if found is not None:
@@ -376,8 +380,11 @@ class GitRepo:
                 self._trees.pop(next(iter(self._trees)))
             self._trees[tree] = raw
 
-    def _write_raw(self, kind: bytes, body: bytes) -> str:
-        """Store an object loose; big ones uncompressed (still a zlib stream, as git reads it)."""
+    def _write_raw(self, kind: bytes, body: bytes, patched: tuple[str, int] | None = None) -> str:
+        """Store an object loose; big ones uncompressed (still a zlib stream, as git reads it).
+
+        `patched`: (tree, offset) when `body` is that tree's bytes changed from that offset on.
+        """
         if len(body) < _BIG_OBJECT:
             kind_id = ObjectType.TREE if kind == b"tree" else ObjectType.BLOB
             for attempt in range(5):
@@ -390,7 +397,10 @@ class GitRepo:
                         raise
             raise AssertionError("unreachable")
         data = b"%s %d\0" % (kind, len(body)) + body
-        oid = sha1(data).hexdigest()
+        if patched is None:
+            oid = sha1(data).hexdigest()
+        else:
+            oid = self._tree_sha1.digest(data, bytes.fromhex(patched[0]), len(data) - len(body) + patched[1]).hex()
         path = self.common_dir / "objects" / oid[:2] / oid[2:]
         if path.exists():
             return oid
@@ -494,13 +504,9 @@ class GitRepo:
 
     def _known_index_end(self) -> int | None:
         """Where the entries of an index memstore wrote end (it has no extensions), if this is one."""
-        written = self._index_written
-        if written is not None:
-            try:
-                if _stat_key(os.stat(self.git_dir / "index")) == written[0]:
-                    return written[1]  # this process wrote it: no need to read the note
-            except OSError:
-                pass
+        cached = self._index_cache
+        if cached is not None and cached[2] is not None and self._index_key() == cached[0]:
+            return cached[2]  # this process wrote it: no need to read the note
         try:
             note = json.loads(self._index_note.read_text())
             st = os.stat(self.git_dir / "index")
@@ -508,25 +514,41 @@ class GitRepo:
             return None
         return note.get("end") if note.get("index") == [st.st_ino, st.st_size, st.st_mtime_ns] else None
 
-    def _read_index(self) -> bytes | None:
-        """The index's bytes; the last ones read or written are kept while the file is that same file.
+    def _index_key(self) -> _IndexKey | None:
+        """Which version of the index is in place: (inode, size, mtime, its trailing checksum); None: no index.
 
-        git replaces the index by renaming a new file into place, so (inode, size, mtime)
-        names one version of it; with 10,000 files the index is ~1 MB, read up to three
-        times per edit otherwise.
+        The checksum tells two versions apart even when a reused inode and a coarse clock
+        give them the same stat.
         """
-        path = self.git_dir / "index"
         try:
-            key = _stat_key(os.stat(path))
-            cached = self._index_cache
-            if cached is not None and cached[0] == key:
-                return cached[1]
-            data = path.read_bytes()
-            if _stat_key(os.stat(path)) == key:  # not replaced while it was read
-                self._index_cache = (key, data)
-            return data
+            fd = os.open(self.git_dir / "index", os.O_RDONLY | getattr(os, "O_BINARY", 0))
         except FileNotFoundError:
             return None
+        try:
+            st = os.fstat(fd)
+            os.lseek(fd, max(st.st_size - 20, 0), os.SEEK_SET)
+            return st.st_ino, st.st_size, st.st_mtime_ns, os.read(fd, 20)
+        finally:
+            os.close(fd)
+
+    def _read_index(self) -> bytes | None:
+        """The index's bytes; the last ones read or written are kept while that version is in place.
+
+        With 10,000 files the index is ~1 MB, read up to three times per edit otherwise.
+        """
+        key = self._index_key()
+        if key is None:
+            return None
+        cached = self._index_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        try:
+            data = (self.git_dir / "index").read_bytes()
+        except FileNotFoundError:
+            return None
+        if len(data) == key[1] and data[-20:] == key[3]:  # not replaced while it was read
+            self._index_cache = (key, data, None)
+        return data
 
     def _new_index(self, index: bytes | None, rel: str, blob: str | None, st: os.stat_result | None,
                    known_end: int | None) -> tuple[bytes, bool]:
@@ -537,7 +559,7 @@ class GitRepo:
         """
         if index is not None:
             try:
-                return gitindex.patch_index(bytearray(index), [(rel.encode(), blob, st)], known_end), True
+                return gitindex.patch_index(bytearray(index), rel.encode(), blob, st, known_end, self._index_sha1), True
             except gitindex.IndexFormatUnsupported:
                 pass
         tmp = self.git_dir / f"memstore-index.{os.getpid()}"
@@ -568,8 +590,7 @@ class GitRepo:
         st = os.fstat(fd)
         replace_file(self.git_dir / "index.lock", self.git_dir / "index")
         end = len(data) - 20 if patched else None
-        self._index_cache = (_stat_key(st), bytes(data))
-        self._index_written = (_stat_key(st), end) if end is not None else None
+        self._index_cache = ((st.st_ino, st.st_size, st.st_mtime_ns, bytes(data[-20:])), bytes(data), end)
         self._index_note.write_text(json.dumps({"index": [st.st_ino, st.st_size, st.st_mtime_ns], "end": end}))
 
     def unmerged(self, rel: str, index: bytes | None = None) -> bool:
@@ -577,8 +598,13 @@ class GitRepo:
         index = self._read_index() if index is None else index
         if not index:
             return False
+        version = index[-20:]  # the index's checksum names its content (zero when index.skipHash)
+        if version != bytes(20) and self._unmerged_seen[:2] == (version, rel):
+            return self._unmerged_seen[2]  # asked before an edit and again under index.lock
         try:
-            return gitindex.unmerged(index, rel.encode())
+            found = gitindex.unmerged(index, rel.encode())
+            self._unmerged_seen = (version, rel, found)
+            return found
         except gitindex.IndexFormatUnsupported:  # version 4 compresses names: libgit2 reads it
             conflicts = pygit2.Index(str(self.git_dir / "index")).conflicts
             return conflicts is not None and rel in conflicts
@@ -627,11 +653,6 @@ def unmerged_error(rel: str) -> ConflictError:
 
 
 _MODES = (b"100644", b"100755", b"120000", b"160000", b"40000")
-
-
-def _stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
-    """One version of a file that is only ever replaced by a rename (git's index)."""
-    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _tree_entry(raw: bytes, name: bytes) -> tuple[bytes, str, int] | None:

@@ -383,3 +383,52 @@ def test_conflict_stages_are_read_from_the_index_git_writes(tmp_path: Path, vers
     data = (repo / ".git/index").read_bytes()
     assert not gitindex.unmerged(data, b"b.md")
     assert gitindex.unmerged(data, b"c.md")
+
+
+def test_resumable_sha1_is_sha1_whatever_changed() -> None:
+    """Hashing resumed from the chunk where content changes gives SHA-1 of the whole content."""
+    import hashlib
+    import random
+
+    from memstore.gitindex import ResumableSha1
+
+    rng = random.Random(7)
+    sha = ResumableSha1()
+    data = bytearray(rng.randbytes(5 * ResumableSha1.STEP + 123))
+    last = sha.digest(data, b"", 0)
+    assert last == hashlib.sha1(data).digest()
+    for _ in range(60):
+        at = rng.randrange(len(data) - 20)
+        data[at : at + 20] = rng.randbytes(20)
+        if rng.random() < 0.2:  # a different length (an entry added) or another content altogether
+            data = bytearray(rng.randbytes(rng.randrange(1, 6 * ResumableSha1.STEP)))
+            at = 0
+        like = last if rng.random() < 0.9 else rng.randbytes(20)  # sometimes not the content hashed last
+        last = sha.digest(data, like, at)
+        assert last == hashlib.sha1(data).digest()
+
+
+def test_edits_among_many_files_keep_index_and_trees_as_git_reads_them(store: Store, ws_path: Path) -> None:
+    """A blocks tree and an index big enough to be hashed in resumed chunks, a person staging between edits."""
+    import random
+
+    many = ws_path / "blocks"
+    for i in range(2500):
+        (many / f"b{i:04d}.md").write_text(f"---\nid: block-00000000-0000-0000-0000-{i:012d}\nlabel: b{i:04d}\n"
+                                           f"limit: 5000\n---\nvalue {i}\n")
+    git(ws_path, "add", "blocks")
+    git(ws_path, "commit", "-qm", "many blocks")
+    tree = subprocess.run(["git", "cat-file", "tree", "HEAD:blocks"], cwd=ws_path, capture_output=True).stdout
+    assert len(tree) > 64 * 1024 and (ws_path / ".git/index").stat().st_size > 64 * 1024
+    store = Store.open(ws_path)
+    rng = random.Random(3)
+    for i in range(14):
+        label = f"b{rng.randrange(2500):04d}"
+        store.memory_insert(label, f"fact {i}")
+        if i % 5 == 4:  # the person stages a file: the index is git's now, not the one memstore wrote
+            (ws_path / "notes.txt").write_text(f"note {i}\n")
+            git(ws_path, "add", "notes.txt")
+            git(ws_path, "commit", "-qm", f"note {i}")
+        assert f"fact {i}" in store.get_block(label).value
+    assert_clean_repo(ws_path)
+    assert git(ws_path, "diff", "--cached", "--name-only") == ""
