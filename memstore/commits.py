@@ -150,18 +150,20 @@ class Committer:
         under the person's name, like any pending edit.
         """
         blob = self._store_blob(current)
-        journal = [_Entry(self.head_blob(rel), blob, self.ws.person.name, self.ws.person.email,
-                          commit_message(subject, {**trailers, "Memstore-Author-Kind": "person"}))]
+        earlier = self._journal(rel)  # edits still waiting for a git command: theirs come first, under their authors
+        journal = [*earlier, _Entry(earlier[-1].new if earlier else self.head_blob(rel), blob, self.ws.person.name,
+                                    self.ws.person.email,
+                                    commit_message(subject, {**trailers, "Memstore-Author-Kind": "person"}))]
         try:
             self._save_journal(rel, journal)
-            return self._commit_journal(rel, journal, wait=None)
+            return None if earlier else self._commit_journal(rel, journal, wait=None)
         except OSError as exc:
-            self._save_journal(rel, [])
+            self._save_journal(rel, earlier)
             raise _disk_error(rel, exc) from None
         except CommitPending:
             return None
         except MemstoreError:
-            self._save_journal(rel, [])  # refused (unmerged, a hook): it stays an uncommitted hand edit
+            self._save_journal(rel, earlier)  # refused (unmerged, a hook): it stays an uncommitted hand edit
             raise
 
     def _store_blob(self, content: bytes | None) -> str | None:

@@ -432,3 +432,22 @@ def test_edits_among_many_files_keep_index_and_trees_as_git_reads_them(store: St
         assert f"fact {i}" in store.get_block(label).value
     assert_clean_repo(ws_path)
     assert git(ws_path, "diff", "--cached", "--name-only") == ""
+
+
+def test_a_hand_edit_while_a_commit_waits_keeps_every_author(store: Store, ws_path: Path) -> None:
+    """A pending agent edit, a person's edit on top, another agent edit: three commits, three authors."""
+    store, actor = agent_store(store)
+    lock = ws_path / ".git/index.lock"
+    lock.write_bytes(b"")  # the person is staging interactively
+    assert store.memory_insert("org", "agent line", actor=actor).pending
+    path = ws_path / "blocks/org.md"
+    path.write_text(path.read_text() + "person line\n")
+    assert store.memory_insert("org", "second agent line", actor=actor).pending
+    lock.unlink()
+    assert store.commits.finish_all() == []
+    log = git(ws_path, "log", "-3", "--format=%an|%s").splitlines()
+    assert log == ["agent1|memory_insert org", "Pat Person|Hand edit blocks/org.md", "agent1|memory_insert org"]
+    assert "agent line" in git(ws_path, "show", "HEAD~2:blocks/org.md")
+    assert "person line" not in git(ws_path, "show", "HEAD~2:blocks/org.md")
+    assert store.get_block("org").value == "Org: Letta\nagent line\nperson line\nsecond agent line"
+    assert_clean_repo(ws_path)
