@@ -418,7 +418,8 @@ def test_edits_among_many_files_keep_index_and_trees_as_git_reads_them(store: St
                                            f"limit: 5000\n---\nvalue {i}\n")
     git(ws_path, "add", "blocks")
     git(ws_path, "commit", "-qm", "many blocks")
-    tree = subprocess.run(["git", "cat-file", "tree", "HEAD:blocks"], cwd=ws_path, capture_output=True).stdout
+    tree = subprocess.run(["git", "cat-file", "tree", "HEAD:blocks"], cwd=ws_path, capture_output=True,
+                          check=True).stdout
     assert len(tree) > 64 * 1024 and (ws_path / ".git/index").stat().st_size > 64 * 1024
     store = Store.open(ws_path)
     rng = random.Random(3)
