@@ -47,9 +47,12 @@ def _walk_index(data: bytes, version: int, count: int) -> tuple[list[tuple[bytes
     return entries, pos
 
 
-def _find_entry(data: bytes, path: bytes) -> tuple[int, int] | None:
-    """Fast path: locate a plain stage-0 entry for `path` by its flags+name bytes."""
-    at = data.find(struct.pack(">H", len(path)) + path + b"\0", 12)
+def _find_entry(data: bytes, path: bytes, near: int = 0) -> tuple[int, int] | None:
+    """Fast path: locate a plain stage-0 entry for `path` by its flags+name bytes (first looked for at `near`)."""
+    key = struct.pack(">H", len(path)) + path + b"\0"
+    at = data.find(key, near - 2, near - 2 + len(key)) if near > 12 else -1
+    if at < 0:
+        at = data.find(key, 12)
     if at < 0:
         return None
     start = at - 60
@@ -88,17 +91,18 @@ class ResumableSha1:
 
 
 def patch_index(data: bytearray, path: bytes, blob: str | None, st: os.stat_result | None,
-                entries_end: int | None = None, sha1: ResumableSha1 | None = None) -> bytearray:
+                entries_end: int | None = None, sha1: ResumableSha1 | None = None, near: int = 0) -> bytearray:
     """Index bytes with the entry of `path` replaced, added or removed (`blob` None), in place when it can.
 
     `st`: the stat of the file on disk when it is known to hold `blob`. `entries_end`, when
     known (an index memstore wrote has no extensions), saves walking every entry: with
     10,000 files that walk costs more than the rest of an edit. Optional extensions (cache
     tree, untracked cache, …) are dropped, which git allows and rebuilds; a required one
-    (split or sparse index) raises IndexFormatUnsupported.
+    (split or sparse index) raises IndexFormatUnsupported. `near`: where `locate` found the
+    path's name in these same bytes, which saves searching them again.
     """
     old_checksum = bytes(data[-20:])
-    out, _, first_changed = _patch_entry(data, path, blob, st, entries_end)
+    out, _, first_changed = _patch_entry(data, path, blob, st, entries_end, near)
     body = memoryview(out)[:-20]
     out[-20:] = (sha1.digest(body, old_checksum, first_changed) if sha1 is not None
                  else hashlib.sha1(body).digest())
@@ -106,13 +110,18 @@ def patch_index(data: bytearray, path: bytes, blob: str | None, st: os.stat_resu
 
 
 def unmerged(data: bytes, path: bytes) -> bool:
-    """Whether the index holds conflict stages (1-3) for `path`.
+    """Whether the index holds conflict stages (1-3) for `path`."""
+    return locate(data, path)[0]
+
+
+def locate(data: bytes, path: bytes) -> tuple[bool, int]:
+    """(whether `path` has conflict stages, where its first entry's name starts or 0).
 
     git sorts entries by path, then stage, so only the first entry of `path` and the one
     right after it need looking at (not the rest of a 1 MB index).
     """
     if data[:4] != b"DIRC":
-        return False
+        return False, 0
     version = struct.unpack_from(">I", data, 4)[0]
     if version not in (2, 3):
         raise IndexFormatUnsupported(f"index version {version}")
@@ -123,12 +132,12 @@ def unmerged(data: bytes, path: bytes) -> bool:
         if found is not None:
             stage, end = found
             if stage:
-                return True
+                return True, at
             nxt = end + (64 if version == 3 and _u16(data, end + 60) & 0x4000 else 62)
             following = _entry_named(data, nxt, version, length) if data.startswith(key, nxt) else None
-            return following is not None and following[0] > 0
+            return following is not None and following[0] > 0, at
         at = data.find(key, at + 1)
-    return False
+    return False, 0
 
 
 def _u16(data: bytes, at: int) -> int:
@@ -149,7 +158,7 @@ def _entry_named(data: bytes, at: int, version: int, length: int) -> tuple[int, 
 
 
 def _patch_entry(
-    data: bytearray, path: bytes, blob: str | None, st: os.stat_result | None, entries_end: int | None
+    data: bytearray, path: bytes, blob: str | None, st: os.stat_result | None, entries_end: int | None, near: int
 ) -> tuple[bytearray, int, int]:
     """Replace, add or remove one entry; (bytes, where the entries end, first byte changed).
 
@@ -161,7 +170,7 @@ def _patch_entry(
     if version not in (2, 3):
         raise IndexFormatUnsupported(f"index version {version}")
     new_entry = _index_entry(path, blob, st) if blob else b""
-    found = _find_entry(data, path) if blob and entries_end is not None else None
+    found = _find_entry(data, path, near) if blob and entries_end is not None else None
     if found is not None and entries_end is not None:
         start, end = found
     else:

@@ -130,11 +130,13 @@ class GitRepo:
         self.shallow = self.repo.is_shallow
         self._index_note = root / ".memstore" / "locks" / "index-note"
         self._index_cache: tuple[_IndexKey, bytes, int | None] | None = None  # (version, bytes, entries' end)
-        self._unmerged_seen: tuple[bytes, str, bool] = (b"", "", False)  # (index checksum, path, answer)
+        # (index checksum, path, unmerged, where its entry is): asked before an edit and again to commit it
+        self._unmerged_seen: tuple[bytes, str, bool, int] = (b"", "", False, 0)
         self._index_sha1 = gitindex.ResumableSha1()
         self._tree_sha1 = gitindex.ResumableSha1()
         self._trees: dict[str, bytes] = {}  # tree id -> its bytes, the last few written or read
         self._trees_lock = threading.Lock()
+        self._entries: dict[tuple[str, str], tuple[bytes, str, int] | None | bool] = {}  # (tree, name) -> entry
         self._blobs: LRU[tuple[str, str], str | None] = LRU(1024)  # (commit, path) -> blob: commits never change
         self._remove_dead_temp_locks()
         self.repo.set_ident("memstore", "memstore@agents.memstore")  # reflog lines of branch moves
@@ -237,11 +239,11 @@ class GitRepo:
     def _blob_in(self, tree: str, rel: str) -> str | None:
         *folders, name = rel.split("/")
         for folder in folders:
-            found = _tree_entry(self._tree_raw(tree), folder.encode())
+            found = self._entry(tree, folder)
             if found is None or found[0] != b"40000":
                 return None
             tree = found[1]
-        found = _tree_entry(self._tree_raw(tree), name.encode())
+        found = self._entry(tree, name)
         # A regular file only: a committed symbolic link (a pull may bring one) is not content.
         return found[1] if found is not None and found[0] in (b"100644", b"100755") else None
 
@@ -349,7 +351,7 @@ class GitRepo:
         """
         head, _, rest = path.partition("/")
         raw = self._tree_raw(tree) if tree else b""
-        found = _tree_entry(raw, head.encode())
+        found = self._entry(tree, head) if tree else None
         if rest:
             sub = self._tree_with(found[1] if found and found[0] == b"40000" else None, rest, blob)
             entry = None if sub == _EMPTY_TREE else (sub, b"40000")
@@ -365,6 +367,18 @@ class GitRepo:
         else:
             builder.insert(head, pygit2.Oid(hex=entry[0]), int(entry[1], 8))
         return str(builder.write())
+
+    def _entry(self, tree: str, name: str) -> tuple[bytes, str, int] | None:
+        """Entry `name` of `tree` (see `_tree_entry`); the last few are kept: an edit looks one up twice."""
+        key = (tree, name)
+        found = self._entries.get(key, False)
+        if found is False:
+            found = _tree_entry(self._tree_raw(tree), name.encode())
+            with self._trees_lock:
+                if len(self._entries) >= 16:
+                    self._entries.pop(next(iter(self._entries)))
+                self._entries[key] = found
+        return found  # type: ignore[return-value]
 
     def _tree_raw(self, tree: str) -> bytes:
         """A tree's bytes; the last few are kept (the blocks tree of 10,000 blocks is ~400 KB)."""
@@ -559,7 +573,10 @@ class GitRepo:
         """
         if index is not None:
             try:
-                return gitindex.patch_index(bytearray(index), rel.encode(), blob, st, known_end, self._index_sha1), True
+                seen = self._unmerged_seen
+                near = seen[3] if seen[:2] == (index[-20:], rel) else 0
+                return gitindex.patch_index(bytearray(index), rel.encode(), blob, st, known_end, self._index_sha1,
+                                            near), True
             except gitindex.IndexFormatUnsupported:
                 pass
         tmp = self.git_dir / f"memstore-index.{os.getpid()}"
@@ -602,8 +619,8 @@ class GitRepo:
         if version != bytes(20) and self._unmerged_seen[:2] == (version, rel):
             return self._unmerged_seen[2]  # asked before an edit and again under index.lock
         try:
-            found = gitindex.unmerged(index, rel.encode())
-            self._unmerged_seen = (version, rel, found)
+            found, at = gitindex.locate(index, rel.encode())
+            self._unmerged_seen = (version, rel, found, at)
             return found
         except gitindex.IndexFormatUnsupported:  # version 4 compresses names: libgit2 reads it
             conflicts = pygit2.Index(str(self.git_dir / "index")).conflicts

@@ -452,3 +452,26 @@ def test_a_hand_edit_while_a_commit_waits_keeps_every_author(store: Store, ws_pa
     assert "person line" not in git(ws_path, "show", "HEAD~2:blocks/org.md")
     assert store.get_block("org").value == "Org: Letta\nagent line\nperson line\nsecond agent line"
     assert_clean_repo(ws_path)
+
+
+def test_an_index_entry_is_patched_where_it_is_whatever_hint_is_given(tmp_path: Path) -> None:
+    """The position a conflict check found saves a search; a wrong one is never trusted."""
+    from memstore import gitindex
+
+    repo = tmp_path / "r"
+    git(tmp_path, "init", "-q", "-b", "main", str(repo))
+    for name in ("a.md", "b.md", "c.md"):
+        (repo / name).write_text(f"{name}\n")
+    git(repo, "add", ".")
+    data = (repo / ".git/index").read_bytes()
+    conflicted, at = gitindex.locate(data, b"b.md")
+    assert not conflicted and data[at : at + 5] == b"b.md\0"
+    (repo / "new.txt").write_text("new\n")
+    blob = git(repo, "hash-object", "-w", "new.txt").strip()
+    end = gitindex._walk_index(data, 2, 3)[1]
+    patched = {near: bytes(gitindex.patch_index(bytearray(data), b"b.md", blob, None, end, near=near))
+               for near in (at, 0, 13, at - 8, len(data) - 4)}
+    assert len(set(patched.values())) == 1
+    (repo / ".git/index").write_bytes(patched[at])
+    assert f"{blob} 0\tb.md" in git(repo, "ls-files", "-s")
+    assert "a.md" in git(repo, "ls-files") and "c.md" in git(repo, "ls-files")
