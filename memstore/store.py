@@ -232,6 +232,14 @@ class Store:
 
     def _agent_entry(self, agent: Agent, label: str) -> CatalogEntry:
         """The attached block `label` (or id) names, with Letta's error when there is none."""
+        snap = self.catalog.snapshot()
+        for block_id in agent.blocks:  # the catalog's answer, verified by reading the one file it names
+            known = snap.entries.get(snap.by_id.get(block_id, ""))
+            if known is not None and label in (known.label, known.id):
+                entry = self._entry_by_id(block_id)
+                if entry is not None and label in (entry.label, entry.id):
+                    return entry
+                break
         entries = [e for e in (self._entry_by_id(i) for i in agent.blocks) if e is not None]
         for entry in entries:
             if label in (entry.label, entry.id):

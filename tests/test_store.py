@@ -505,3 +505,17 @@ def test_reading_a_block_with_a_hand_edit_commits_it_so_its_version_is_true(stor
     assert shown.version == git(ws_path, "rev-parse", "HEAD").strip() != block.version
     assert git(ws_path, "log", "-1", "--format=%an|%s").strip() == f"{PERSON_NAME}|Hand edit blocks/notes.md"
     store.memory_insert("notes", "agent", expected_version=shown.version)  # the version read is the one to use
+
+
+def test_an_agents_label_follows_the_file_when_a_person_relabels_by_hand(store: Store, agent1: Actor) -> None:
+    """The catalog's answer is checked against the file: a hand relabel is seen before any rescan."""
+    path = store.ws.root / "blocks" / "organization.md"
+    path.write_text(path.read_text().replace("label: organization", "label: company"))
+    git(store.ws.root, "commit", "-qam", "relabel by hand")
+    assert store.memory_insert("company", "agent1: by its new label", actor=agent1).version
+    assert store.memory_insert("organization", "agent1: by its file name", actor=agent1).version
+    with pytest.raises(ReadOnlyError):
+        store.memory_insert("policies", "x", actor=agent1)
+    with pytest.raises(NotFoundError, match="Block field persona does not exist"):
+        store.memory_insert("persona", "x", actor=agent1)
+    assert store.get_block("company").value.endswith("by its new label\nagent1: by its file name")
