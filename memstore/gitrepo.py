@@ -1,10 +1,12 @@
 """The workspace's git repository, through libgit2 (pygit2): read, filter, commit, index.
 
-memstore commits the way `git commit` does, in git's own order: it takes git's
-`index.lock` first, builds the commit on the branch tip, moves the branch with a
-compare-and-swap under git's ref lock, then writes the index and lets go. A git command
-the person runs meanwhile either waits for memstore or makes memstore wait; neither
-reverts the other. A lock file that git holds is never removed.
+memstore commits under git's own locks: it takes git's `index.lock` first, puts the new
+index in place, builds the commit on the branch tip, moves the branch with a
+compare-and-swap under git's ref lock, and lets go. The index goes in before the branch
+moves (git itself does it the other way round) because `git commit` reads the index
+before it takes the lock: see `_place_index`. A git command the person runs meanwhile
+either waits for memstore or makes memstore wait; neither reverts the other. A lock file
+that git holds is never removed.
 
 Two pieces of git's formats are written by hand, because libgit2 cannot come near the
 goal "an edit among 10,000 blocks costs at most 2x one among 10": at 10,000 blocks its
@@ -25,6 +27,7 @@ import json
 import logging
 import os
 import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -299,20 +302,25 @@ class GitRepo:
             index = self._read_index()
             if self.unmerged(rel, index):
                 raise unmerged_error(rel)
-            for attempt in range(10):  # a git command may move the branch meanwhile: build on its commit
-                tip = self.tip()
-                tree = self._tree_with(str(self.repo[tip].peel(pygit2.Tree).id) if tip else None, rel, blob)
-                now = time.time()
-                commit = str(self.repo.create_commit(None, author.signature(now), committer.signature(now), message,
-                                                     pygit2.Oid(hex=tree), [pygit2.Oid(hex=tip)] if tip else []))
-                try:
-                    self._move_branch(tip, commit, message, wait)
-                    break
-                except _BranchMoved:
-                    if attempt == 9:
-                        raise CommitPending("the branch kept moving under another git command") from None
             st = os.stat(self.root / rel) if blob is not None and on_disk else None
-            self._write_index(index_fd, *self._new_index(index, rel, blob, st, known_end))
+            self._place_index(*self._new_index(index, rel, blob, st, known_end), index_fd)
+            try:
+                for attempt in range(10):  # a git command may move the branch meanwhile: build on its commit
+                    tip = self.tip()
+                    tree = self._tree_with(str(self.repo[tip].peel(pygit2.Tree).id) if tip else None, rel, blob)
+                    now = time.time()
+                    commit = str(self.repo.create_commit(None, author.signature(now), committer.signature(now),
+                                                         message, pygit2.Oid(hex=tree),
+                                                         [pygit2.Oid(hex=tip)] if tip else []))
+                    try:
+                        self._move_branch(tip, commit, message, wait)
+                        break
+                    except _BranchMoved:
+                        if attempt == 9:
+                            raise CommitPending("the branch kept moving under another git command") from None
+            except BaseException:
+                self._put_back_index(index)  # the branch did not move: the index goes back to match it
+                raise
         self._blobs.get_or_make((commit, rel), lambda: blob)
         return commit
 
@@ -584,9 +592,10 @@ class GitRepo:
             if index is not None:
                 tmp.write_bytes(index)
             idx = pygit2.Index(str(tmp))
-            if index is None:  # no index at all: as `git read-tree HEAD` makes it
-                idx.read_tree(self.repo[self.tip()].peel(pygit2.Tree))
-            elif blob is not None:  # no file stats: git re-reads the file once
+            tip = self.tip() if index is None else None
+            if tip is not None:  # no index at all: as `git read-tree HEAD` makes it, then the change
+                idx.read_tree(self.repo[tip].peel(pygit2.Tree))
+            if blob is not None:  # no file stats: git re-reads the file once
                 idx.add(pygit2.IndexEntry(rel, pygit2.Oid(hex=blob), pygit2.GIT_FILEMODE_BLOB))
             elif rel in idx:
                 idx.remove(rel)
@@ -595,20 +604,66 @@ class GitRepo:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def _write_index(self, fd: int, data: bytes, patched: bool) -> None:
-        """Write the new index into our `index.lock` and rename it into place, as git does.
+    def _place_index(self, data: bytes, patched: bool, lock_fd: int | None = None) -> None:
+        """Put the new index in place before the branch moves, while git's `index.lock` stays held.
 
-        The note tells every memstore process where the entries of this index end, but only
-        for an index memstore's patch made (no extensions); otherwise the next patch walks it.
+        `git commit` reads HEAD, then the index, and only then takes `index.lock`. Were the
+        branch moved first (git's own order), a person's commit that read the new HEAD and
+        the old index would commit the old entry back over the agent's edit. With the index
+        placed first, a commit that read the old index read the old HEAD too, and its
+        compare-and-swap of the branch fails (tests/test_concurrency.py).
+        The new index is our lock's own file (written through `lock_fd`), linked under a
+        second name and renamed over `index`, so no file is made for it; without hard links
+        (or to put the old index back) a temp file is.
         """
-        write_all(fd, data)
-        if "index" in self.flush:
-            os.fsync(fd)
-        st = os.fstat(fd)
-        replace_file(self.git_dir / "index.lock", self.git_dir / "index")
+        index = self.git_dir / "index"
+        flush = "index" in self.flush
+        placed: os.stat_result | None = None
+        if lock_fd is not None and not (PORTABLE or sys.platform == "win32"):
+            write_all(lock_fd, data)
+            if flush:
+                os.fsync(lock_fd)
+            name = self.git_dir / f"memstore-index.{os.getpid()}.{time.monotonic_ns()}"
+            try:
+                os.link(self.git_dir / "index.lock", name)
+            except OSError:
+                pass  # no hard links here after all: a temp file
+            else:
+                try:
+                    replace_file(name, index)
+                finally:
+                    name.unlink(missing_ok=True)
+                placed = os.fstat(lock_fd)
+        if placed is None:
+            tmp = self.git_dir / f"memstore-index.{os.getpid()}.{time.monotonic_ns()}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
+            try:
+                write_all(fd, data)
+                if flush:
+                    os.fsync(fd)
+                placed = os.fstat(fd)
+            finally:
+                os.close(fd)
+            try:
+                replace_file(tmp, index)
+            finally:
+                tmp.unlink(missing_ok=True)
+        st = placed
         end = len(data) - 20 if patched else None
         self._index_cache = ((st.st_ino, st.st_size, st.st_mtime_ns, bytes(data[-20:])), bytes(data), end)
         self._index_note.write_text(json.dumps({"index": [st.st_ino, st.st_size, st.st_mtime_ns], "end": end}))
+
+    def _put_back_index(self, index: bytes | None) -> None:
+        """The index as it was before a commit that was not made (best effort: the journal keeps the edit)."""
+        try:
+            if index is None:
+                (self.git_dir / "index").unlink(missing_ok=True)
+                self._index_cache = None
+            else:
+                self._place_index(index, False)
+        except OSError:
+            log.warning("could not put the index back after a commit that was not made; `git status` may show "
+                        "the edit as staged until it is committed")
 
     def unmerged(self, rel: str, index: bytes | None = None) -> bool:
         """Whether `rel` has conflict stages in the index (a merge, stash pop or rebase left it)."""

@@ -117,3 +117,38 @@ def test_a_process_keeps_few_lock_files_open_however_many_blocks_it_edits(store:
         store.create_block(f"b{n}", "x")
     assert len(store.commits.locks._open) <= Locks.KEEP_OPEN
     assert store.memory_insert("b0", "still locks").version
+
+
+def test_a_person_committing_with_git_meanwhile_reverts_and_loses_nothing(store: Store, tmp_path: Path) -> None:
+    """Agents write while a person runs `git add`, `git commit` and `git status` in the same repository."""
+    shared = store.create_block("shared", "", limit=100_000)
+    for n in range(3):
+        store.create_agent(f"ag{n}", "openai/gpt-4o-mini", block_ids=[shared.id])
+    ws, go = store.ws.root, tmp_path / "go"
+    procs = [_worker("insert", str(ws), f"ag{n}", "shared", "40", f"p{n}", str(go)) for n in range(3)]
+    go.touch()
+    (ws / "notes").mkdir()
+    person = 0
+    while any(proc.poll() is None for proc in procs) or person < 10:
+        (ws / "notes" / f"{person}.txt").write_text(f"note {person}\n")
+        for args in (["add", "notes"], ["commit", "-qm", f"person {person}"], ["status", "--porcelain"]):
+            subprocess.run(["git", *args], cwd=ws, capture_output=True, check=False)  # a lock may be busy
+        person += 1
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0
+    store = Store.open(ws)  # commits anything a git command held up
+    assert store.commits.pending_files() == []
+    expected = {f"p{n}-{i}" for n in range(3) for i in range(40)}
+    assert sorted(store.get_block("shared").value.split("\n")) == sorted(expected)
+    log = git(ws, "log", "--format=\x1e%an", "-p", "--", "blocks/")
+    for chunk in log.split("\x1e")[1:]:
+        author, _, patch = chunk.partition("\n")
+        removed = [line for line in patch.splitlines() if line.startswith("-") and not line.startswith("---")]
+        added = [line[1:] for line in patch.splitlines() if line.startswith("+") and not line.startswith("+++")]
+        assert set(removed) <= {"-"}, (f"a commit by {author} took lines out: {removed}",
+                                       git(ws, "log", "--format=%h %an %s", "--stat", "-n", "30"))
+        if added and added[0].startswith("p"):
+            assert author == f"ag{added[0][1]}" and len(added) == 1, (author, added, patch)
+    assert "notes/0.txt" in git(ws, "ls-files")
+    assert git(ws, "diff", "--cached", "--name-only") == ""
+    assert_clean_repo(ws)

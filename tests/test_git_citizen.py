@@ -86,6 +86,7 @@ def test_a_branch_lock_held_by_git_makes_the_edit_pending_not_a_lie(store: Store
     result = store.memory_insert("org", "agent line", actor=actor)
     assert result.version is None and "main.lock" in (result.pending or "")
     assert ref_lock.exists() and not (ws_path / ".git/index.lock").exists()
+    assert git(ws_path, "diff", "--cached", "--name-only") == ""  # the index went back with the branch
     assert "agent line" in store.get_block("org").value  # readers see the edit: it is in the file
     out = subprocess.run([MEMSTORE, "block", "insert", "org", "second",
                           "--as", "agent1", "--workspace", str(ws_path)], capture_output=True, text=True,
@@ -475,3 +476,37 @@ def test_an_index_entry_is_patched_where_it_is_whatever_hint_is_given(tmp_path: 
     (repo / ".git/index").write_bytes(patched[at])
     assert f"{blob} 0\tb.md" in git(repo, "ls-files", "-s")
     assert "a.md" in git(repo, "ls-files") and "c.md" in git(repo, "ls-files")
+
+
+def test_a_git_commit_that_read_the_index_during_an_edit_never_reverts_it(
+        store: Store, ws_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`git commit` reads HEAD, then the index, and only then locks: caught between the two, it must not win.
+
+    The person's commit is made as git makes it, from what it read while memstore's commit
+    was under way (right after the branch moved): the index file as it was then, the branch
+    as it was then, and a compare-and-swap of the branch from that value.
+    """
+    store, actor = agent_store(store)
+    seen: dict[str, str] = {}
+    move_branch = gitrepo.GitRepo._move_branch
+
+    def and_a_person_reads(self: gitrepo.GitRepo, *args: object, **kwargs: object) -> None:
+        move_branch(self, *args, **kwargs)  # type: ignore[arg-type]
+        seen["head"] = git(ws_path, "rev-parse", "HEAD").strip()
+        seen["index"] = str(ws_path / ".git" / "person-index")
+        (ws_path / ".git" / "person-index").write_bytes((ws_path / ".git" / "index").read_bytes())
+
+    monkeypatch.setattr(gitrepo.GitRepo, "_move_branch", and_a_person_reads)
+    assert store.memory_insert("org", "agent line", actor=actor).version
+    monkeypatch.undo()
+    (ws_path / "notes.txt").write_text("mine\n")
+    env = {**os.environ, "GIT_INDEX_FILE": seen["index"]}
+    subprocess.run(["git", "add", "notes.txt"], cwd=ws_path, env=env, check=True)
+    tree = subprocess.run(["git", "write-tree"], cwd=ws_path, env=env, check=True, capture_output=True,
+                          text=True).stdout.strip()
+    commit = git(ws_path, "commit-tree", tree, "-p", seen["head"], "-m", "person's commit").strip()
+    moved = subprocess.run(["git", "update-ref", "refs/heads/main", commit, seen["head"]], cwd=ws_path,
+                           capture_output=True, text=True)
+    assert "agent line" in git(ws_path, "show", "HEAD:blocks/org.md")  # whether or not the person's commit won
+    if moved.returncode == 0:
+        assert "notes.txt" in git(ws_path, "ls-tree", "--name-only", "HEAD")
