@@ -119,7 +119,7 @@ def test_a_process_keeps_few_lock_files_open_however_many_blocks_it_edits(store:
     assert store.memory_insert("b0", "still locks").version
 
 
-def test_a_person_committing_with_git_meanwhile_reverts_and_loses_nothing(store: Store, tmp_path: Path) -> None:
+def test_a_person_committing_with_git_meanwhile_neither_reverts_nor_loses_an_edit(store: Store, tmp_path: Path) -> None:
     """Agents write while a person runs `git add`, `git commit` and `git status` in the same repository."""
     shared = store.create_block("shared", "", limit=100_000)
     for n in range(3):
