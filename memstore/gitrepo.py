@@ -298,8 +298,8 @@ class GitRepo:
             return self._commit_with_git(rel, author, message, committer)
         with self.git_lock(self.git_dir / "index.lock", "interactive staging, or a commit in an editor?",
                            wait) as index_fd:
-            known_end = self._known_index_end()
             index = self._read_index()
+            known_end = self._known_index_end(index)
             if self.unmerged(rel, index):
                 raise unmerged_error(rel)
             st = os.stat(self.root / rel) if blob is not None and on_disk else None
@@ -524,10 +524,10 @@ class GitRepo:
                 except OSError:
                     pass
 
-    def _known_index_end(self) -> int | None:
-        """Where the entries of an index memstore wrote end (it has no extensions), if this is one."""
+    def _known_index_end(self, index: bytes | None) -> int | None:
+        """Where the entries of `index` (as just read) end, if memstore wrote it (it then has no extensions)."""
         cached = self._index_cache
-        if cached is not None and cached[2] is not None and self._index_key() == cached[0]:
+        if cached is not None and cached[1] is index and cached[2] is not None:
             return cached[2]  # this process wrote it: no need to read the note
         try:
             note = json.loads(self._index_note.read_text())
