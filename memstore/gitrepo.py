@@ -514,12 +514,14 @@ class GitRepo:
         return False
 
     def _remove_dead_temp_locks(self) -> None:
-        """Twins of lock files a killed writer made and never linked (a linked one proves a lock ours)."""
+        """Temp files a killed writer left: twins of locks never linked (a linked one proves a lock
+        ours), and new indexes never renamed into place."""
         for folder in {self.git_dir, self.common_dir}:
-            for path in folder.glob("memstore-lock.*"):
+            for path in [*folder.glob("memstore-lock.*"), *folder.glob("memstore-index.*")]:
                 pid = path.name.split(".")[1]
                 try:
-                    if pid.isdigit() and not pid_alive(int(pid)) and os.stat(path).st_nlink == 1:
+                    if pid.isdigit() and not pid_alive(int(pid)) and (
+                            path.name.startswith("memstore-index.") or os.stat(path).st_nlink == 1):
                         path.unlink()
                 except OSError:
                     pass

@@ -283,6 +283,9 @@ def test_a_lock_left_by_a_killed_memstore_writer_is_removed_and_only_that_one(st
     twin = ws_path / f".git/memstore-lock.{int(dead.stdout)}.1"
     twin.write_bytes(b"")
     os.link(twin, ws_path / ".git/index.lock")  # as a writer killed while holding it leaves them
+    new_index = ws_path / f".git/memstore-index.{int(dead.stdout)}.1"  # killed before its new index was placed
+    os.link(twin, new_index)
+    assert Store.open(ws_path) and not new_index.exists()
     if fsutil.PORTABLE:  # locks made without hard links: none is provably ours, so none is removed
         assert store.memory_insert("org", "after the crash", actor=actor).pending
         assert (ws_path / ".git/index.lock").exists()
