@@ -7,15 +7,19 @@ repository of 100k commits; `maintain` keeps that graph current.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
 import sys
 import threading
 from datetime import UTC, datetime
 
 import git
+from filelock import lock_descriptor
 
 from .errors import NotFoundError
 from .gitrepo import GitRepo
+from .maintain import MAINTAIN_LOCK
 from .models import AuthorKind, BlameLine, HistoryEntry
 
 _FIELDS = ["%H", "%an", "%ae", "%aI", "%s",
@@ -188,14 +192,29 @@ def diff(store: GitRepo, rel: str, from_version: str, to_version: str | None = N
 def maintain(workdir: str) -> None:
     """Start git's housekeeping in a background process: pack objects, refresh the commit-graph.
 
-    `python -m memstore.maintain` runs it at low priority, one run at a time.
+    `python -m memstore.maintain` runs it at low priority, one run at a time. Where a lock
+    can be handed to a child (Unix), it is taken here and inherited, so the run counts as
+    under way from the moment it starts (a `git fsck` waiting for it sees it at once), and
+    none is started while one runs.
     """
-    flags = {"start_new_session": True} if sys.platform != "win32" else {
-        "creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.BELOW_NORMAL_PRIORITY_CLASS}
+    command = [sys.executable, "-m", "memstore.maintain", workdir]
+    if sys.platform == "win32":
+        flags = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.BELOW_NORMAL_PRIORITY_CLASS}
+        with contextlib.suppress(OSError):
+            subprocess.Popen(command, cwd=workdir, stdin=subprocess.DEVNULL,  # noqa: S603 - fixed command line
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **flags)
+        return
     try:
-        subprocess.Popen(  # noqa: S603 - fixed command line
-            [sys.executable, "-m", "memstore.maintain", workdir], cwd=workdir, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **flags,
-        )
+        fd = os.open(os.path.join(workdir, ".memstore", "locks", MAINTAIN_LOCK),
+                     os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)  # passed on to that child only
+    except OSError:
+        return
+    try:
+        if lock_descriptor(fd, blocking=False):  # else a run is under way
+            subprocess.Popen([*command, str(fd)], cwd=workdir, stdin=subprocess.DEVNULL,  # noqa: S603
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(fd,),
+                             start_new_session=True)
     except OSError:
         pass
+    finally:
+        os.close(fd)  # the child's copy keeps the lock; without a child, this lets it go

@@ -20,21 +20,35 @@ _GC = ["git", "-c", "gc.autoDetach=false", "-c", "gc.writeCommitGraph=false", "-
 _GRAPH = ["git", "commit-graph", "write", "--reachable", "--changed-paths", "--split", "--size-multiple=4"]
 
 
-def run(workdir: str) -> None:
+MAINTAIN_LOCK = "maintain.lock"  # in .memstore/locks/: held while a run is under way
+
+
+def run(workdir: str, held_fd: int | None = None) -> None:
+    """One run; `held_fd`: the lock, already taken by the process that started this one."""
     if hasattr(os, "nice"):
         os.nice(19)
-    lock = filelock.FileLock(os.path.join(workdir, ".memstore", "locks", "maintain.lock"))
+    if held_fd is not None:
+        try:
+            _steps(workdir)
+        finally:
+            os.close(held_fd)
+        return
+    lock = filelock.FileLock(os.path.join(workdir, ".memstore", "locks", MAINTAIN_LOCK))
     try:
         lock.acquire(timeout=0)
     except filelock.Timeout:
         return
     try:
-        for command in (_GC, _GRAPH):
-            subprocess.run(command, cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, check=False)
+        _steps(workdir)
     finally:
         lock.release()
 
 
+def _steps(workdir: str) -> None:
+    for command in (_GC, _GRAPH):
+        subprocess.run(command, cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=False)
+
+
 if __name__ == "__main__":
-    run(sys.argv[1])
+    run(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else None)

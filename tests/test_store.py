@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -409,6 +410,13 @@ def test_background_maintenance_packs_objects_and_writes_the_commit_graph(store:
         if in_17 == 3:
             break
     history.maintain(str(store.ws.root))
+    from filelock import lock_descriptor
+
+    fd = os.open(store.ws.root / ".memstore/locks/maintain.lock", os.O_RDWR)
+    try:  # under way from the start: whoever waits for maintenance (fsck below) sees it at once
+        assert not lock_descriptor(fd, blocking=False)
+    finally:
+        os.close(fd)
     graphs = store.ws.root / ".git/objects/info/commit-graphs"
     deadline = time.monotonic() + 60
     while not (graphs.exists() and any(graphs.glob("*.graph"))):
