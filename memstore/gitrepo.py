@@ -318,8 +318,8 @@ class GitRepo:
                     except _BranchMoved:
                         if attempt == 9:
                             raise CommitPending("the branch kept moving under another git command") from None
-            except BaseException:
-                self._put_back_index(index)  # the branch did not move: the index goes back to match it
+            except BaseException:  # the branch did not move (past its move nothing raises)
+                self._put_back_index(index)  # so the index goes back to match it
                 raise
         self._blobs.get_or_make((commit, rel), lambda: blob)
         return commit
@@ -343,13 +343,16 @@ class GitRepo:
         line = (f"{old or '0' * 40} {new} memstore <memstore@agents.memstore> {int(now)} "
                 f"{sign}{offset // 60:02d}{offset % 60:02d}\t{kind}: {message.splitlines()[0]}\n").encode()
         for log_path in (self.common_dir / "logs" / name, self.git_dir / "logs" / "HEAD"):
-            try:
-                out = open(log_path, "ab")  # noqa: SIM115 - closed below
-            except FileNotFoundError:  # the first commit on this branch, or a gc removed the folder
-                log_path.parent.mkdir(parents=True, exist_ok=True)
-                out = open(log_path, "ab")  # noqa: SIM115
-            with out:
-                out.write(line)
+            try:  # the branch has moved: a reflog line that cannot be written must not undo the commit
+                try:
+                    out = open(log_path, "ab")  # noqa: SIM115 - closed below
+                except FileNotFoundError:  # the first commit on this branch, or a gc removed the folder
+                    log_path.parent.mkdir(parents=True, exist_ok=True)
+                    out = open(log_path, "ab")  # noqa: SIM115
+                with out:
+                    out.write(line)
+            except OSError as exc:
+                log.warning("commit %s made, but its reflog line in %s was not written: %s", new[:12], log_path, exc)
 
     def _tree_with(self, tree: str | None, path: str, blob: str | None) -> str:
         """The id of tree `tree` with `path` set to `blob` (None: removed), writing the changed trees.

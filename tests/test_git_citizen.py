@@ -513,3 +513,16 @@ def test_a_git_commit_that_read_the_index_during_an_edit_never_reverts_it(
     assert "agent line" in git(ws_path, "show", "HEAD:blocks/org.md")  # whether or not the person's commit won
     if moved.returncode == 0:
         assert "notes.txt" in git(ws_path, "ls-tree", "--name-only", "HEAD")
+
+
+def test_a_reflog_line_that_cannot_be_written_does_not_undo_a_made_commit(store: Store, ws_path: Path) -> None:
+    """Once the branch has moved the edit is committed: the result says so and the index agrees."""
+    store, actor = agent_store(store)
+    head_log = ws_path / ".git/logs/HEAD"
+    head_log.unlink()
+    head_log.mkdir()  # appending to it fails, after the branch has moved
+    result = store.memory_insert("org", "agent line", actor=actor)
+    assert result.version == git(ws_path, "rev-parse", "HEAD").strip()
+    assert "agent line" in git(ws_path, "show", "HEAD:blocks/org.md")
+    assert git(ws_path, "diff", "--cached", "--name-only") == "" and git(ws_path, "status", "--porcelain") == ""
+    head_log.rmdir()
