@@ -6,7 +6,11 @@ import multiprocessing
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+
+import pytest
 
 from memstore import Store
 
@@ -152,3 +156,96 @@ def test_a_person_committing_with_git_meanwhile_neither_reverts_nor_loses_an_edi
     assert "notes/0.txt" in git(ws, "ls-files")
     assert git(ws, "diff", "--cached", "--name-only") == ""
     assert_clean_repo(ws)
+
+
+_HOLDER = """
+import os, sys
+from filelock import lock_descriptor
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+lock_descriptor(fd, blocking=False) or sys.exit(3)
+print("held", flush=True)
+sys.stdin.readline()  # held until the test says go
+"""
+
+
+def _hold_in_another_process(path: Path) -> subprocess.Popen:
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_lock_wait_that_times_out_says_so_and_lets_the_lock_go_when_it_comes(tmp_path: Path) -> None:
+    """A wait given up at its timeout is a clear error; when the lock later frees, this process
+    neither keeps it nor loses the use of it, though it opened and closed other locks meanwhile."""
+    from memstore.errors import LockTimeoutError
+    from memstore.locks import Locks
+
+    locks = Locks(tmp_path)
+    locks.KEEP_OPEN = 1  # every other lock taken below closes the unused ones
+    holder = _hold_in_another_process(tmp_path / "blocks__org.md.lock")
+    try:
+        with pytest.raises(LockTimeoutError, match=r"Timed out after 0\.3 s waiting for the lock of blocks/org\.md "
+                                                   r"\(.*blocks__org\.md\.lock\): another memstore process holds it"):
+            with locks.hold("blocks__org.md.lock", "blocks/org.md", timeout=0.3):
+                pass
+        for other in ("a.lock", "b.lock", "c.lock"):
+            with locks.hold(other, other):
+                pass
+    finally:
+        holder.communicate("go\n", timeout=30)
+    deadline = time.monotonic() + 30
+    while _probe(tmp_path / "blocks__org.md.lock") != 0:  # the given-up wait took the lock and let it go
+        assert time.monotonic() < deadline, "the wait given up kept the lock"
+        time.sleep(0.05)
+    with locks.hold("blocks__org.md.lock", "blocks/org.md", timeout=30):  # and this process can take it again
+        assert _probe(tmp_path / "blocks__org.md.lock") == 3
+
+
+def _probe(path: Path) -> int:
+    """0 if another process can take the lock at `path` now, 3 if it is held."""
+    return subprocess.run([sys.executable, "-c", _HOLDER, str(path)], input="", capture_output=True,
+                          text=True, timeout=60, check=False).returncode
+
+
+def test_a_waiting_thread_gets_the_lock_when_another_process_lets_it_go(tmp_path: Path) -> None:
+    from memstore.locks import Locks
+
+    locks = Locks(tmp_path)
+    holder = _hold_in_another_process(tmp_path / "repo.lock")
+    got: list[str] = []
+
+    def wait() -> None:
+        with locks.hold("repo.lock", "the repository", timeout=60):
+            got.append("held")
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive() and not got  # waits while the other process holds it
+    holder.communicate("go\n", timeout=30)
+    waiter.join(60)
+    assert got == ["held"]
+
+
+def test_a_thread_of_the_same_process_holding_the_lock_times_out_the_other(tmp_path: Path) -> None:
+    from memstore.errors import LockTimeoutError
+    from memstore.locks import Locks
+
+    locks = Locks(tmp_path)
+    with locks.hold("repo.lock", "the repository"):
+        failed: list[BaseException] = []
+
+        def wait() -> None:
+            try:
+                with locks.hold("repo.lock", "the repository", timeout=0.2):
+                    pass
+            except LockTimeoutError as exc:
+                failed.append(exc)
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        waiter.join(60)
+        assert len(failed) == 1 and "Timed out after 0.2 s" in str(failed[0])
+    with locks.hold("repo.lock", "the repository", timeout=5):
+        pass
