@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -65,6 +66,7 @@ class Committer:
         self.git: GitRepo = ws.git
         self.locks = Locks(ws.locks_dir)
         self.on_commit = on_commit
+        self._made = threading.local()  # .commits: this thread's commits so far
         ws.pending_dir.mkdir(parents=True, exist_ok=True)
         self._journal_paths: dict[str, Path] = {}
 
@@ -100,9 +102,22 @@ class Committer:
     # -- writing ---------------------------------------------------------------------------
 
     @contextmanager
+    def _holding(self, rel: str) -> Iterator[None]:
+        """Hold `rel`'s lock; once it is let go, call `on_commit` if this thread committed meanwhile.
+
+        The hook (housekeeping) runs after the lock is let go, so it never holds up the file's
+        next writer.
+        """
+        before = getattr(self._made, "commits", 0)
+        with self.locks.hold(self.locks.file(rel), rel):
+            yield
+        if self.on_commit is not None and getattr(self._made, "commits", 0) != before:
+            self.on_commit()
+
+    @contextmanager
     def locked(self, rel: str) -> Iterator[bytes | None]:
         """Hold `rel`'s lock; yield its current content (None: no such file)."""
-        with self.locks.hold(self.locks.file(rel), rel):
+        with self._holding(rel):
             self.ws.check_state()
             self._finish(rel, wait=0.0)
             if self.git.unmerged(rel):
@@ -215,8 +230,7 @@ class Committer:
                         self._put(rel, disk)  # the person's change back in place
                 journal.pop(0)
                 self._save_journal(rel, journal)
-        if self.on_commit is not None:
-            self.on_commit()
+                self._made.commits = getattr(self._made, "commits", 0) + 1
         return version
 
     def _finish(self, rel: str, wait: float | None) -> str | None:
@@ -260,7 +274,7 @@ class Committer:
         """Commit every pending edit whose obstacle has cleared; the files still pending."""
         waiting = []
         for rel in self.pending_files():
-            with self.locks.hold(self.locks.file(rel), rel):
+            with self._holding(rel):
                 self._finish(rel, wait=wait)
                 if self._journal(rel):
                     waiting.append(rel)

@@ -8,10 +8,12 @@ repository of 100k commits; `maintain` keeps that graph current.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import subprocess
 import sys
 import threading
+import time
 from datetime import UTC, datetime
 
 import git
@@ -189,28 +191,46 @@ def diff(store: GitRepo, rel: str, from_version: str, to_version: str | None = N
     return str(_git(store).diff(*revs, "--", rel))
 
 
+def since_maintenance(workdir: str) -> float:
+    """Seconds since housekeeping was last started in `workdir` (infinite: never)."""
+    try:
+        return time.time() - os.stat(_maintain_lock(workdir)).st_mtime
+    except OSError:
+        return math.inf
+
+
+def _maintain_lock(workdir: str) -> str:
+    return os.path.join(workdir, ".memstore", "locks", MAINTAIN_LOCK)
+
+
 def maintain(workdir: str) -> None:
     """Start git's housekeeping in a background process: pack objects, refresh the commit-graph.
 
-    `python -m memstore.maintain` runs it at low priority, one run at a time. Where a lock
-    can be handed to a child (Unix), it is taken here and inherited, so the run counts as
-    under way from the moment it starts (a `git fsck` waiting for it sees it at once), and
-    none is started while one runs.
+    The lock file's time is set at each start, for `since_maintenance`.
+
+    `memstore/maintain.py` runs it at low priority, one run at a time. It is started as a
+    script (`python -I maintain.py`), not as `-m memstore.maintain`: importing the package
+    costs about 0.25 s of CPU, which on a busy two-core machine stalled the writers' edits
+    (`benchmarks/edits.py`'s p99). Where a lock can be handed to a child (Unix), it is taken
+    here and inherited, so the run counts as under way from the moment it starts (a `git
+    fsck` waiting for it sees it at once), and none is started while one runs.
     """
-    command = [sys.executable, "-m", "memstore.maintain", workdir]
+    command = [sys.executable, "-I", os.path.join(os.path.dirname(__file__), "maintain.py"), workdir]
     if sys.platform == "win32":
         flags = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.BELOW_NORMAL_PRIORITY_CLASS}
         with contextlib.suppress(OSError):
+            with open(_maintain_lock(workdir), "ab"):
+                os.utime(_maintain_lock(workdir))
             subprocess.Popen(command, cwd=workdir, stdin=subprocess.DEVNULL,  # noqa: S603 - fixed command line
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **flags)
         return
     try:
-        fd = os.open(os.path.join(workdir, ".memstore", "locks", MAINTAIN_LOCK),
-                     os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)  # passed on to that child only
+        fd = os.open(_maintain_lock(workdir), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)  # passed on to that child only
     except OSError:
         return
     try:
         if lock_descriptor(fd, blocking=False):  # else a run is under way
+            os.utime(fd)
             subprocess.Popen([*command, str(fd)], cwd=workdir, stdin=subprocess.DEVNULL,  # noqa: S603
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(fd,),
                              start_new_session=True)

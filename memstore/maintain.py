@@ -1,10 +1,11 @@
-"""Background maintenance of a workspace's repository: `python -m memstore.maintain WORKDIR`.
+"""Background maintenance of a workspace's repository: `python -I memstore/maintain.py WORKDIR`.
 
 Packs loose objects (`git gc --auto`) and refreshes the commit-graph with changed-path
 filters, so a block's history stays fast in a repository of 100k commits. It runs at the
 lowest priority, one run at a time (a second start while one runs does nothing), and
 leaves out the steps that lock the branch (packing refs, expiring reflogs): run slowly,
-they would hold up every commit; a person's own `git gc` still does them.
+they would hold up every commit; a person's own `git gc` still does them. It is run as a
+script and imports nothing of the package (see `history.maintain`).
 """
 
 from __future__ import annotations

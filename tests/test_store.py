@@ -25,7 +25,7 @@ from memstore import (
     WorkspaceError,
 )
 
-from .conftest import PERSON_EMAIL, PERSON_NAME, assert_clean_repo, commit_count, git
+from .conftest import PERSON_EMAIL, PERSON_NAME, assert_clean_repo, commit_count, git, wait_for_maintenance
 
 
 def test_init_makes_a_repository_with_one_commit_and_ignores_local_state(store: Store) -> None:
@@ -425,6 +425,46 @@ def test_background_maintenance_packs_objects_and_writes_the_commit_graph(store:
     assert list((store.ws.root / ".git/objects/pack").glob("*.pack"))  # gc ran first: objects are packed
     time.sleep(0.5)  # let it finish before the folder goes
     assert_clean_repo(store.ws.root)
+
+
+def test_housekeeping_starts_at_most_once_in_its_gap_however_fast_commits_come(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run costs CPU; fast writers must not start one every few hundred commits."""
+    from memstore import history
+    from memstore import store as store_module
+
+    started: list[str] = []
+    start = history.maintain
+    monkeypatch.setattr(store_module.random, "random", lambda: 0.0)  # every commit is due by the count
+    monkeypatch.setattr(history, "maintain", lambda workdir: (started.append(workdir), start(workdir)))
+    store.create_block("b", "")
+    for i in range(5):
+        store.memory_insert("b", f"line {i}")
+    assert started == [str(store.ws.root)]
+    assert 0 <= history.since_maintenance(str(store.ws.root)) < 60
+    wait_for_maintenance(store.ws.root)
+
+
+def test_housekeeping_starts_after_the_block_lock_is_let_go(store: Store) -> None:
+    """Starting it takes a while; the block's next writer must not wait for that."""
+    from filelock import lock_descriptor, unlock_descriptor
+
+    free: list[bool] = []
+
+    def probe() -> None:
+        fd = os.open(store.ws.locks_dir / "blocks__b.md.lock", os.O_RDWR)
+        try:
+            free.append(lock_descriptor(fd, blocking=False))
+            if free[-1]:
+                unlock_descriptor(fd)
+        finally:
+            os.close(fd)
+
+    store.create_block("b", "")
+    store.commits.on_commit = probe
+    store.memory_insert("b", "line")
+    store.memory_replace("b", "line", "new line")
+    assert free == [True, True]
 
 
 def test_expected_version_guards_every_edit(store: Store, ws_path: Path) -> None:
