@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from collections.abc import Callable
 from typing import Any
 
 
@@ -34,17 +35,45 @@ def _index_entry(path: bytes, blob: str, st: os.stat_result | None) -> bytes:
     return head + b"\0" * (8 - len(head) % 8)
 
 
-def _walk_index(data: bytes, version: int, count: int) -> tuple[list[tuple[bytes, int, int]], int]:
-    """[(path, start, end)] of every entry, and where the entries end."""
+def _walk_index(data: bytes, version: int, count: int) -> tuple[list[tuple[bytes, int, int, int]], int]:
+    """[(path, start, where its name starts, end)] of every entry, and where the entries end."""
     entries, pos = [], 12
     for _ in range(count):
         (flags,) = struct.unpack_from(">H", data, pos + 60)
         head = 64 if version >= 3 and flags & 0x4000 else 62
         name_end = data.index(b"\0", pos + head)
         end = pos + ((name_end - pos) // 8 + 1) * 8
-        entries.append((data[pos + head : name_end], pos, end))
+        entries.append((data[pos + head : name_end], pos, pos + head, end))
         pos = end
     return entries, pos
+
+
+class Places:
+    """Where names were last seen in a big file that is patched in place (the index, the blocks tree).
+
+    Kept for the goal "an edit among 10,000 blocks costs at most 2x one among 10": searching
+    the 0.8 MB index of 10,000 blocks for a path costs 0.17 ms, and the 0.4 MB blocks tree
+    0.05-0.1 ms, a fifth of what such an edit costs beyond one among 10. A patch in place
+    moves no entry, so the place a name had in an earlier version, checked first, is
+    usually still right. The places are learned all at once by walking every entry
+    (3.5 ms), once the searches they would have saved cost about as much.
+    """
+
+    WALK_AFTER = 16  # searches
+
+    def __init__(self) -> None:
+        self._at: dict[bytes, int] = {}
+        self._searches = 0
+
+    def get(self, name: bytes) -> int:
+        """Where `name` was (-1: not known); the caller checks it."""
+        return self._at.get(name, -1)
+
+    def searched(self, walk: Callable[[], dict[bytes, int]]) -> None:
+        """Count a search the places did not save; learn them all once such searches add up."""
+        self._searches += 1
+        if self._searches >= self.WALK_AFTER:
+            self._at, self._searches = walk(), 0
 
 
 def _find_entry(data: bytes, path: bytes, near: int = 0) -> tuple[int, int] | None:
@@ -114,19 +143,24 @@ def unmerged(data: bytes, path: bytes) -> bool:
     return locate(data, path)[0]
 
 
-def locate(data: bytes, path: bytes) -> tuple[bool, int]:
+def locate(data: bytes, path: bytes, places: Places | None = None) -> tuple[bool, int]:
     """(whether `path` has conflict stages, where its first entry's name starts or 0).
 
     git sorts entries by path, then stage, so only the first entry of `path` and the one
-    right after it need looking at (not the rest of a 1 MB index).
+    right after it need looking at (not the rest of a 1 MB index). `places`: where names
+    were in earlier versions of this index, checked before searching.
     """
     if data[:4] != b"DIRC":
         return False, 0
-    version = struct.unpack_from(">I", data, 4)[0]
+    version, count = struct.unpack_from(">II", data, 4)
     if version not in (2, 3):
         raise IndexFormatUnsupported(f"index version {version}")
     key, length = path + b"\0", min(len(path), 0xFFF)
-    at = data.find(key, 12)
+    at = places.get(path) if places is not None else -1
+    if at < 12 or not data.startswith(key, at) or _entry_named(data, at, version, length) is None:
+        if places is not None:
+            places.searched(lambda: _first_places(data, version, count))
+        at = data.find(key, 12)
     while at >= 0:
         found = _entry_named(data, at, version, length)
         if found is not None:
@@ -138,6 +172,14 @@ def locate(data: bytes, path: bytes) -> tuple[bool, int]:
             return following is not None and following[0] > 0, at
         at = data.find(key, at + 1)
     return False, 0
+
+
+def _first_places(data: bytes, version: int, count: int) -> dict[bytes, int]:
+    """Where each path's first entry's name starts."""
+    places: dict[bytes, int] = {}
+    for path, _, name_at, _ in _walk_index(data, version, count)[0]:
+        places.setdefault(bytes(path), name_at)
+    return places
 
 
 def _u16(data: bytes, at: int) -> int:
@@ -175,11 +217,11 @@ def _patch_entry(
         start, end = found
     else:
         entries, entries_end = _walk_index(data, version, count)
-        match = next(((s, e) for p, s, e in entries if p == path), None)
+        match = next(((s, e) for p, s, _, e in entries if p == path), None)
         if match is not None:
             start, end = match
         else:
-            start = next((s for p, s, _ in entries if p > path), entries_end)
+            start = next((s for p, s, _, _ in entries if p > path), entries_end)
             end = start
     _check_extensions(data, entries_end)
     if len(new_entry) == end - start:  # the common case: one entry changes in place

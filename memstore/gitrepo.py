@@ -15,18 +15,23 @@ every entry (benchmarks/edits.py prints both designs side by side, "The commit o
 change"; see the README for the figures).
 - `_tree_with` changes one entry of a tree in place (new or removed entries go
   through libgit2's TreeBuilder); big trees are stored as loose objects without
-  compression (`_write_raw`), which git reads like any other.
+  compression (`_write_raw`, `_stored_zlib`), which git reads like any other.
 - the index is patched by `gitindex.patch_index`.
 Both are checked against git's own reading (`git fsck`, `git status`) in the tests.
+Where a name sits in the index and in a big tree is remembered (`gitindex.Places`), and
+a big tree's checksums are carried from the version before (`ResumableSha1`,
+`_adler_after`): at 10,000 blocks each saves a search of, or a pass over, most of a file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import os
 import subprocess
+import struct
 import sys
 import threading
 import time
@@ -43,7 +48,7 @@ from pygit2.enums import FilterMode, ObjectType
 from . import gitindex
 from .errors import ConflictError, MemstoreError, WorkspaceError
 from .cache import LRU
-from .fsutil import PORTABLE, pid_alive, replace_file, write_all
+from .fsutil import PORTABLE, pid_alive, replace_file, write_all, write_parts
 
 log = logging.getLogger(__name__)
 
@@ -130,13 +135,16 @@ class GitRepo:
         self.repo = open_repository(root, cfg)
         self.git_dir = Path(self.repo.path).resolve()
         self.common_dir = _common_dir(self.git_dir)
+        self._objects = str(self.common_dir / "objects")
         self.shallow = self.repo.is_shallow
         self._index_note = root / ".memstore" / "locks" / "index-note"
-        self._index_cache: tuple[_IndexKey, bytes, int | None] | None = None  # (version, bytes, entries' end)
+        self._index_cache: tuple[_IndexKey, bytes | bytearray, int | None] | None = None  # (version, bytes, entries' end)
         # (index checksum, path, unmerged, where its entry is): asked before an edit and again to commit it
         self._unmerged_seen: tuple[bytes, str, bool, int] = (b"", "", False, 0)
         self._index_sha1 = gitindex.ResumableSha1()
         self._tree_sha1 = gitindex.ResumableSha1()
+        self._index_places, self._tree_places = gitindex.Places(), gitindex.Places()  # for 10,000 blocks
+        self._adler: tuple[str, int] = ("", 0)  # (big object this process wrote last, its Adler-32)
         self._trees: dict[str, bytes] = {}  # tree id -> its bytes, the last few written or read
         self._trees_lock = threading.Lock()
         self._entries: dict[tuple[str, str], tuple[bytes, str, int] | None | bool] = {}  # (tree, name) -> entry
@@ -384,7 +392,8 @@ class GitRepo:
         key = (tree, name)
         found = self._entries.get(key, False)
         if found is False:
-            found = _tree_entry(self._tree_raw(tree), name.encode())
+            raw = self._tree_raw(tree)
+            found = _tree_entry(raw, name.encode(), self._tree_places if len(raw) >= _BIG_OBJECT else None)
             with self._trees_lock:
                 if len(self._entries) >= 16:
                     self._entries.pop(next(iter(self._entries)))
@@ -422,23 +431,48 @@ class GitRepo:
                         raise
             raise AssertionError("unreachable")
         data = b"%s %d\0" % (kind, len(body)) + body
+        head = len(data) - len(body)
         if patched is None:
-            oid = sha1(data).hexdigest()
+            oid, adler = sha1(data).hexdigest(), zlib.adler32(data)
         else:
-            oid = self._tree_sha1.digest(data, bytes.fromhex(patched[0]), len(data) - len(body) + patched[1]).hex()
-        path = self.common_dir / "objects" / oid[:2] / oid[2:]
-        if path.exists():
+            oid = self._tree_sha1.digest(data, bytes.fromhex(patched[0]), head + patched[1]).hex()
+            adler = self._adler_after(patched[0], data, head + patched[1])
+        folder = os.path.join(self._objects, oid[:2])  # strings, not Paths: 0.05 ms less at 10,000 blocks
+        path = os.path.join(folder, oid[2:])
+        if os.path.exists(path):
             return oid
-        path.parent.mkdir(exist_ok=True)
-        tmp = path.parent / f"tmp_obj_{os.getpid()}_{time.monotonic_ns()}"
-        with open(tmp, "wb") as out:
-            out.write(zlib.compress(data, 0))
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(folder)
+        tmp = os.path.join(folder, f"tmp_obj_{os.getpid()}_{time.monotonic_ns()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o444)
+        try:
+            write_parts(fd, _stored_zlib(data, adler))
             if "loose-object" in self.flush:
-                os.fsync(out.fileno())
-        os.chmod(tmp, 0o444)
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         replace_file(tmp, path)
+        self._adler = (oid, adler)
         self._remember_tree(kind, oid, body)
         return oid
+
+    def _adler_after(self, tree: str, data: bytes, at: int) -> int:
+        """The Adler-32 of `data`: tree `tree`'s object with the 20 bytes at `at` changed.
+
+        From the old tree's Adler-32 when this process wrote it: the checksum is a weighted
+        sum of the bytes, so changing 20 of them changes it by 20 terms, where computing it
+        over a 0.4 MB tree costs 0.1 ms of an edit among 10,000 blocks.
+        """
+        known, adler = self._adler
+        old = self._trees.get(tree)
+        if known != tree or old is None:
+            return zlib.adler32(data)
+        body_at = at - (len(data) - len(old))
+        a, b, n = adler & 0xFFFF, adler >> 16, len(data)
+        for i in range(20):
+            d = data[at + i] - old[body_at + i]
+            a, b = (a + d) % 65521, (b + (n - at - i) * d) % 65521
+        return b << 16 | a
 
     def _remember_tree(self, kind: bytes, oid: str, body: bytes) -> None:
         if kind == b"tree":
@@ -655,7 +689,8 @@ class GitRepo:
                 tmp.unlink(missing_ok=True)
         st = placed
         end = len(data) - 20 if patched else None
-        self._index_cache = ((st.st_ino, st.st_size, st.st_mtime_ns, bytes(data[-20:])), bytes(data), end)
+        # `data` is not changed after this (a patch works on its own copy): kept as it is, not copied
+        self._index_cache = ((st.st_ino, st.st_size, st.st_mtime_ns, bytes(data[-20:])), data, end)
         self._index_note.write_text(json.dumps({"index": [st.st_ino, st.st_size, st.st_mtime_ns], "end": end}))
 
     def _put_back_index(self, index: bytes | None) -> None:
@@ -679,7 +714,7 @@ class GitRepo:
         if version != bytes(20) and self._unmerged_seen[:2] == (version, rel):
             return self._unmerged_seen[2]  # asked before an edit and again under index.lock
         try:
-            found, at = gitindex.locate(index, rel.encode())
+            found, at = gitindex.locate(index, rel.encode(), self._index_places)
             self._unmerged_seen = (version, rel, found, at)
             return found
         except gitindex.IndexFormatUnsupported:  # version 4 compresses names: libgit2 reads it
@@ -732,22 +767,64 @@ def unmerged_error(rel: str) -> ConflictError:
 _MODES = (b"100644", b"100755", b"120000", b"160000", b"40000")
 
 
-def _tree_entry(raw: bytes, name: bytes) -> tuple[bytes, str, int] | None:
+def _tree_entry(raw: bytes, name: bytes, places: gitindex.Places | None = None) -> tuple[bytes, str, int] | None:
     """(mode, id, where the id starts) of entry `name` in a tree's bytes, without parsing them all.
 
     An entry is `mode SP name NUL id20`; a match counts only where an entry starts (the
-    tree's start, or right after the previous entry's NUL and 20-byte id).
+    tree's start, or right after the previous entry's NUL and 20-byte id). `places`: where
+    names were in earlier versions of a big tree, checked before searching.
     """
     key = b" " + name + b"\0"
+    at = places.get(name) if places is not None else -1
+    found = _entry_at(raw, at, key) if at >= 0 and raw.startswith(key, at) else None
+    if found is not None:
+        return found
+    if places is not None:
+        places.searched(lambda: _tree_places(raw))
     at = raw.find(key)
     while at >= 0:
-        for mode in _MODES:
-            start = at - len(mode)
-            if start >= 0 and raw[start:at] == mode and (start == 0 or (start >= 21 and raw[start - 21] == 0)):
-                ident = at + len(key)
-                return mode, raw[ident : ident + 20].hex(), ident
+        found = _entry_at(raw, at, key)
+        if found is not None:
+            return found
         at = raw.find(key, at + 1)
     return None
+
+
+def _entry_at(raw: bytes, at: int, key: bytes) -> tuple[bytes, str, int] | None:
+    """The entry whose ` name NUL` (`key`) is at `at`, if an entry starts there."""
+    for mode in _MODES:
+        start = at - len(mode)
+        if start >= 0 and raw[start:at] == mode and (start == 0 or (start >= 21 and raw[start - 21] == 0)):
+            ident = at + len(key)
+            return mode, raw[ident : ident + 20].hex(), ident
+    return None
+
+
+def _tree_places(raw: bytes) -> dict[bytes, int]:
+    """Where each entry's ` name NUL` starts in a tree's bytes."""
+    places, pos = {}, 0
+    while pos < len(raw):
+        space = raw.index(b" ", pos)
+        end = raw.index(b"\0", space)
+        places[raw[space + 1 : end]] = space
+        pos = end + 21
+    return places
+
+
+def _stored_zlib(data: bytes, adler: int) -> list[bytes | memoryview]:
+    """`data` as a zlib stream of stored (uncompressed) deflate blocks, whose Adler-32 is `adler`.
+
+    What `zlib.compress(data, 0)` makes, without its pass over the data (0.34 ms for the
+    0.4 MB blocks tree of 10,000 blocks, a third of what such an edit costs beyond one
+    among 10): a two-byte header, blocks of at most 65,535 bytes each behind a five-byte
+    header (RFC 1950, 1951), and the checksum. Checked by git's own reading (`git fsck`).
+    """
+    view, parts = memoryview(data), [b"\x78\x01"]
+    for pos in range(0, max(len(data), 1), 0xFFFF):
+        size = min(0xFFFF, len(data) - pos)
+        parts += (struct.pack("<BHH", pos + size >= len(data), size, size ^ 0xFFFF), view[pos : pos + size])
+    parts.append(struct.pack(">I", adler))
+    return parts
 
 
 def _link(src: Path, dst: Path) -> None:

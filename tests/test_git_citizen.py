@@ -412,6 +412,69 @@ def test_resumable_sha1_is_sha1_whatever_changed() -> None:
         assert last == hashlib.sha1(data).digest()
 
 
+def test_a_big_object_is_a_zlib_stream_with_its_checksum_patched_as_its_bytes_change(tmp_path: Path) -> None:
+    """Stored deflate blocks around 64 KiB boundaries; Adler-32 moved by 20 changed bytes equals a fresh one."""
+    import random
+    import zlib
+
+    from memstore.gitrepo import GitRepo, _stored_zlib
+
+    rng = random.Random(5)
+    for size in (0, 1, 0xFFFF, 0x10000, 2 * 0xFFFF, 400_000, 40_000_000):  # the last: more parts than writev takes
+        data = rng.randbytes(size)
+        parts = _stored_zlib(data, zlib.adler32(data))
+        assert zlib.decompress(b"".join(parts)) == data  # zlib checks the checksum too
+        with open(tmp_path / "object", "wb") as out:
+            fsutil.write_parts(out.fileno(), parts)
+        assert zlib.decompress((tmp_path / "object").read_bytes()) == data
+    repo = GitRepo.__new__(GitRepo)
+    old = rng.randbytes(300_000)
+    data = b"tree %d\0" % len(old) + old
+    head = len(data) - len(old)
+    repo._adler, repo._trees = ("t1", zlib.adler32(data)), {"t1": old}
+    for at in (0, 1, 65_530, len(old) - 20):
+        new = old[:at] + rng.randbytes(20) + old[at + 20 :]
+        data = b"tree %d\0" % len(new) + new
+        assert repo._adler_after("t1", data, head + at) == zlib.adler32(data)
+    repo._adler = ("another", 1)  # not the tree this process wrote last: computed afresh
+    assert repo._adler_after("t1", data, head) == zlib.adler32(data)
+
+
+def test_remembered_places_of_names_are_checked_before_they_are_used(tmp_path: Path) -> None:
+    """A place learned in one version of the index or of a tree, wrong in the next, is never trusted."""
+    from memstore.gitindex import Places, locate
+    from memstore.gitrepo import _tree_entry
+
+    tree = b"".join(b"100644 %s\0" % name + bytes([n]) * 20 for n, name in enumerate([b"a.md", b"b.md", b"c.md"]))
+    places = Places()
+    places._at = {b"b.md": 0, b"c.md": tree.index(b" c.md")}  # b's place is wrong, c's right
+    assert _tree_entry(tree, b"b.md", places) == (b"100644", (bytes([1]) * 20).hex(), tree.index(b"b.md\0") + 5)
+    assert _tree_entry(tree, b"c.md", places)[1] == (bytes([2]) * 20).hex()
+    assert _tree_entry(tree, b"d.md", places) is None
+    places.WALK_AFTER = 1
+    _tree_entry(tree, b"x.md", places)  # a search: the places are learned by walking the tree
+    assert places.get(b"a.md") == 6 and places.get(b"c.md") == tree.index(b" c.md")
+
+    repo = tmp_path / "r"
+    git(tmp_path, "init", "-q", "-b", "main", str(repo))
+    for name in ("b.md", "c.md", "d.md"):
+        (repo / name).write_text(f"{name}\n")
+    git(repo, "add", ".")
+    places = Places()
+    places.WALK_AFTER = 1
+    before = (repo / ".git/index").read_bytes()
+    assert locate(before, b"x.md", places) == (False, 0)  # learned them all
+    (repo / "a.md").write_text("a\n")
+    git(repo, "add", "a.md")  # a new first entry: every other one moves
+    after = (repo / ".git/index").read_bytes()
+    names = (b"b.md", b"c.md", b"d.md")
+    assert all(after[places.get(name) : places.get(name) + 5] != name + b"\0" for name in names)  # all stale
+    for name in names:
+        conflicted, at = locate(after, name, places)
+        assert not conflicted and after[at : at + 5] == name + b"\0"
+        assert places.get(name) == at  # learned again
+
+
 def test_edits_among_many_files_keep_index_and_trees_as_git_reads_them(store: Store, ws_path: Path) -> None:
     """A blocks tree and an index big enough to be hashed in resumed chunks, a person staging between edits."""
     import random
@@ -427,14 +490,17 @@ def test_edits_among_many_files_keep_index_and_trees_as_git_reads_them(store: St
     assert len(tree) > 64 * 1024 and (ws_path / ".git/index").stat().st_size > 64 * 1024
     store = Store.open(ws_path)
     rng = random.Random(3)
-    for i in range(14):
+    for i in range(60):  # enough for the places of names to be learned (gitindex.Places), then moved
         label = f"b{rng.randrange(2500):04d}"
         store.memory_insert(label, f"fact {i}")
         if i % 5 == 4:  # the person stages a file: the index is git's now, not the one memstore wrote
             (ws_path / "notes.txt").write_text(f"note {i}\n")
             git(ws_path, "add", "notes.txt")
             git(ws_path, "commit", "-qm", f"note {i}")
+        if i % 20 == 10:  # a new block in the middle: every entry after it moves
+            store.create_block(f"b{1000 + i:04d}a", "new")
         assert f"fact {i}" in store.get_block(label).value
+        assert git(ws_path, "show", f"HEAD:blocks/{label}.md") == (ws_path / f"blocks/{label}.md").read_text()
     assert_clean_repo(ws_path)
     assert git(ws_path, "diff", "--cached", "--name-only") == ""
 
