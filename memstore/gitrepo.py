@@ -138,7 +138,8 @@ class GitRepo:
         self._objects = str(self.common_dir / "objects")
         self.shallow = self.repo.is_shallow
         self._index_note = root / ".memstore" / "locks" / "index-note"
-        self._index_cache: tuple[_IndexKey, bytes | bytearray, int | None] | None = None  # (version, bytes, entries' end)
+        # (version, bytes, entries' end)
+        self._index_cache: tuple[_IndexKey, bytes | bytearray, int | None] | None = None
         # (index checksum, path, unmerged, where its entry is): asked before an edit and again to commit it
         self._unmerged_seen: tuple[bytes, str, bool, int] = (b"", "", False, 0)
         self._index_sha1 = gitindex.ResumableSha1()

@@ -206,16 +206,15 @@ def _maintain_lock(workdir: str) -> str:
 def maintain(workdir: str) -> None:
     """Start git's housekeeping in a background process: pack objects, refresh the commit-graph.
 
-    The lock file's time is set at each start, for `since_maintenance`.
-
     `memstore/maintain.py` runs it at low priority, one run at a time. It is started as a
-    script (`python -I maintain.py`), not as `-m memstore.maintain`: importing the package
-    costs about 0.25 s of CPU, which on a busy two-core machine stalled the writers' edits
-    (`benchmarks/edits.py`'s p99). Where a lock can be handed to a child (Unix), it is taken
+    script (`python -P maintain.py`, its own folder kept off the import path), not as `-m
+    memstore.maintain`: importing the package costs about 0.25 s of CPU, which on a busy
+    two-core machine stalled the writers' edits (`benchmarks/edits.py`'s p99). Where a lock can be handed to a child (Unix), it is taken
     here and inherited, so the run counts as under way from the moment it starts (a `git
-    fsck` waiting for it sees it at once), and none is started while one runs.
+    fsck` waiting for it sees it at once), and none is started while one runs. The lock
+    file's time is set at each start (`since_maintenance`).
     """
-    command = [sys.executable, "-I", os.path.join(os.path.dirname(__file__), "maintain.py"), workdir]
+    command = [sys.executable, "-P", os.path.join(os.path.dirname(__file__), "maintain.py"), workdir]
     if sys.platform == "win32":
         flags = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.BELOW_NORMAL_PRIORITY_CLASS}
         with contextlib.suppress(OSError):
@@ -225,7 +224,8 @@ def maintain(workdir: str) -> None:
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **flags)
         return
     try:
-        fd = os.open(_maintain_lock(workdir), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)  # passed on to that child only
+        # passed on to that child only
+        fd = os.open(_maintain_lock(workdir), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
     except OSError:
         return
     try:

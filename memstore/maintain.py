@@ -1,4 +1,4 @@
-"""Background maintenance of a workspace's repository: `python -I memstore/maintain.py WORKDIR`.
+"""Background maintenance of a workspace's repository: `python -P memstore/maintain.py WORKDIR`.
 
 Packs loose objects (`git gc --auto`) and refreshes the commit-graph with changed-path
 filters, so a block's history stays fast in a repository of 100k commits. It runs at the
