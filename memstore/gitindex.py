@@ -73,7 +73,11 @@ class Places:
         """Count a search the places did not save; learn them all once such searches add up."""
         self._searches += 1
         if self._searches >= self.WALK_AFTER:
-            self._at, self._searches = walk(), 0
+            try:
+                self._at = walk()
+            except (ValueError, struct.error):  # entries git would refuse too: searches find what there is
+                self._at = {}
+            self._searches = 0
 
 
 def _find_entry(data: bytes, path: bytes, near: int = 0) -> tuple[int, int] | None:

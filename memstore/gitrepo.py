@@ -447,12 +447,17 @@ class GitRepo:
         tmp = os.path.join(folder, f"tmp_obj_{os.getpid()}_{time.monotonic_ns()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o444)
         try:
-            write_parts(fd, _stored_zlib(data, adler))
-            if "loose-object" in self.flush:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        replace_file(tmp, path)
+            try:
+                write_parts(fd, _stored_zlib(data, adler))
+                if "loose-object" in self.flush:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            replace_file(tmp, path)
+        except BaseException:  # a full disk: no half-written object left behind
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         self._adler = (oid, adler)
         self._remember_tree(kind, oid, body)
         return oid

@@ -194,13 +194,24 @@ def diff(store: GitRepo, rel: str, from_version: str, to_version: str | None = N
 def since_maintenance(workdir: str) -> float:
     """Seconds since housekeeping was last started in `workdir` (infinite: never)."""
     try:
-        return time.time() - os.stat(_maintain_lock(workdir)).st_mtime
+        return time.time() - os.stat(_started_file(workdir)).st_mtime
     except OSError:
         return math.inf
 
 
 def _maintain_lock(workdir: str) -> str:
     return os.path.join(workdir, ".memstore", "locks", MAINTAIN_LOCK)
+
+
+def _started_file(workdir: str) -> str:
+    """Its time is when housekeeping last started (not the lock's: filelock removes that on Windows)."""
+    return os.path.join(workdir, ".memstore", "locks", "maintain.started")
+
+
+def _stamp_start(workdir: str) -> None:
+    with open(_started_file(workdir), "ab"):
+        pass
+    os.utime(_started_file(workdir))
 
 
 def maintain(workdir: str) -> None:
@@ -211,15 +222,14 @@ def maintain(workdir: str) -> None:
     memstore.maintain`: importing the package costs about 0.25 s of CPU, which on a busy
     two-core machine stalled the writers' edits (`benchmarks/edits.py`'s p99). Where a lock can be handed to a child (Unix), it is taken
     here and inherited, so the run counts as under way from the moment it starts (a `git
-    fsck` waiting for it sees it at once), and none is started while one runs. The lock
-    file's time is set at each start (`since_maintenance`).
+    fsck` waiting for it sees it at once), and none is started while one runs. Each start
+    is noted for `since_maintenance`.
     """
     command = [sys.executable, "-P", os.path.join(os.path.dirname(__file__), "maintain.py"), workdir]
     if sys.platform == "win32":
         flags = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.BELOW_NORMAL_PRIORITY_CLASS}
         with contextlib.suppress(OSError):
-            with open(_maintain_lock(workdir), "ab"):
-                os.utime(_maintain_lock(workdir))
+            _stamp_start(workdir)
             subprocess.Popen(command, cwd=workdir, stdin=subprocess.DEVNULL,  # noqa: S603 - fixed command line
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **flags)
         return
@@ -230,7 +240,7 @@ def maintain(workdir: str) -> None:
         return
     try:
         if lock_descriptor(fd, blocking=False):  # else a run is under way
-            os.utime(fd)
+            _stamp_start(workdir)
             subprocess.Popen([*command, str(fd)], cwd=workdir, stdin=subprocess.DEVNULL,  # noqa: S603
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(fd,),
                              start_new_session=True)

@@ -118,6 +118,24 @@ def test_a_full_disk_is_one_clear_error_with_nothing_half_applied(store: Store, 
     assert_clean_repo(ws_path)
 
 
+def test_a_disk_that_fills_while_a_big_object_is_written_leaves_no_part_of_it(
+        store: Store, ws_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Objects of 64 KiB and more are written by memstore itself: a failed one is removed."""
+    store.create_block("big", "", limit=1_000_000)
+
+    def fills(fd: int, parts: list[bytes | memoryview]) -> None:
+        os.write(fd, bytes(parts[1])[:1000])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(gitrepo, "write_parts", fills)
+    with pytest.raises(WorkspaceError, match="the disk is full. Nothing was changed"):
+        store.memory_insert("big", "x" * 100_000)
+    monkeypatch.undo()
+    assert store.get_block("big").value == ""
+    assert not list((ws_path / ".git/objects").glob("*/tmp_obj_*"))
+    assert_clean_repo(ws_path)
+
+
 def test_crlf_attributes_and_autocrlf_are_applied_as_git_add_would(store: Store, ws_path: Path) -> None:
     (ws_path / ".gitattributes").write_text("*.md text eol=crlf\n")
     git(ws_path, "add", ".gitattributes")
@@ -454,6 +472,7 @@ def test_remembered_places_of_names_are_checked_before_they_are_used(tmp_path: P
     places.WALK_AFTER = 1
     _tree_entry(tree, b"x.md", places)  # a search: the places are learned by walking the tree
     assert places.get(b"a.md") == 6 and places.get(b"c.md") == tree.index(b" c.md")
+    assert _tree_entry(b"100644 a.md", b"b.md", places) is None  # bytes no walk can read: searched, no error
 
     repo = tmp_path / "r"
     git(tmp_path, "init", "-q", "-b", "main", str(repo))
