@@ -20,7 +20,9 @@ from memstore.watcher import Watcher
 
 from .conftest import PERSON_NAME, commit_count, git
 
-pytestmark = [pytest.mark.anyio, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+# The 2025 protocol's resources/subscribe, which Claude Desktop and most hosts use, is tested on purpose.
+pytestmark = [pytest.mark.anyio, pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore:resources/subscribe is removed:mcp.shared.exceptions.MCPDeprecationWarning")]
 
 MEMSTORE = str(Path(sys.executable).with_name("memstore"))
 WAIT = 15.0

@@ -24,7 +24,8 @@ from memstore import Store
 from .conftest import commit_count, git
 from .mcp_helpers import error, ok
 
-pytestmark = pytest.mark.anyio
+# The 2025 protocol's resources/subscribe, which Claude Desktop and most hosts use, is tested on purpose.
+pytestmark = [pytest.mark.anyio, pytest.mark.filterwarnings("ignore:resources/subscribe is removed:mcp.shared.exceptions.MCPDeprecationWarning")]
 
 MEMSTORE = str(Path(sys.executable).with_name("memstore"))
 STARTUP_TIMEOUT = 30
