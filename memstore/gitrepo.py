@@ -445,7 +445,7 @@ class GitRepo:
         with contextlib.suppress(FileExistsError):
             os.mkdir(folder)
         tmp = os.path.join(folder, f"tmp_obj_{os.getpid()}_{time.monotonic_ns()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o444)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
         try:
             try:
                 write_parts(fd, _stored_zlib(data, adler))
@@ -453,6 +453,7 @@ class GitRepo:
                     os.fsync(fd)
             finally:
                 os.close(fd)
+            os.chmod(tmp, 0o444)  # read-only, as git keeps objects (only now: Windows cannot remove such a file)
             replace_file(tmp, path)
         except BaseException:  # a full disk: no half-written object left behind
             with contextlib.suppress(OSError):
