@@ -29,18 +29,6 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         view = view[os.write(fd, view):]
 
 
-def write_parts(fd: int, parts: list[bytes | memoryview]) -> None:
-    """Write `parts` one after another, in few system calls where the system has `writev`."""
-    if not hasattr(os, "writev"):
-        write_all(fd, b"".join(parts))
-        return
-    for first in range(0, len(parts), 512):  # the system takes at most IOV_MAX (1024 on Linux) at once
-        batch = parts[first : first + 512]
-        done = os.writev(fd, batch)
-        if done < sum(len(part) for part in batch):  # a short write (a full disk, a signal): the rest one by one
-            write_all(fd, memoryview(b"".join(batch))[done:])
-
-
 def replace_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
     """Rename `src` over `dst` atomically; on Windows, retry while another program holds `dst`."""
     for attempt in range(_REPLACE_TRIES):

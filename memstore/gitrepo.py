@@ -48,7 +48,7 @@ from pygit2.enums import FilterMode, ObjectType
 from . import gitindex
 from .errors import ConflictError, MemstoreError, WorkspaceError
 from .cache import LRU
-from .fsutil import PORTABLE, pid_alive, replace_file, write_all, write_parts
+from .fsutil import PORTABLE, pid_alive, replace_file, write_all
 
 log = logging.getLogger(__name__)
 
@@ -448,7 +448,8 @@ class GitRepo:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
         try:
             try:
-                write_parts(fd, _stored_zlib(data, adler))
+                for part in _stored_zlib(data, adler):
+                    write_all(fd, part)
                 if "loose-object" in self.flush:
                     os.fsync(fd)
             finally:
