@@ -60,15 +60,34 @@ def parse_document(data: bytes, path: str) -> tuple[dict[str, Any], str]:
     if "\x00" in text:
         line = text.count("\n", 0, text.index("\x00")) + 1
         raise FileFormatError(path, line, "contains a NUL byte: block and agent files are text")
+    front, body_at = _split(text, path)
+    return _load_yaml(front, path), text[body_at:].removesuffix("\n")
+
+
+def _split(text: str, path: str) -> tuple[str, int]:
+    """(the front matter's text, where the body starts) in a file's text without its BOM."""
     first, sep, rest = text.partition("\n")
     if first.rstrip("\r \t") != "---" or not sep:
         raise FileFormatError(path, 1, "missing front matter: the file must start with a '---' line")
     closing = _CLOSING_FENCE.search(rest)
     if closing is None:
         raise FileFormatError(path, None, "front matter is not closed by a '---' line")
-    front = rest[: closing.start()]
-    body = rest[closing.end() + 1 :]
-    return _load_yaml(front, path), body.removesuffix("\n")
+    return rest[: closing.start()], len(first) + 1 + closing.end() + 1
+
+
+def with_body(data: bytes, body: str, path: str) -> bytes:
+    """A valid file's bytes with its body replaced by `body`, the front matter kept byte for byte.
+
+    For an edit of a value alone: a person's comments, quoting and key order in the front
+    matter survive it, and its commit's diff shows only the value's lines.
+    """
+    text = data.decode("utf-8")
+    bom = "\ufeff" if text.startswith("\ufeff") else ""
+    _, body_at = _split(text[len(bom):], path)
+    head = text[: len(bom) + body_at]
+    if not head.endswith("\n"):  # the closing fence was the file's last line, without a newline
+        head += "\n"
+    return f"{head}{body}\n".encode()
 
 
 def value_first_line(data: bytes) -> int:

@@ -17,7 +17,8 @@ from typing import Any
 
 from . import edits, handedits, history
 from .agents.messages import Message, TurnResult
-from .blockfile import agent_from_file, block_from_file, load_block, render_agent, render_block
+from .blockfile import (agent_from_file, block_from_file, block_meta, load_block, render_agent, render_block,
+                        with_body)
 from .cache import LRU
 from .catalog import Catalog, CatalogEntry
 from .commits import Committer, commit_message
@@ -453,7 +454,10 @@ class Store:
             new = change(block)
             if hand_edited:
                 self._adopt_hand_edit(rel, current, block)
-            data = render_block(new, meta)
+            if block_meta(new, meta) == block_meta(block, meta):  # the value alone: the front matter as it is
+                data = with_body(current, new.value, rel)
+            else:
+                data = render_block(new, meta)
             message = self._message(op, new, actor, subject_suffix)
             saved = self.commits.write(rel, data, current, _ident(actor), message)
         version = saved.version if saved.version or saved.pending else history.last_version(self.ws.git, rel)

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from memstore import Block, FileFormatError, InvalidNameError, validate_name
-from memstore.blockfile import block_from_file, render_block
+from memstore.blockfile import block_from_file, render_block, with_body
 
 any_text = st.text(alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"))
 
@@ -77,3 +77,14 @@ def test_bad_names_are_refused(name: object) -> None:
 @pytest.mark.parametrize("name", ["organization", "human", "a", "x" * 64, "v1.2", "snake_case", "kebab-case", "_x"])
 def test_good_names_pass(name: str) -> None:
     assert validate_name(name) == name
+
+
+@pytest.mark.parametrize(("old", "front"), [
+    ("---\nid: block-1\nlabel: x  # a comment\n---\nold\n", "---\nid: block-1\nlabel: x  # a comment\n---\n"),
+    ("\ufeff---\r\nid: block-1\r\nlabel: x\r\n---\r\nold\r\n", "\ufeff---\r\nid: block-1\r\nlabel: x\r\n---\r\n"),
+    ("---\nid: block-1\nlabel: x\n---", "---\nid: block-1\nlabel: x\n---\n"),  # the fence ends the file
+])
+def test_a_new_body_keeps_the_front_matter_byte_for_byte(old: str, front: str) -> None:
+    data = with_body(old.encode(), "new\n value ", "blocks/x.md")
+    assert data == (front + "new\n value \n").encode()
+    assert block_from_file(data, "blocks/x.md", "x").value == "new\n value "

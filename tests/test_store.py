@@ -279,6 +279,21 @@ def test_uncommitted_hand_edit_is_committed_first_under_the_persons_name(store: 
     assert_clean_repo(store.ws.root)
 
 
+def test_an_agents_edit_of_the_value_keeps_a_persons_front_matter_byte_for_byte(store: Store, agent1: Actor) -> None:
+    path = store.ws.root / "blocks" / "organization.md"
+    data = path.read_bytes()
+    front, body = data.split(b"\n---\n", 1)
+    mine = front.replace(b"limit: 200", b"limit: 200  # raised by ops in March\n# owner: ops") + b"\n---\n"
+    path.write_bytes(mine + body)
+    store.memory_insert("organization", "agent1: note", actor=agent1)
+    assert path.read_bytes() == mine + b"Organization: Letta\nagent1: note\n"
+    diff = git(store.ws.root, "show", "-U0", "--format=", "HEAD").splitlines()
+    assert [line for line in diff if line[:1] in "+-" and line[:3] not in ("+++", "---")] == ["+agent1: note"]
+    store.update_block("organization", limit=300)  # the front matter itself changes: written afresh
+    assert b"# owner" not in path.read_bytes() and b"limit: 300" in path.read_bytes()
+    assert_clean_repo(store.ws.root)
+
+
 def test_broken_hand_edit_blocks_the_edit_and_is_left_alone(store: Store, agent1: Actor) -> None:
     path = store.ws.root / "blocks" / "organization.md"
     broken = path.read_bytes().replace(b"limit: 200", b"limit: [oops")
