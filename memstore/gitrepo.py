@@ -32,7 +32,6 @@ import logging
 import os
 import subprocess
 import struct
-import sys
 import threading
 import time
 import zlib
@@ -305,14 +304,13 @@ class GitRepo:
         wait = LOCK_WAIT if wait is None else wait
         if self.native_commit:
             return self._commit_with_git(rel, author, message, committer)
-        with self.git_lock(self.git_dir / "index.lock", "interactive staging, or a commit in an editor?",
-                           wait) as index_fd:
+        with self.git_lock(self.git_dir / "index.lock", "interactive staging, or a commit in an editor?", wait):
             index = self._read_index()
             known_end = self._known_index_end(index)
             if self.unmerged(rel, index):
                 raise unmerged_error(rel)
             st = os.stat(self.root / rel) if blob is not None and on_disk else None
-            self._place_index(*self._new_index(index, rel, blob, st, known_end), index_fd)
+            self._place_index(*self._new_index(index, rel, blob, st, known_end))
             try:
                 for attempt in range(10):  # a git command may move the branch meanwhile: build on its commit
                     tip = self.tip()
@@ -651,7 +649,7 @@ class GitRepo:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def _place_index(self, data: bytes, patched: bool, lock_fd: int | None = None) -> None:
+    def _place_index(self, data: bytes, patched: bool) -> None:
         """Put the new index in place before the branch moves, while git's `index.lock` stays held.
 
         `git commit` reads HEAD, then the index, and only then takes `index.lock`. Were the
@@ -659,43 +657,20 @@ class GitRepo:
         the old index would commit the old entry back over the agent's edit. With the index
         placed first, a commit that read the old index read the old HEAD too, and its
         compare-and-swap of the branch fails (tests/test_concurrency.py).
-        The new index is our lock's own file (written through `lock_fd`), linked under a
-        second name and renamed over `index`, so no file is made for it; without hard links
-        (or to put the old index back) a temp file is.
         """
-        index = self.git_dir / "index"
-        flush = "index" in self.flush
-        placed: os.stat_result | None = None
-        if lock_fd is not None and not (PORTABLE or sys.platform == "win32"):
-            write_all(lock_fd, data)
-            if flush:
-                os.fsync(lock_fd)
-            name = self.git_dir / f"memstore-index.{os.getpid()}.{time.monotonic_ns()}"
-            try:
-                os.link(self.git_dir / "index.lock", name)
-            except OSError:
-                pass  # no hard links here after all: a temp file
-            else:
-                try:
-                    replace_file(name, index)
-                finally:
-                    name.unlink(missing_ok=True)
-                placed = os.fstat(lock_fd)
-        if placed is None:
-            tmp = self.git_dir / f"memstore-index.{os.getpid()}.{time.monotonic_ns()}"
+        tmp = self.git_dir / f"memstore-index.{os.getpid()}.{time.monotonic_ns()}"
+        try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
             try:
                 write_all(fd, data)
-                if flush:
+                if "index" in self.flush:
                     os.fsync(fd)
-                placed = os.fstat(fd)
+                st = os.fstat(fd)
             finally:
                 os.close(fd)
-            try:
-                replace_file(tmp, index)
-            finally:
-                tmp.unlink(missing_ok=True)
-        st = placed
+            replace_file(tmp, self.git_dir / "index")
+        finally:  # a full disk: no half-written index left behind
+            tmp.unlink(missing_ok=True)
         end = len(data) - 20 if patched else None
         # `data` is not changed after this (a patch works on its own copy): kept as it is, not copied
         self._index_cache = ((st.st_ino, st.st_size, st.st_mtime_ns, bytes(data[-20:])), data, end)

@@ -136,6 +136,25 @@ def test_a_disk_that_fills_while_a_big_object_is_written_leaves_no_part_of_it(
     assert_clean_repo(ws_path)
 
 
+def test_a_disk_that_fills_while_the_index_is_written_leaves_the_old_index_whole(
+        store: Store, ws_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, actor = agent_store(store)
+    index = (ws_path / ".git/index").read_bytes()
+
+    def fills(fd: int, data: bytes | memoryview) -> None:
+        os.write(fd, bytes(data)[:100])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(gitrepo, "write_all", fills)
+    with pytest.raises(WorkspaceError, match="the disk is full. Nothing was changed"):
+        store.memory_insert("org", "x", actor=actor)
+    monkeypatch.undo()
+    assert (ws_path / ".git/index").read_bytes() == index
+    assert not list((ws_path / ".git").glob("memstore-index.*"))
+    assert store.get_block("org").value == "Org: Letta"
+    assert_clean_repo(ws_path)
+
+
 def test_crlf_attributes_and_autocrlf_are_applied_as_git_add_would(store: Store, ws_path: Path) -> None:
     (ws_path / ".gitattributes").write_text("*.md text eol=crlf\n")
     git(ws_path, "add", ".gitattributes")
