@@ -267,8 +267,8 @@ class Committer:
             entries = list(os.scandir(self.ws.pending_dir))
         except FileNotFoundError:
             return []
-        return sorted(e.name[:-5].replace("__", "/") for e in entries
-                      if e.name.endswith(".json") and e.stat().st_size > 0)
+        named = (e.name[:-5].replace("__", "/") for e in entries if e.name.endswith(".json") and e.stat().st_size > 0)
+        return sorted(rel for rel in named if self._journal(rel))  # not one left blank by a killed writer
 
     def finish_all(self, wait: float | None = 0.0) -> list[str]:
         """Commit every pending edit whose obstacle has cleared; the files still pending."""
@@ -293,7 +293,7 @@ class Committer:
             raw = self._journal_path(rel).read_bytes()
         except FileNotFoundError:
             return []
-        if not raw:
+        if not raw.strip():
             return []
         try:
             return [_Entry(**item) for item in json.loads(raw)]
@@ -301,11 +301,16 @@ class Committer:
             return []  # torn by a writer killed while writing it: that edit never reached the file
 
     def _save_journal(self, rel: str, journal: list[_Entry]) -> None:
-        """Rewrite the journal in place (no new file per edit); empty when nothing waits."""
+        """Rewrite the journal in place (no new file per edit); empty when nothing waits.
+
+        A shorter journal is padded with spaces to the old one's length before it is cut to
+        size, so a writer killed between the two still leaves JSON that parses (and the
+        edits in it are committed under their authors, not taken for a person's).
+        """
         data = json.dumps([asdict(e) for e in journal]).encode() if journal else b""
         fd = os.open(self._journal_path(rel), os.O_WRONLY | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
         try:
-            write_all(fd, data)
+            write_all(fd, data.ljust(os.fstat(fd).st_size))
             os.ftruncate(fd, len(data))
         finally:
             os.close(fd)

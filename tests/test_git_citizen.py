@@ -101,6 +101,34 @@ def test_a_branch_lock_held_by_git_makes_the_edit_pending_not_a_lie(store: Store
     assert_clean_repo(ws_path)
 
 
+def test_a_committer_killed_while_it_shortens_the_journal_leaves_the_rest_to_its_authors(
+        store: Store, ws_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, actor = agent_store(store)
+    ref_lock = ws_path / ".git/refs/heads/main.lock"
+    ref_lock.write_text("")  # a git command holds the branch: both edits wait in the journal
+    assert store.memory_insert("org", "first", actor=actor).pending
+    assert store.memory_insert("org", "second", actor=actor).pending
+    ref_lock.unlink()
+
+    class Killed(BaseException):
+        pass
+
+    def killed(fd: int, size: int) -> None:  # the process dies after writing the shorter journal
+        raise Killed()
+
+    import memstore.commits as commits
+
+    monkeypatch.setattr(commits.os, "ftruncate", killed)
+    with pytest.raises(Killed):
+        store.commits.finish_all()
+    monkeypatch.undo()
+    assert Store.open(ws_path).commits.pending_files() == []  # the next memstore operation finishes it
+    log = git(ws_path, "log", "-3", "--format=%an %s").splitlines()
+    assert log[:2] == ["agent1 memory_insert org", "agent1 memory_insert org"]
+    assert Store.open(ws_path).get_block("org").value == "Org: Letta\nfirst\nsecond"
+    assert_clean_repo(ws_path)
+
+
 def test_a_full_disk_is_one_clear_error_with_nothing_half_applied(store: Store, ws_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     store, actor = agent_store(store)
