@@ -147,7 +147,6 @@ class GitRepo:
         self._adler: tuple[str, int] = ("", 0)  # (big object this process wrote last, its Adler-32)
         self._trees: dict[str, bytes] = {}  # tree id -> its bytes, the last few written or read
         self._trees_lock = threading.Lock()
-        self._entries: dict[tuple[str, str], tuple[bytes, str, int] | None | bool] = {}  # (tree, name) -> entry
         self._blobs: LRU[tuple[str, str], str | None] = LRU(1024)  # (commit, path) -> blob: commits never change
         self._remove_dead_temp_locks()
         self.repo.set_ident("memstore", "memstore@agents.memstore")  # reflog lines of branch moves
@@ -387,17 +386,9 @@ class GitRepo:
         return str(builder.write())
 
     def _entry(self, tree: str, name: str) -> tuple[bytes, str, int] | None:
-        """Entry `name` of `tree` (see `_tree_entry`); the last few are kept: an edit looks one up twice."""
-        key = (tree, name)
-        found = self._entries.get(key, False)
-        if found is False:
-            raw = self._tree_raw(tree)
-            found = _tree_entry(raw, name.encode(), self._tree_places if len(raw) >= _BIG_OBJECT else None)
-            with self._trees_lock:
-                if len(self._entries) >= 16:
-                    self._entries.pop(next(iter(self._entries)))
-                self._entries[key] = found
-        return found  # type: ignore[return-value]
+        """Entry `name` of `tree` (see `_tree_entry`)."""
+        raw = self._tree_raw(tree)
+        return _tree_entry(raw, name.encode(), self._tree_places if len(raw) >= _BIG_OBJECT else None)
 
     def _tree_raw(self, tree: str) -> bytes:
         """A tree's bytes; the last few are kept (the blocks tree of 10,000 blocks is ~400 KB)."""
