@@ -131,8 +131,8 @@ def patch_index(data: bytearray, path: bytes, blob: str | None, st: os.stat_resu
     known (an index memstore wrote has no extensions), saves walking every entry: with
     10,000 files that walk costs more than the rest of an edit. Optional extensions (cache
     tree, untracked cache, …) are dropped, which git allows and rebuilds; a required one
-    (split or sparse index) raises IndexFormatUnsupported. `near`: where `locate` found the
-    path's name in these same bytes, which saves searching them again.
+    (split or sparse index) raises IndexFormatUnsupported. `near`: where the path's name was
+    in an earlier version of these bytes (`Places`), checked before it is used.
     """
     old_checksum = bytes(data[-20:])
     out, _, first_changed = _patch_entry(data, path, blob, st, entries_end, near)
@@ -142,20 +142,15 @@ def patch_index(data: bytearray, path: bytes, blob: str | None, st: os.stat_resu
     return out
 
 
-def unmerged(data: bytes, path: bytes) -> bool:
-    """Whether the index holds conflict stages (1-3) for `path`."""
-    return locate(data, path)[0]
-
-
-def locate(data: bytes, path: bytes, places: Places | None = None) -> tuple[bool, int]:
-    """(whether `path` has conflict stages, where its first entry's name starts or 0).
+def unmerged(data: bytes, path: bytes, places: Places | None = None) -> bool:
+    """Whether the index holds conflict stages (1-3) for `path`.
 
     git sorts entries by path, then stage, so only the first entry of `path` and the one
     right after it need looking at (not the rest of a 1 MB index). `places`: where names
     were in earlier versions of this index, checked before searching.
     """
     if data[:4] != b"DIRC":
-        return False, 0
+        return False
     version, count = struct.unpack_from(">II", data, 4)
     if version not in (2, 3):
         raise IndexFormatUnsupported(f"index version {version}")
@@ -170,12 +165,12 @@ def locate(data: bytes, path: bytes, places: Places | None = None) -> tuple[bool
         if found is not None:
             stage, end = found
             if stage:
-                return True, at
+                return True
             nxt = end + (64 if version == 3 and _u16(data, end + 60) & 0x4000 else 62)
             following = _entry_named(data, nxt, version, length) if data.startswith(key, nxt) else None
-            return following is not None and following[0] > 0, at
+            return following is not None and following[0] > 0
         at = data.find(key, at + 1)
-    return False, 0
+    return False
 
 
 def _first_places(data: bytes, version: int, count: int) -> dict[bytes, int]:

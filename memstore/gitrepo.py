@@ -139,8 +139,6 @@ class GitRepo:
         self._index_note = root / ".memstore" / "locks" / "index-note"
         # (version, bytes, entries' end)
         self._index_cache: tuple[_IndexKey, bytes | bytearray, int | None] | None = None
-        # (index checksum, path, unmerged, where its entry is): asked before an edit and again to commit it
-        self._unmerged_seen: tuple[bytes, str, bool, int] = (b"", "", False, 0)
         self._index_sha1 = gitindex.ResumableSha1()
         self._tree_sha1 = gitindex.ResumableSha1()
         self._index_places, self._tree_places = gitindex.Places(), gitindex.Places()  # for 10,000 blocks
@@ -617,10 +615,9 @@ class GitRepo:
         """
         if index is not None:
             try:
-                seen = self._unmerged_seen
-                near = seen[3] if seen[:2] == (index[-20:], rel) else 0
-                return gitindex.patch_index(bytearray(index), rel.encode(), blob, st, known_end, self._index_sha1,
-                                            near), True
+                path = rel.encode()
+                return gitindex.patch_index(bytearray(index), path, blob, st, known_end, self._index_sha1,
+                                            self._index_places.get(path)), True
             except gitindex.IndexFormatUnsupported:
                 pass
         tmp = self.git_dir / f"memstore-index.{os.getpid()}"
@@ -684,13 +681,8 @@ class GitRepo:
         index = self._read_index() if index is None else index
         if not index:
             return False
-        version = index[-20:]  # the index's checksum names its content (zero when index.skipHash)
-        if version != bytes(20) and self._unmerged_seen[:2] == (version, rel):
-            return self._unmerged_seen[2]  # asked before an edit and again under index.lock
         try:
-            found, at = gitindex.locate(index, rel.encode(), self._index_places)
-            self._unmerged_seen = (version, rel, found, at)
-            return found
+            return gitindex.unmerged(index, rel.encode(), self._index_places)
         except gitindex.IndexFormatUnsupported:  # version 4 compresses names: libgit2 reads it
             conflicts = pygit2.Index(str(self.git_dir / "index")).conflicts
             return conflicts is not None and rel in conflicts

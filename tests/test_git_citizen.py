@@ -503,7 +503,7 @@ def test_a_big_object_is_a_zlib_stream_with_its_checksum_patched_as_its_bytes_ch
 
 def test_remembered_places_of_names_are_checked_before_they_are_used(tmp_path: Path) -> None:
     """A place learned in one version of the index or of a tree, wrong in the next, is never trusted."""
-    from memstore.gitindex import Places, locate
+    from memstore.gitindex import Places, unmerged
     from memstore.gitrepo import _tree_entry
 
     tree = b"".join(b"100644 %s\0" % name + bytes([n]) * 20 for n, name in enumerate([b"a.md", b"b.md", b"c.md"]))
@@ -525,16 +525,15 @@ def test_remembered_places_of_names_are_checked_before_they_are_used(tmp_path: P
     places = Places()
     places.WALK_AFTER = 1
     before = (repo / ".git/index").read_bytes()
-    assert locate(before, b"x.md", places) == (False, 0)  # learned them all
+    assert not unmerged(before, b"x.md", places)  # a search: the places are learned by walking the index
     (repo / "a.md").write_text("a\n")
     git(repo, "add", "a.md")  # a new first entry: every other one moves
     after = (repo / ".git/index").read_bytes()
     names = (b"b.md", b"c.md", b"d.md")
     assert all(after[places.get(name) : places.get(name) + 5] != name + b"\0" for name in names)  # all stale
     for name in names:
-        conflicted, at = locate(after, name, places)
-        assert not conflicted and after[at : at + 5] == name + b"\0"
-        assert places.get(name) == at  # learned again
+        assert not unmerged(after, name, places)
+        assert after[places.get(name) : places.get(name) + 5] == name + b"\0"  # learned again
 
 
 def test_edits_among_many_files_keep_index_and_trees_as_git_reads_them(store: Store, ws_path: Path) -> None:
@@ -587,7 +586,7 @@ def test_a_hand_edit_while_a_commit_waits_keeps_every_author(store: Store, ws_pa
 
 
 def test_an_index_entry_is_patched_where_it_is_whatever_hint_is_given(tmp_path: Path) -> None:
-    """The position a conflict check found saves a search; a wrong one is never trusted."""
+    """The place a name had in an earlier version saves a search; a wrong one is never trusted."""
     from memstore import gitindex
 
     repo = tmp_path / "r"
@@ -596,8 +595,7 @@ def test_an_index_entry_is_patched_where_it_is_whatever_hint_is_given(tmp_path: 
         (repo / name).write_text(f"{name}\n")
     git(repo, "add", ".")
     data = (repo / ".git/index").read_bytes()
-    conflicted, at = gitindex.locate(data, b"b.md")
-    assert not conflicted and data[at : at + 5] == b"b.md\0"
+    at = data.index(b"b.md\0")
     (repo / "new.txt").write_text("new\n")
     blob = git(repo, "hash-object", "-w", "new.txt").strip()
     end = gitindex._walk_index(data, 2, 3)[1]
