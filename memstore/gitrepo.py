@@ -56,6 +56,7 @@ _BIG_OBJECT = 64 * 1024  # bytes: objects this big are stored uncompressed (comp
 _HOOKS = ("pre-commit", "prepare-commit-msg", "commit-msg", "post-commit")
 _EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 _IndexKey = tuple[int, int, int, bytes]
+_NOTE_SIZE = 128  # bytes: the index note's fixed width (its JSON padded with spaces)
 
 
 @dataclass(frozen=True)
@@ -662,7 +663,24 @@ class GitRepo:
         end = len(data) - 20 if patched else None
         # `data` is not changed after this (a patch works on its own copy): kept as it is, not copied
         self._index_cache = ((st.st_ino, st.st_size, st.st_mtime_ns, bytes(data[-20:])), data, end)
-        self._index_note.write_text(json.dumps({"index": [st.st_ino, st.st_size, st.st_mtime_ns], "end": end}))
+        self._write_index_note([st.st_ino, st.st_size, st.st_mtime_ns], end)
+
+    def _write_index_note(self, index: list[int], end: int | None) -> None:
+        """Tell memstore's other processes where the entries of the index just placed end.
+
+        Written over the old note at a fixed width, never cut to nothing: ext4 starts writing
+        a file out when it is closed after being cut to nothing (its `auto_da_alloc`), which
+        cost 0.2 ms of every edit on this machine's root disk; writing in place costs 2-5 us.
+        Only a process holding git's `index.lock` reads or writes the note, and one write of
+        a few bytes is never torn by a kill.
+        """
+        note = json.dumps({"index": index, "end": end}).encode().ljust(_NOTE_SIZE)
+        fd = os.open(self._index_note, os.O_WRONLY | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
+        try:
+            write_all(fd, note)
+            os.ftruncate(fd, _NOTE_SIZE)  # a longer file (not one of ours) loses its tail; ours stay the same
+        finally:
+            os.close(fd)
 
     def _put_back_index(self, index: bytes | None) -> None:
         """The index as it was before a commit that was not made (best effort: the journal keeps the edit)."""

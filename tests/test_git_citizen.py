@@ -585,6 +585,23 @@ def test_a_hand_edit_while_a_commit_waits_keeps_every_author(store: Store, ws_pa
     assert_clean_repo(ws_path)
 
 
+def test_the_index_note_tells_another_process_where_the_entries_end_and_a_stale_one_is_ignored(
+        store: Store, ws_path: Path) -> None:
+    store, actor = agent_store(store)
+    store.memory_insert("org", "one", actor=actor)
+    other = Store.open(ws_path).ws.git  # another process: none of the first one's caches
+    index = other._read_index()
+    assert index is not None and other._known_index_end(index) == len(index) - 20
+    note = ws_path / ".memstore/locks/index-note"
+    note.write_bytes(b'{"index": [1, 2, 3], "end": 7}' + b" " * 300)  # names another index, and is long
+    assert Store.open(ws_path).ws.git._known_index_end(index) is None
+    Store.open(ws_path).memory_insert("org", "two", actor=actor)  # walks the entries, then writes a note
+    assert len(note.read_bytes()) == gitrepo._NOTE_SIZE
+    index = (ws_path / ".git/index").read_bytes()
+    assert Store.open(ws_path).ws.git._known_index_end(index) == len(index) - 20
+    assert_clean_repo(ws_path)
+
+
 def test_an_index_entry_is_patched_where_it_is_whatever_hint_is_given(tmp_path: Path) -> None:
     """The place a name had in an earlier version saves a search; a wrong one is never trusted."""
     from memstore import gitindex
