@@ -13,6 +13,7 @@ file and committing is finished the same way, never passed off as a person's edi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -56,6 +57,7 @@ class _Entry:
     name: str
     email: str
     message: str
+    rel: str | None = None  # the file's path (a journal's name cannot always be read back: `a__b.md`)
 
 
 class Committer:
@@ -126,16 +128,19 @@ class Committer:
 
     def write(self, rel: str, content: bytes | None, current: bytes | None, author: Ident, message: str) -> Saved:
         """Write `content` (None: delete) and commit it. Callers hold `locked(rel)`."""
-        if content == current:
-            return Saved(None)
+        if content == current:  # nothing to commit: the version is the last commit, unless one is pending
+            return Saved(None, pending=f"{rel}: earlier edits are still waiting for their commit"
+                         if self.has_pending(rel) else None)
         blob = self._store_blob(content)
         journal = self._journal(rel)
         earlier = bool(journal)
         journal.append(_Entry(blob_id(current) if current is not None else None, blob, author.name, author.email,
-                              message))
+                              message, rel))
         try:
             self._save_journal(rel, journal)
         except OSError as exc:
+            with contextlib.suppress(OSError):  # a write cut short: the journal as it was (shorter, so it fits)
+                self._save_journal(rel, journal[:-1])
             raise _disk_error(rel, exc) from None
         try:
             self._put(rel, content)
@@ -168,7 +173,7 @@ class Committer:
         earlier = self._journal(rel)  # edits still waiting for a git command: theirs come first, under their authors
         journal = [*earlier, _Entry(earlier[-1].new if earlier else self.head_blob(rel), blob, self.ws.person.name,
                                     self.ws.person.email,
-                                    commit_message(subject, {**trailers, "Memstore-Author-Kind": "person"}))]
+                                    commit_message(subject, {**trailers, "Memstore-Author-Kind": "person"}), rel)]
         try:
             self._save_journal(rel, journal)
             return None if earlier else self._commit_journal(rel, journal, wait=None)
@@ -267,8 +272,12 @@ class Committer:
             entries = list(os.scandir(self.ws.pending_dir))
         except FileNotFoundError:
             return []
-        named = (e.name[:-5].replace("__", "/") for e in entries if e.name.endswith(".json") and e.stat().st_size > 0)
-        return sorted(rel for rel in named if self._journal(rel))  # not one left blank by a killed writer
+        found = []
+        for item in entries:
+            journal = _read_journal(Path(item.path)) if item.name.endswith(".json") else []
+            if journal:  # not one left blank by a killed writer
+                found.append(journal[0].rel or item.name[:-5].replace("__", "/"))  # journals before `rel` was kept
+        return sorted(found)
 
     def finish_all(self, wait: float | None = 0.0) -> list[str]:
         """Commit every pending edit whose obstacle has cleared; the files still pending."""
@@ -289,16 +298,7 @@ class Committer:
         return path
 
     def _journal(self, rel: str) -> list[_Entry]:
-        try:
-            raw = self._journal_path(rel).read_bytes()
-        except FileNotFoundError:
-            return []
-        if not raw.strip():
-            return []
-        try:
-            return [_Entry(**item) for item in json.loads(raw)]
-        except (ValueError, TypeError):
-            return []  # torn by a writer killed while writing it: that edit never reached the file
+        return _read_journal(self._journal_path(rel))
 
     def _save_journal(self, rel: str, journal: list[_Entry]) -> None:
         """Rewrite the journal in place (no new file per edit); empty when nothing waits.
@@ -314,6 +314,19 @@ class Committer:
             os.ftruncate(fd, len(data))
         finally:
             os.close(fd)
+
+
+def _read_journal(path: Path) -> list[_Entry]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    if not raw.strip():
+        return []
+    try:
+        return [_Entry(**item) for item in json.loads(raw)]
+    except (ValueError, TypeError):
+        return []  # torn by a writer killed while writing it: that edit never reached the file
 
 
 def _disk_error(where: str, exc: OSError) -> MemstoreError:

@@ -79,6 +79,61 @@ def test_a_held_index_lock_leaves_the_edit_pending_and_a_persons_commit_never_re
     assert_clean_repo(ws_path)
 
 
+def test_a_pending_edit_of_a_block_whose_name_has_two_underscores_stays_the_agents(
+        store: Store, ws_path: Path) -> None:
+    block = store.create_block("user__prefs", "likes tea")
+    actor = store.create_agent("agent1", "openai/gpt-4o-mini", block_ids=[block.id]).actor()
+    lock = ws_path / ".git/index.lock"
+    lock.write_bytes(b"")
+    assert store.memory_insert("user__prefs", "agent line", actor=actor).pending
+    assert store.commits.pending_files() == ["blocks/user__prefs.md"]
+    lock.unlink()
+    reopened = Store.open(ws_path)
+    assert reopened.commits.pending_files() == []
+    assert reopened.get_block("user__prefs").value == "likes tea\nagent line"
+    assert git(ws_path, "log", "-1", "--format=%an %s").strip() == "agent1 memory_insert user__prefs"
+    assert_clean_repo(ws_path)
+
+
+def test_an_edit_that_changes_nothing_while_another_is_pending_names_no_version(store: Store, ws_path: Path) -> None:
+    store, actor = agent_store(store)
+    (ws_path / ".git/index.lock").write_bytes(b"")
+    assert store.memory_insert("org", "agent line", actor=actor).pending
+    same = store.memory_rethink("org", "Org: Letta\nagent line", actor=actor)
+    assert same.version is None and same.pending  # the last commit does not hold this value
+    (ws_path / ".git/index.lock").unlink()
+    settled = Store.open(ws_path).memory_rethink("org", "Org: Letta\nagent line", actor=actor)
+    assert settled.pending is None and "agent line" in git(ws_path, "show", f"{settled.version}:blocks/org.md")
+
+
+def test_a_disk_that_fills_while_the_journal_grows_keeps_the_earlier_pending_edit(
+        store: Store, ws_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, actor = agent_store(store)
+    (ws_path / ".git/index.lock").write_bytes(b"")
+    assert store.memory_insert("org", "agent line", actor=actor).pending
+    import memstore.commits as commits
+
+    real = commits.write_all
+    calls = []
+
+    def fills_once(fd: int, data: bytes | memoryview) -> None:  # the growing journal's write is cut short
+        calls.append(len(data))
+        if len(calls) == 1:
+            os.write(fd, bytes(data)[: len(data) - 40])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, data)
+
+    monkeypatch.setattr(commits, "write_all", fills_once)
+    with pytest.raises(WorkspaceError, match="the disk is full"):
+        store.memory_insert("org", "second", actor=actor)
+    monkeypatch.undo()
+    (ws_path / ".git/index.lock").unlink()
+    reopened = Store.open(ws_path)
+    assert reopened.get_block("org").value == "Org: Letta\nagent line"
+    assert git(ws_path, "log", "-1", "--format=%an %s").strip() == "agent1 memory_insert org"
+    assert_clean_repo(ws_path)
+
+
 def test_a_branch_lock_held_by_git_makes_the_edit_pending_not_a_lie(store: Store, ws_path: Path) -> None:
     store, actor = agent_store(store)
     ref_lock = ws_path / ".git/refs/heads/main.lock"
