@@ -273,8 +273,9 @@ def engine_steps(root: Path, blocks: int) -> list:
 
     def memstore(i: int) -> None:
         data = block_file(0, f"memstore {i}").encode()
-        (root / "memstore/blocks/b0.md").write_bytes(data)
-        ours.commit("blocks/b0.md", ours.write_blob(data), who, f"edit {i}\n", who)
+        path = root / "memstore/blocks/b0.md"
+        path.write_bytes(data)
+        ours.commit("blocks/b0.md", ours.write_blob(data), who, f"edit {i}\n", who, written=os.stat(path))
 
     return [libgit2, memstore]
 

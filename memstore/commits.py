@@ -143,14 +143,14 @@ class Committer:
                 self._save_journal(rel, journal[:-1])
             raise _disk_error(rel, exc) from None
         try:
-            self._put(rel, content)
+            written = self._put(rel, content)
         except OSError as exc:
             self._save_journal(rel, journal[:-1])
             raise _disk_error(rel, exc) from None
         if earlier:  # an earlier edit still waits for its obstacle: this one queues behind it
             return Saved(None, pending=f"{rel}: earlier edits are still waiting for their commit")
         try:
-            return Saved(self._commit_journal(rel, journal, wait=None))
+            return Saved(self._commit_journal(rel, journal, wait=None, written=written))
         except CommitPending as exc:
             return Saved(None, pending=str(exc))
         except MemstoreError:
@@ -194,13 +194,14 @@ class Committer:
         except OSError as exc:
             raise _disk_error("the git object store", exc) from None
 
-    def _put(self, rel: str, content: bytes | None) -> None:
+    def _put(self, rel: str, content: bytes | None) -> os.stat_result | None:
+        """Write (or delete) the file; the stat of the file written."""
         target = self.ws.root / rel
         if content is None:
             target.unlink(missing_ok=True)
-        else:
-            write_atomic(target, self.git.to_workdir(rel, content), self.ws.tmp_dir,
-                         flush="loose-object" in self.git.flush)
+            return None
+        return write_atomic(target, self.git.to_workdir(rel, content), self.ws.tmp_dir,
+                            flush="loose-object" in self.git.flush)
 
     def _undo(self, rel: str, current: bytes | None, journal: list[_Entry]) -> bool:
         """Put the file back as it was before a write whose commit was refused; False if it cannot be."""
@@ -214,25 +215,19 @@ class Committer:
     # -- committing the journal --------------------------------------------------------------
 
     def _commit_journal(self, rel: str, journal: list[_Entry], wait: float | None,
-                        disk: bytes | None = None, hand_edited: bool = False) -> str:
+                        written: os.stat_result | None = None) -> str:
         """Commit each journal entry in order, clearing each once its commit exists; the last commit.
 
-        `hand_edited`: the file holds a person's change on top of the last entry (`disk`,
-        as read), which stays in the file, uncommitted, for the watcher or the next edit.
+        Each commit holds its entry's blob, whatever the file holds now (a later entry, or a
+        person's change on top, which stays in the file for the watcher or the next edit).
+        `written`: the stat of the file as the last entry wrote it, when known.
         """
         version = ""
         with self.locks.hold(REPO_LOCK, "the repository"):
             while journal:
                 entry = journal[0]
-                on_disk = len(journal) == 1 and not hand_edited
-                if self.git.native_commit and not on_disk:  # git commits what the file holds
-                    self._put(rel, self.git.read_blob(entry.new) if entry.new else None)
-                try:
-                    version = self.git.commit(rel, entry.new, Ident(entry.name, entry.email), entry.message,
-                                              COMMITTER, on_disk=on_disk, wait=wait)
-                finally:
-                    if self.git.native_commit and hand_edited and len(journal) == 1:
-                        self._put(rel, disk)  # the person's change back in place
+                version = self.git.commit(rel, entry.new, Ident(entry.name, entry.email), entry.message,
+                                          COMMITTER, written=written if len(journal) == 1 else None, wait=wait)
                 journal.pop(0)
                 self._save_journal(rel, journal)
                 self._made.commits = getattr(self._made, "commits", 0) + 1
@@ -257,8 +252,7 @@ class Committer:
             self._save_journal(rel, [])
             return None
         try:
-            return self._commit_journal(rel, journal, wait=wait, disk=disk,
-                                        hand_edited=disk_blob != journal[-1].new)
+            return self._commit_journal(rel, journal, wait=wait)
         except CommitPending:
             return None
 

@@ -292,42 +292,58 @@ class GitRepo:
         return self._write_raw(b"blob", content)
 
     def commit(self, rel: str, blob: str | None, author: Ident, message: str, committer: Ident, *,
-               on_disk: bool = True, wait: float | None = None) -> str:
+               written: os.stat_result | None = None, wait: float | None = None) -> str:
         """One commit on the branch tip that sets `rel` to the stored `blob` (None: removes it); its id.
 
-        `on_disk`: the file holds `blob` now (its index entry then carries the file's stat).
-        Raises CommitPending when a git command holds a lock past `wait` seconds (default
-        LOCK_WAIT), ConflictError when `rel` is unmerged.
+        `written`: the stat of the file as memstore wrote it with `blob`; while the file is
+        still that one, its index entry carries the stat, else git re-reads the file (a
+        person may have saved it since). Raises CommitPending when a git command holds a
+        lock past `wait` seconds (default LOCK_WAIT), ConflictError when `rel` is unmerged.
         """
         wait = LOCK_WAIT if wait is None else wait
-        if self.native_commit:
-            return self._commit_with_git(rel, author, message, committer)
         with self.git_lock(self.git_dir / "index.lock", "interactive staging, or a commit in an editor?", wait):
             index = self._read_index()
             known_end = self._known_index_end(index)
             if self.unmerged(rel, index):
                 raise unmerged_error(rel)
-            st = os.stat(self.root / rel) if blob is not None and on_disk else None
-            self._place_index(*self._new_index(index, rel, blob, st, known_end))
+            self._place_index(*self._new_index(index, rel, blob, self._still(rel, written), known_end))
             try:
-                for attempt in range(10):  # a git command may move the branch meanwhile: build on its commit
-                    tip = self.tip()
-                    tree = self._tree_with(str(self.repo[tip].peel(pygit2.Tree).id) if tip else None, rel, blob)
-                    now = time.time()
-                    commit = str(self.repo.create_commit(None, author.signature(now), committer.signature(now),
-                                                         message, pygit2.Oid(hex=tree),
-                                                         [pygit2.Oid(hex=tip)] if tip else []))
-                    try:
-                        self._move_branch(tip, commit, message, wait)
-                        break
-                    except _BranchMoved:
-                        if attempt == 9:
-                            raise CommitPending("the branch kept moving under another git command") from None
+                if self.native_commit:
+                    commit = self._commit_with_git(rel, blob, author, message, committer)
+                else:
+                    commit = self._commit_here(rel, blob, author, message, committer, wait)
             except BaseException:  # the branch did not move (past its move nothing raises)
                 self._put_back_index(index)  # so the index goes back to match it
                 raise
         self._blobs.get_or_make((commit, rel), lambda: blob)
         return commit
+
+    def _still(self, rel: str, written: os.stat_result | None) -> os.stat_result | None:
+        """The file's stat now, if it is still the file memstore wrote (`written`)."""
+        if written is None:
+            return None
+        try:
+            st = os.stat(self.root / rel)
+        except OSError:
+            return None
+        same = (st.st_ino, st.st_size, st.st_mtime_ns) == (written.st_ino, written.st_size, written.st_mtime_ns)
+        return st if same else None
+
+    def _commit_here(self, rel: str, blob: str | None, author: Ident, message: str, committer: Ident,
+                     wait: float) -> str:
+        """Build the commit and compare-and-swap the branch to it; a git command may move it meanwhile."""
+        for _ in range(10):
+            tip = self.tip()
+            tree = self._tree_with(str(self.repo[tip].peel(pygit2.Tree).id) if tip else None, rel, blob)
+            now = time.time()
+            commit = str(self.repo.create_commit(None, author.signature(now), committer.signature(now), message,
+                                                 pygit2.Oid(hex=tree), [pygit2.Oid(hex=tip)] if tip else []))
+            try:
+                self._move_branch(tip, commit, message, wait)
+                return commit
+            except _BranchMoved:
+                continue
+        raise CommitPending("the branch kept moving under another git command")
 
     def _move_branch(self, old: str | None, new: str, message: str, wait: float) -> None:
         """Compare-and-swap the branch from `old` to `new` under git's ref lock, with reflog lines."""
@@ -707,32 +723,42 @@ class GitRepo:
 
     # -- git's own commit, for hooks and signing ------------------------------------------
 
-    def _commit_with_git(self, rel: str, author: Ident, message: str, committer: Ident) -> str:
-        """`git commit --only rel`: hooks run, signing applies, attributes apply, as for the person."""
-        if self.unmerged(rel):
-            raise unmerged_error(rel)
-        env = {**os.environ, "GIT_COMMITTER_NAME": committer.name, "GIT_COMMITTER_EMAIL": committer.email}
-        tracked = self.head_blob(rel) is not None
-        if not tracked:
-            self._git(["add", "--", rel], env)
-        proc = subprocess.run(
-            ["git", "commit", "--quiet", "--only", "--allow-empty-message", "--no-edit",
-             f"--author={author.name} <{author.email}>", "-F", "-", "--", rel],
-            cwd=self.root, input=message.encode(), capture_output=True, env=env,
-        )
+    def _commit_with_git(self, rel: str, blob: str | None, author: Ident, message: str, committer: Ident) -> str:
+        """`git commit` of the branch tip with `rel` set to `blob`: hooks run and signing applies, as for the person.
+
+        What git's own `commit --only` does, with the blob instead of the file: the commit is
+        built from a temporary index (the tip's tree plus this one change), so it holds this
+        entry's content whatever the file holds now (a later edit, a person's change).
+        The caller holds the real `index.lock`, as `git commit` would, hooks included.
+        """
+        tmp = self.git_dir / f"memstore-index.{os.getpid()}.{time.monotonic_ns()}"
+        try:
+            staged = pygit2.Index(str(tmp))
+            tip = self.tip()
+            if tip is not None:
+                staged.read_tree(self.repo[tip].peel(pygit2.Tree))
+            if blob is not None:
+                staged.add(pygit2.IndexEntry(rel, pygit2.Oid(hex=blob), pygit2.GIT_FILEMODE_BLOB))
+            elif rel in staged:
+                staged.remove(rel)
+            staged.write()
+            env = {**os.environ, "GIT_INDEX_FILE": str(tmp), "GIT_COMMITTER_NAME": committer.name,
+                   "GIT_COMMITTER_EMAIL": committer.email}
+            proc = subprocess.run(
+                ["git", "commit", "--quiet", "--allow-empty", "--allow-empty-message", "--no-edit",
+                 f"--author={author.name} <{author.email}>", "-F", "-"],
+                cwd=self.root, input=message.encode(), capture_output=True, env=env,
+            )
+        finally:
+            tmp.unlink(missing_ok=True)
         if proc.returncode != 0:
-            if not tracked:
-                self._git(["rm", "--cached", "--quiet", "--ignore-unmatch", "--", rel], env)
             text = (proc.stderr or proc.stdout).decode("utf-8", "replace").strip()
-            if "index.lock" in text or "cannot lock ref" in text:
+            if "cannot lock ref" in text:  # another git command holds the branch
                 raise CommitPending(text.splitlines()[-1])
             raise HookRefused(f"git commit refused the edit of {rel}: {text[-2000:] or 'exit ' + str(proc.returncode)}")
-        tip = self.tip()
-        assert tip is not None
-        return tip
-
-    def _git(self, args: list[str], env: dict[str, str]) -> None:
-        subprocess.run(["git", *args], cwd=self.root, capture_output=True, env=env, check=False)
+        made = self.tip()
+        assert made is not None
+        return made
 
 
 class _BranchMoved(Exception):

@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -292,6 +293,61 @@ def test_hooks_run_as_under_git_commit(store: Store, ws_path: Path) -> None:
     assert git(ws_path, "log", "-1", "--format=%an|%cn").strip() == "agent1|memstore"
     (ws_path / "post-commit.log").unlink()
     assert_clean_repo(ws_path)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="shell hooks")
+@pytest.mark.parametrize("persons_change", [False, True])
+def test_with_hooks_waiting_edits_are_committed_each_with_its_own_content(
+        store: Store, ws_path: Path, persons_change: bool) -> None:
+    store, actor = agent_store(store)
+    _hook(ws_path, "post-commit", "exit 0\n")  # any hook: commits go through `git commit`
+    store = Store.open(ws_path)
+    (ws_path / ".git/index.lock").write_bytes(b"")
+    assert store.memory_insert("org", "first", actor=actor).pending
+    assert store.memory_insert("org", "second", actor=actor).pending
+    path = ws_path / "blocks/org.md"
+    if persons_change:
+        path.write_text(path.read_text() + "a person's line\n")
+    (ws_path / ".git/index.lock").unlink()
+    assert Store.open(ws_path).commits.pending_files() == []
+    assert git(ws_path, "log", "-2", "--format=%an %s").splitlines() == ["agent1 memory_insert org"] * 2
+    assert git(ws_path, "show", "HEAD~1:blocks/org.md").endswith("Org: Letta\nfirst\n")
+    assert git(ws_path, "show", "HEAD:blocks/org.md").endswith("Org: Letta\nfirst\nsecond\n")
+    if persons_change:  # still in the file, uncommitted
+        assert path.read_text().endswith("second\na person's line\n")
+        assert git(ws_path, "status", "--porcelain").strip() == "M blocks/org.md"
+    else:
+        assert_clean_repo(ws_path)
+
+
+@pytest.mark.parametrize("hooks", [False, pytest.param(True, marks=pytest.mark.skipif(
+    sys.platform == "win32", reason="shell hooks"))])
+def test_a_persons_save_while_an_edit_waits_for_git_is_neither_hidden_nor_the_agents(
+        store: Store, ws_path: Path, hooks: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    store, actor = agent_store(store)
+    if hooks:
+        _hook(ws_path, "post-commit", "exit 0\n")
+        store = Store.open(ws_path)
+    monkeypatch.setattr(gitrepo, "LOCK_WAIT", 10.0)
+    lock, path = ws_path / ".git/index.lock", ws_path / "blocks/org.md"
+    lock.write_bytes(b"")  # `git add -p`: memstore writes the file, then waits for the lock
+
+    def person() -> None:
+        while "agent line" not in path.read_text():
+            time.sleep(0.01)
+        path.write_text(path.read_text().replace("agent line", "AGENT LINE"))  # same size, same file
+        time.sleep(1.1)  # past git's racy-timestamp window: git then trusts an index entry's stat
+        lock.unlink()
+
+    saver = threading.Thread(target=person)
+    saver.start()
+    result = store.memory_insert("org", "agent line", actor=actor)
+    saver.join()
+    assert git(ws_path, "show", f"{result.version}:blocks/org.md").endswith("Org: Letta\nagent line\n")
+    assert git(ws_path, "log", "-1", "--format=%an").strip() == "agent1"
+    assert git(ws_path, "status", "--porcelain").strip() == "M blocks/org.md"  # the person's change shows
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="shell stand-in for gpg")
