@@ -23,9 +23,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import FileFormatError, MemstoreError, WorkspaceError, os_error_text
+from .errors import ConflictError, FileFormatError, MemstoreError, WorkspaceError, os_error_text
 from .fsutil import MAX_FILE, RefusedFile, read_regular, write_all, write_atomic
-from .gitrepo import CommitPending, GitRepo, Ident, blob_id, unmerged_error
+from .gitrepo import CommitPending, GitRepo, HookRefused, Ident, blob_id, unmerged_error
 from .locks import Locks
 from .workspace import COMMITTER, Workspace
 
@@ -255,6 +255,23 @@ class Committer:
             return self._commit_journal(rel, journal, wait=wait)
         except CommitPending:
             return None
+        except HookRefused as exc:
+            self._drop_refused(rel, journal, disk_blob, exc)
+            return None
+        except ConflictError:  # unmerged now: the edits wait until the person resolves it
+            return None
+        except OSError as exc:
+            log.warning("%s: waiting edits not committed yet: %s", rel, _disk_error(rel, exc))
+            return None
+
+    def _drop_refused(self, rel: str, journal: list[_Entry], disk_blob: str | None, exc: HookRefused) -> None:
+        """Waiting edits that a hook (or signing) refused when their commit was retried: they go, as a
+        refused edit does, and the file goes back to what is committed unless a person changed it since."""
+        log.warning("%s: %d waiting edit(s), the first by %s, refused and dropped: %s", rel, len(journal),
+                    journal[0].name, exc)
+        if disk_blob == journal[-1].new:
+            self._put(rel, self.git.read_blob(journal[0].base) if journal[0].base else None)
+        self._save_journal(rel, [])
 
     def has_pending(self, rel: str) -> bool:
         """Whether an edit of `rel` is written but its commit is still pending."""
@@ -277,10 +294,13 @@ class Committer:
         """Commit every pending edit whose obstacle has cleared; the files still pending."""
         waiting = []
         for rel in self.pending_files():
-            with self._holding(rel):
-                self._finish(rel, wait=wait)
-                if self._journal(rel):
-                    waiting.append(rel)
+            try:
+                with self._holding(rel):
+                    self._finish(rel, wait=wait)
+            except (MemstoreError, OSError) as exc:  # one file's trouble never stops the others, or an open
+                log.warning("%s: waiting edits not committed yet: %s", rel, exc)
+            if self._journal(rel):
+                waiting.append(rel)
         return waiting
 
     # -- the journal -------------------------------------------------------------------------

@@ -320,6 +320,25 @@ def test_with_hooks_waiting_edits_are_committed_each_with_its_own_content(
         assert_clean_repo(ws_path)
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="shell hooks")
+def test_a_waiting_edit_a_hook_refuses_later_is_dropped_and_the_workspace_keeps_working(
+        store: Store, ws_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store, actor = agent_store(store)
+    store.create_block("other", "x")
+    _hook(ws_path, "pre-commit", "git diff --cached | grep -q SECRET && { echo 'secret found' >&2; exit 1; }\nexit 0\n")
+    store = Store.open(ws_path)
+    (ws_path / ".git/index.lock").write_bytes(b"")
+    assert store.memory_insert("org", "SECRET=1", actor=actor).pending
+    (ws_path / ".git/index.lock").unlink()
+    reopened = Store.open(ws_path)  # the retry is refused: it does not stop the workspace from opening
+    assert "secret found" in caplog.text
+    assert reopened.commits.pending_files() == []
+    assert reopened.get_block("org").value == "Org: Letta"  # the file is back to what is committed
+    assert reopened.memory_insert("other", "y").version and reopened.memory_insert("org", "fine", actor=actor).version
+    assert "SECRET" not in git(ws_path, "log", "-p")
+    assert_clean_repo(ws_path)
+
+
 @pytest.mark.parametrize("hooks", [False, pytest.param(True, marks=pytest.mark.skipif(
     sys.platform == "win32", reason="shell hooks"))])
 def test_a_persons_save_while_an_edit_waits_for_git_is_neither_hidden_nor_the_agents(
