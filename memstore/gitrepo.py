@@ -312,8 +312,13 @@ class GitRepo:
                     commit = self._commit_with_git(rel, blob, author, message, committer)
                 else:
                     commit = self._commit_here(rel, blob, author, message, committer, wait)
-            except BaseException:  # the branch did not move (past its move nothing raises)
-                self._put_back_index(index)  # so the index goes back to match it
+            except BaseException:  # the commit was not made, or an interrupt came right after it
+                try:
+                    landed = self.head_blob(rel) == blob
+                except Exception:  # noqa: BLE001 - cannot tell: as if it did not land
+                    landed = False
+                if not landed:  # the branch lacks the change: the index goes back to match it
+                    self._put_back_index(index)
                 raise
         self._blobs.get_or_make((commit, rel), lambda: blob)
         return commit
@@ -691,12 +696,15 @@ class GitRepo:
         a few bytes is never torn by a kill.
         """
         note = json.dumps({"index": index, "end": end}).encode().ljust(_NOTE_SIZE)
-        fd = os.open(self._index_note, os.O_WRONLY | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
-        try:
-            write_all(fd, note)
-            os.ftruncate(fd, _NOTE_SIZE)  # a longer file (not one of ours) loses its tail; ours stay the same
-        finally:
-            os.close(fd)
+        try:  # best effort: without a note naming this index, the next process walks its entries
+            fd = os.open(self._index_note, os.O_WRONLY | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
+            try:
+                write_all(fd, note)
+                os.ftruncate(fd, _NOTE_SIZE)  # a longer file (not one of ours) loses its tail; ours stay the same
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.info("index note not written: %s", exc)
 
     def _put_back_index(self, index: bytes | None) -> None:
         """The index as it was before a commit that was not made (best effort: the journal keeps the edit)."""

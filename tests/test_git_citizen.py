@@ -239,6 +239,40 @@ def test_a_disk_that_fills_while_the_index_is_written_leaves_the_old_index_whole
     assert_clean_repo(ws_path)
 
 
+def test_an_interrupt_right_after_the_branch_moves_leaves_the_index_agreeing_with_it(
+        store: Store, ws_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, actor = agent_store(store)
+    moved = gitrepo.GitRepo._move_branch
+
+    def then_interrupted(self: gitrepo.GitRepo, *args: object) -> None:
+        moved(self, *args)
+        raise KeyboardInterrupt  # Ctrl-C just after the commit landed
+
+    monkeypatch.setattr(gitrepo.GitRepo, "_move_branch", then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.memory_insert("org", "agent line", actor=actor)
+    monkeypatch.undo()
+    assert "agent line" in git(ws_path, "show", "HEAD:blocks/org.md")
+    assert git(ws_path, "diff", "--cached", "--name-only") == ""  # a person's next commit cannot revert it
+
+
+def test_an_index_note_the_disk_refuses_does_not_undo_the_commit(
+        store: Store, ws_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, actor = agent_store(store)
+    real_open = os.open
+
+    def no_note(path: object, *args: object, **kwargs: object) -> int:
+        if str(path).endswith("index-note"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(gitrepo.os, "open", no_note)
+    result = store.memory_insert("org", "agent line", actor=actor)
+    monkeypatch.undo()
+    assert result.version == git(ws_path, "rev-parse", "HEAD").strip()
+    assert_clean_repo(ws_path)
+
+
 def test_crlf_attributes_and_autocrlf_are_applied_as_git_add_would(store: Store, ws_path: Path) -> None:
     (ws_path / ".gitattributes").write_text("*.md text eol=crlf\n")
     git(ws_path, "add", ".gitattributes")
