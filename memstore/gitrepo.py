@@ -691,7 +691,7 @@ class GitRepo:
 
         Written over the old note at a fixed width, never cut to nothing: ext4 starts writing
         a file out when it is closed after being cut to nothing (its `auto_da_alloc`), which
-        cost 0.2 ms of every edit on this machine's root disk; writing in place costs 2-5 us.
+        cost 0.16-0.2 ms of every edit on this machine's root disk; writing in place costs 5 us.
         Only a process holding git's `index.lock` reads or writes the note, and one write of
         a few bytes is never torn by a kill.
         """
