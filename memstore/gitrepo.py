@@ -42,7 +42,7 @@ from hashlib import sha1
 from pathlib import Path
 
 import pygit2
-from pygit2.enums import FilterMode, ObjectType
+from pygit2.enums import DeltaStatus, FilterMode, ObjectType
 
 from . import gitindex
 from .errors import ConflictError, MemstoreError, WorkspaceError
@@ -320,7 +320,8 @@ class GitRepo:
                 if not landed:  # the branch lacks the change: the index goes back to match it
                     self._put_back_index(index)
                 raise
-        self._blobs.get_or_make((commit, rel), lambda: blob)
+        if not self.native_commit:  # hooks may have changed what `git commit` committed
+            self._blobs.get_or_make((commit, rel), lambda: blob)
         return commit
 
     def _still(self, rel: str, written: os.stat_result | None) -> os.stat_result | None:
@@ -736,15 +737,22 @@ class GitRepo:
 
         What git's own `commit --only` does, with the blob instead of the file: the commit is
         built from a temporary index (the tip's tree plus this one change), so it holds this
-        entry's content whatever the file holds now (a later edit, a person's change).
-        The caller holds the real `index.lock`, as `git commit` would, hooks included.
+        entry's content whatever the file holds now (a later edit, a person's change). The
+        temporary index starts as a copy of the real one, whose file stats libgit2 keeps for
+        unchanged entries, so `git commit` does not re-read every file. The caller holds the
+        real `index.lock`, as `git commit` would, hooks included.
         """
+        tip = self.tip()
         tmp = self.git_dir / f"memstore-index.{os.getpid()}.{time.monotonic_ns()}"
         try:
+            real = self._read_index()
+            if real is not None:
+                tmp.write_bytes(real)
             staged = pygit2.Index(str(tmp))
-            tip = self.tip()
             if tip is not None:
                 staged.read_tree(self.repo[tip].peel(pygit2.Tree))
+            else:
+                staged.clear()
             if blob is not None:
                 staged.add(pygit2.IndexEntry(rel, pygit2.Oid(hex=blob), pygit2.GIT_FILEMODE_BLOB))
             elif rel in staged:
@@ -761,12 +769,56 @@ class GitRepo:
             tmp.unlink(missing_ok=True)
         if proc.returncode != 0:
             text = (proc.stderr or proc.stdout).decode("utf-8", "replace").strip()
-            if "cannot lock ref" in text:  # another git command holds the branch
-                raise CommitPending(text.splitlines()[-1])
+            # git exits 1 when a hook refuses, 128 when it dies: signing refused, or a lock or the disk
+            if proc.returncode == 128 and "sign" not in text:
+                raise CommitPending(text.splitlines()[-1] if text else "git commit failed")
             raise HookRefused(f"git commit refused the edit of {rel}: {text[-2000:] or 'exit ' + str(proc.returncode)}")
         made = self.tip()
         assert made is not None
+        ours = self._first_after(made, tip)
+        self._index_follows(tip, made, rel, blob)
+        return ours
+
+    def _first_after(self, made: str, tip: str | None) -> str:
+        """The commit `git commit` made on `tip`: `made`, or an ancestor of it when a post-commit hook
+        committed again on top."""
+        commit = made
+        for _ in range(16):
+            parents = self.parents(commit)
+            if parents[:1] == ([tip] if tip else []) or not parents:
+                return commit
+            commit = parents[0]
         return made
+
+    def _index_follows(self, tip: str | None, made: str, rel: str, blob: str | None) -> None:
+        """Make the real index agree with the branch for every path git's commit (and its hooks)
+        changed beyond the one memstore asked for: a pre-commit formatter's `git add`, a
+        post-commit hook's own commit. A person's later commit then never undoes them."""
+        old = self.repo[tip].peel(pygit2.Tree) if tip else None
+        new = self.repo[made].peel(pygit2.Tree)
+        deltas = self.repo.diff(old, new).deltas if old is not None else new.diff_to_tree(swap=True).deltas
+        asked = (rel, blob)  # the change memstore placed in the index already
+        changed = [d for d in deltas if (d.new_file.path, None if d.status == DeltaStatus.DELETED
+                                         else str(d.new_file.id)) != asked]
+        index = self._read_index()
+        if not changed or index is None:
+            return
+        tmp = self.git_dir / f"memstore-index.{os.getpid()}.{time.monotonic_ns()}"
+        try:
+            tmp.write_bytes(index)
+            real = pygit2.Index(str(tmp))
+            for delta in changed:
+                path, target = delta.new_file.path, delta.new_file
+                entry = real[path] if path in real else None
+                if delta.status == DeltaStatus.DELETED:
+                    if entry is not None:
+                        real.remove(path)
+                elif entry is None or entry.id != target.id:
+                    real.add(pygit2.IndexEntry(path, target.id, target.mode))
+            real.write()
+            self._place_index(tmp.read_bytes(), False)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 class _BranchMoved(Exception):

@@ -355,6 +355,47 @@ def test_with_hooks_waiting_edits_are_committed_each_with_its_own_content(
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="shell hooks")
+def test_what_hooks_add_to_a_commit_reaches_the_index_too(store: Store, ws_path: Path) -> None:
+    store, actor = agent_store(store)
+    _hook(ws_path, "pre-commit", "sed -i 's/agent line/AGENT LINE/' blocks/org.md && git add blocks/org.md\n")
+    _hook(ws_path, "post-commit", '[ -n "$BOT" ] && exit 0\necho logged >> AGENTLOG && git add AGENTLOG && '
+                                  'BOT=1 git commit -q -m "bot: log"\n')
+    store = Store.open(ws_path)
+    result = store.memory_insert("org", "agent line", actor=actor)
+    assert git(ws_path, "log", "-2", "--format=%s").splitlines() == ["bot: log", "memory_insert org"]
+    assert result.version == git(ws_path, "rev-parse", "HEAD~1").strip()  # the commit holding the edit
+    assert git(ws_path, "show", f"{result.version}:blocks/org.md").endswith("Org: Letta\nAGENT LINE\n")
+    assert_clean_repo(ws_path)  # the formatter's blob and the bot's file are in the index as on the branch
+    (ws_path / ".git/hooks/post-commit").unlink()
+    store.memory_insert("org", "more", actor=actor)
+    assert git(ws_path, "log", "-1", "--format=%an %s").strip() == "agent1 memory_insert org"  # no "Hand edit"
+    assert_clean_repo(ws_path)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="shell stand-in for git")
+def test_with_hooks_a_git_that_dies_on_retry_leaves_the_waiting_edit_waiting(
+        store: Store, ws_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store, actor = agent_store(store)
+    _hook(ws_path, "post-commit", "exit 0\n")
+    store = Store.open(ws_path)
+    (ws_path / ".git/index.lock").write_bytes(b"")
+    assert store.memory_insert("org", "agent line", actor=actor).pending
+    (ws_path / ".git/index.lock").unlink()
+    real_git = subprocess.run(["which", "git"], capture_output=True, text=True).stdout.strip()
+    fake = tmp_path / "bin" / "git"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\n[ "$1" = commit ] && {{ echo "fatal: unable to write loose object file: '
+                    f'No space left on device" >&2; exit 128; }}\nexec {real_git} "$@"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    assert Store.open(ws_path).commits.pending_files() == ["blocks/org.md"]  # still waiting, not dropped
+    monkeypatch.undo()
+    assert Store.open(ws_path).commits.pending_files() == []
+    assert git(ws_path, "log", "-1", "--format=%an %s").strip() == "agent1 memory_insert org"
+    assert_clean_repo(ws_path)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="shell hooks")
 def test_a_waiting_edit_a_hook_refuses_later_is_dropped_and_the_workspace_keeps_working(
         store: Store, ws_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     store, actor = agent_store(store)
