@@ -331,14 +331,16 @@ class Committer:
 
 
 def _read_journal(path: Path) -> list[_Entry]:
+    """A journal's entries. What follows its JSON is ignored: the tail of a longer write cut short
+    by a full disk before the journal was put back."""
     try:
-        raw = path.read_bytes()
+        raw = path.read_bytes().decode("utf-8", "replace").strip()
     except FileNotFoundError:
         return []
-    if not raw.strip():
+    if not raw:
         return []
     try:
-        return [_Entry(**item) for item in json.loads(raw)]
+        return [_Entry(**item) for item in json.JSONDecoder().raw_decode(raw)[0]]
     except (ValueError, TypeError):
         return []  # torn by a writer killed while writing it: that edit never reached the file
 
