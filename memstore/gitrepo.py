@@ -770,13 +770,17 @@ class GitRepo:
         if proc.returncode != 0:
             text = (proc.stderr or proc.stdout).decode("utf-8", "replace").strip()
             # git exits 1 when a hook refuses, 128 when it dies: signing refused, or a lock or the disk
-            if proc.returncode == 128 and "sign" not in text:
-                raise CommitPending(text.splitlines()[-1] if text else "git commit failed")
-            raise HookRefused(f"git commit refused the edit of {rel}: {text[-2000:] or 'exit ' + str(proc.returncode)}")
+            if proc.returncode == 1 or (proc.returncode == 128 and "sign" in text):
+                raise HookRefused(f"git commit refused the edit of {rel}: {text[-2000:] or 'exit 1'}")
+            raise CommitPending(text.splitlines()[-1] if text else f"git commit ended with {proc.returncode}")
         made = self.tip()
         assert made is not None
-        ours = self._first_after(made, tip)
-        self._index_follows(tip, made, rel, blob)
+        try:  # the commit is made: nothing past this point may undo the index or say it failed
+            ours = self._first_after(made, tip)
+            self._index_follows(tip, made, rel, blob)
+        except (OSError, pygit2.GitError, KeyError, ValueError) as exc:
+            log.warning("commit %s made, but the index may not show what its hooks added: %s", made[:12], exc)
+            return made
         return ours
 
     def _first_after(self, made: str, tip: str | None) -> str:
