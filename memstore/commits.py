@@ -285,7 +285,8 @@ class Committer:
             return []
         found = []
         for item in entries:
-            journal = _read_journal(Path(item.path)) if item.name.endswith(".json") else []
+            waiting = item.name.endswith(".json") and item.stat().st_size > 0  # most journals are empty
+            journal = _read_journal(Path(item.path)) if waiting else []
             if journal:  # not one left blank by a killed writer
                 found.append(journal[0].rel or item.name[:-5].replace("__", "/"))  # journals before `rel` was kept
         return sorted(found)
@@ -315,14 +316,21 @@ class Committer:
         return _read_journal(self._journal_path(rel))
 
     def _save_journal(self, rel: str, journal: list[_Entry]) -> None:
-        """Rewrite the journal in place (no new file per edit); empty when nothing waits.
+        """Rewrite the journal in place; remove it when nothing waits.
 
         A shorter journal is padded with spaces to the old one's length before it is cut to
         size, so a writer killed between the two still leaves JSON that parses (and the
         edits in it are committed under their authors, not taken for a person's).
         """
+        path = self._journal_path(rel)
+        if not journal:
+            try:  # nothing waits: no file, so finding what waits costs nothing however many files there are
+                path.unlink(missing_ok=True)
+                return
+            except OSError:  # Windows, while another process reads it: emptied instead
+                pass
         data = json.dumps([asdict(e) for e in journal]).encode() if journal else b""
-        fd = os.open(self._journal_path(rel), os.O_WRONLY | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
         try:
             write_all(fd, data.ljust(os.fstat(fd).st_size))
             os.ftruncate(fd, len(data))

@@ -136,6 +136,21 @@ def test_a_disk_that_fills_while_the_journal_grows_keeps_the_earlier_pending_edi
     assert_clean_repo(ws_path)
 
 
+def test_a_journal_is_kept_only_while_its_edits_wait(store: Store, ws_path: Path) -> None:
+    """Finding waiting edits lists the journals: one left per file ever edited would make that cost grow."""
+    store, actor = agent_store(store)
+    pending = ws_path / ".memstore/pending"
+    (pending / "blocks__old.md.json").write_bytes(b"")  # an empty journal an earlier version left
+    (ws_path / ".git/index.lock").write_bytes(b"")
+    assert store.memory_insert("org", "agent line", actor=actor).pending
+    assert [p.name for p in pending.iterdir() if p.stat().st_size] == ["blocks__org.md.json"]
+    (ws_path / ".git/index.lock").unlink()
+    reopened = Store.open(ws_path)
+    assert reopened.commits.pending_files() == []
+    reopened.memory_insert("org", "second", actor=actor)
+    assert sorted(p.name for p in pending.iterdir()) == ["blocks__old.md.json"]
+
+
 def test_a_branch_lock_held_by_git_makes_the_edit_pending_not_a_lie(store: Store, ws_path: Path) -> None:
     store, actor = agent_store(store)
     ref_lock = ws_path / ".git/refs/heads/main.lock"
