@@ -293,6 +293,7 @@ class Committer:
 
     def finish_all(self, wait: float | None = 0.0) -> list[str]:
         """Commit every pending edit whose obstacle has cleared; the files still pending."""
+        self._remove_empty_journals()
         waiting = []
         for rel in self.pending_files():
             try:
@@ -303,6 +304,20 @@ class Committer:
             if self._journal(rel):
                 waiting.append(rel)
         return waiting
+
+    def _remove_empty_journals(self) -> None:
+        """Empty journals that versions before 4 Dec kept for every file ever edited (each is removed
+        under its file's lock, if free: a writer holding it may be about to fill it)."""
+        try:
+            empty = [e.name for e in os.scandir(self.ws.pending_dir)
+                     if e.name.endswith(".json") and not e.stat().st_size]
+        except OSError:
+            return
+        for name in empty:
+            lock = self.locks.file(name[:-5].replace("__", "/"))  # the journal's name is the lock's, encoded alike
+            with contextlib.suppress(MemstoreError, OSError), self.locks.hold(lock, name, timeout=0):
+                if not (self.ws.pending_dir / name).stat().st_size:
+                    (self.ws.pending_dir / name).unlink()
 
     # -- the journal -------------------------------------------------------------------------
 

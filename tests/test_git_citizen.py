@@ -148,7 +148,7 @@ def test_a_journal_is_kept_only_while_its_edits_wait(store: Store, ws_path: Path
     reopened = Store.open(ws_path)
     assert reopened.commits.pending_files() == []
     reopened.memory_insert("org", "second", actor=actor)
-    assert sorted(p.name for p in pending.iterdir()) == ["blocks__old.md.json"]
+    assert list(pending.iterdir()) == []  # the empty one an earlier version left is removed at open too
 
 
 def test_a_branch_lock_held_by_git_makes_the_edit_pending_not_a_lie(store: Store, ws_path: Path) -> None:
