@@ -261,7 +261,7 @@ class Committer:
         except ConflictError:  # unmerged now: the edits wait until the person resolves it
             return None
         except OSError as exc:
-            log.warning("%s: waiting edits not committed yet: %s", rel, _disk_error(rel, exc))
+            log.warning("%s: waiting edits not committed yet: %s", rel, os_error_text(exc))
             return None
 
     def _drop_refused(self, rel: str, journal: list[_Entry], disk_blob: str | None, exc: HookRefused) -> None:
