@@ -285,7 +285,10 @@ class Committer:
             return []
         found = []
         for item in entries:
-            waiting = item.name.endswith(".json") and item.stat().st_size > 0  # most journals are empty
+            try:
+                waiting = item.name.endswith(".json") and item.stat().st_size > 0  # most journals are empty
+            except OSError:  # removed since it was listed: its edits were committed
+                continue
             journal = _read_journal(Path(item.path)) if waiting else []
             if journal:  # not one left blank by a killed writer
                 found.append(journal[0].rel or item.name[:-5].replace("__", "/"))  # journals before `rel` was kept
@@ -309,15 +312,17 @@ class Committer:
         """Empty journals that versions before 4 Dec kept for every file ever edited (each is removed
         under its file's lock, if free: a writer holding it may be about to fill it)."""
         try:
-            empty = [e.name for e in os.scandir(self.ws.pending_dir)
-                     if e.name.endswith(".json") and not e.stat().st_size]
+            names = [e.name for e in os.scandir(self.ws.pending_dir) if e.name.endswith(".json")]
         except OSError:
             return
-        for name in empty:
+        for name in names:
+            path = self.ws.pending_dir / name
             lock = self.locks.file(name[:-5].replace("__", "/"))  # the journal's name is the lock's, encoded alike
-            with contextlib.suppress(MemstoreError, OSError), self.locks.hold(lock, name, timeout=0):
-                if not (self.ws.pending_dir / name).stat().st_size:
-                    (self.ws.pending_dir / name).unlink()
+            with contextlib.suppress(MemstoreError, OSError):
+                if not path.stat().st_size:
+                    with self.locks.hold(lock, name, timeout=0):
+                        if not path.stat().st_size:
+                            path.unlink()
 
     # -- the journal -------------------------------------------------------------------------
 

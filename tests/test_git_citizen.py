@@ -151,6 +151,28 @@ def test_a_journal_is_kept_only_while_its_edits_wait(store: Store, ws_path: Path
     assert list(pending.iterdir()) == []  # the empty one an earlier version left is removed at open too
 
 
+def test_a_journal_removed_while_the_waiting_edits_are_listed_is_no_error(
+        store: Store, ws_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process commits and removes a journal between the listing and the look at it (the watcher)."""
+    store, actor = agent_store(store)
+    (ws_path / ".git/index.lock").write_bytes(b"")
+    assert store.memory_insert("org", "agent line", actor=actor).pending
+    (ws_path / ".git/index.lock").unlink()
+    import memstore.commits as commits
+
+    listing = os.scandir
+
+    def then_committed(path: object) -> list[os.DirEntry[str]]:
+        entries = list(listing(path))
+        for entry in entries:
+            os.unlink(entry.path)
+        return entries
+
+    monkeypatch.setattr(commits.os, "scandir", then_committed)
+    assert store.commits.pending_files() == []
+    assert store.commits.finish_all() == []
+
+
 def test_a_branch_lock_held_by_git_makes_the_edit_pending_not_a_lie(store: Store, ws_path: Path) -> None:
     store, actor = agent_store(store)
     ref_lock = ws_path / ".git/refs/heads/main.lock"
