@@ -286,7 +286,8 @@ class Committer:
         found = []
         for item in entries:
             try:
-                waiting = item.name.endswith(".json") and item.stat().st_size > 0  # most journals are empty
+                waiting = (item.name.endswith(".json") and item.is_file(follow_symlinks=False)
+                           and item.stat().st_size > 0)  # most journals are empty
             except OSError:  # removed since it was listed: its edits were committed
                 continue
             journal = _read_journal(Path(item.path)) if waiting else []

@@ -141,14 +141,15 @@ def test_a_journal_is_kept_only_while_its_edits_wait(store: Store, ws_path: Path
     store, actor = agent_store(store)
     pending = ws_path / ".memstore/pending"
     (pending / "blocks__old.md.json").write_bytes(b"")  # an empty journal an earlier version left
+    (pending / "blocks__odd.md.json").mkdir()  # not a journal at all: never read, never counted
     (ws_path / ".git/index.lock").write_bytes(b"")
     assert store.memory_insert("org", "agent line", actor=actor).pending
-    assert [p.name for p in pending.iterdir() if p.stat().st_size] == ["blocks__org.md.json"]
+    assert [p.name for p in pending.iterdir() if p.is_file() and p.stat().st_size] == ["blocks__org.md.json"]
     (ws_path / ".git/index.lock").unlink()
     reopened = Store.open(ws_path)
     assert reopened.commits.pending_files() == []
     reopened.memory_insert("org", "second", actor=actor)
-    assert list(pending.iterdir()) == []  # the empty one an earlier version left is removed at open too
+    assert [p.name for p in pending.iterdir()] == ["blocks__odd.md.json"]  # the empty journal is removed at open
 
 
 def test_a_journal_removed_while_the_waiting_edits_are_listed_is_no_error(
