@@ -269,9 +269,12 @@ class Committer:
         refused edit does, and the file goes back to what is committed unless a person changed it since."""
         log.warning("%s: %d waiting edit(s), the first by %s, refused and dropped: %s", rel, len(journal),
                     journal[0].name, exc)
-        if disk_blob == journal[-1].new:
-            self._put(rel, self.git.read_blob(journal[0].base) if journal[0].base else None)
-        self._save_journal(rel, [])
+        try:
+            if disk_blob == journal[-1].new:
+                self._put(rel, self.git.read_blob(journal[0].base) if journal[0].base else None)
+            self._save_journal(rel, [])
+        except OSError as exc:  # the disk refuses: they stay waiting, to be dropped at the next try
+            log.warning("%s: the refused edits could not be taken out of the file yet: %s", rel, os_error_text(exc))
 
     def has_pending(self, rel: str) -> bool:
         """Whether an edit of `rel` is written but its commit is still pending."""
