@@ -110,10 +110,10 @@ class Committer:
         The hook (housekeeping) runs after the lock is let go, so it never holds up the file's
         next writer.
         """
-        before = getattr(self._made, "commits", 0)
+        before = self.made()
         with self.locks.hold(self.locks.file(rel), rel):
             yield
-        if self.on_commit is not None and getattr(self._made, "commits", 0) != before:
+        if self.on_commit is not None and self.made() != before:
             self.on_commit()
 
     @contextmanager
@@ -237,7 +237,9 @@ class Committer:
         """Commit the edits of `rel` a blocked or killed writer left in its journal (under the file lock)."""
         journal = self._journal(rel)
         if not journal:
-            return None
+            journal = self._revived(rel)
+            if not journal:
+                return None
         disk = self.read(rel)
         disk_blob = blob_id(disk) if disk is not None else None
         if disk_blob != journal[-1].new and disk_blob == journal[-1].base:
@@ -246,9 +248,10 @@ class Committer:
         while journal and journal[0].base != head and any(e.new == head for e in journal):
             journal.pop(0)  # committed; its writer died before clearing it
         if not journal or journal[0].base != head or (disk_blob == head and disk_blob != journal[-1].new):
-            if journal:  # the person put the file back to the branch (`git reset --hard`, `git checkout`)
-                log.warning("%s: dropping %d pending edit(s) that a git reset or checkout discarded",
+            if journal:  # the person put the file back to the branch (`git reset --hard`, `git checkout`, `git stash`)
+                log.warning("%s: dropping %d pending edit(s) that a git reset, checkout or stash discarded",
                             rel, len(journal))
+                self._keep_dropped(rel, journal)
             self._save_journal(rel, [])
             return None
         try:
@@ -264,6 +267,38 @@ class Committer:
             log.warning("%s: waiting edits not committed yet: %s", rel, os_error_text(exc))
             return None
 
+    def _keep_dropped(self, rel: str, journal: list[_Entry]) -> None:
+        """Remember edits a git command took out of the file, in case they come back (`git stash pop`)."""
+        data = json.dumps([asdict(e) for e in journal]).encode()
+        try:
+            write_atomic(self._dropped_path(rel), data, self.ws.tmp_dir)
+        except OSError as exc:  # best effort: were they to come back, they would be a person's hand edit
+            log.info("%s: the dropped edits are not remembered: %s", rel, os_error_text(exc))
+
+    def _revived(self, rel: str) -> list[_Entry]:
+        """Dropped edits of `rel` that are back in the file, exactly as they left it, on the same branch
+        content (a `git stash` and `git stash pop`): they go back in the journal, to be committed under
+        their authors, not as a person's hand edit. Dropped edits that can no longer come back are forgotten."""
+        path = self._dropped_path(rel)
+        if not os.path.exists(path):
+            return []
+        dropped = _read_journal(path)
+        try:
+            if not dropped or dropped[0].base != self.head_blob(rel):
+                path.unlink(missing_ok=True)  # the branch moved on: a pop now is the person's merge
+                return []
+            disk = self.read(rel)
+            if (blob_id(disk) if disk is not None else None) != dropped[-1].new:
+                return []
+            self._save_journal(rel, dropped)
+            path.unlink(missing_ok=True)
+        except (OSError, MemstoreError) as exc:
+            log.info("%s: dropped edits not looked at: %s", rel, exc)
+            return self._journal(rel)
+        log.warning("%s: %d dropped edit(s) are back in the file (git stash pop?): committed under their authors",
+                    rel, len(dropped))
+        return dropped
+
     def _drop_refused(self, rel: str, journal: list[_Entry], disk_blob: str | None, exc: HookRefused) -> None:
         """Waiting edits that a hook (or signing) refused when their commit was retried: they go, as a
         refused edit does, and the file goes back to what is committed unless a person changed it since."""
@@ -276,12 +311,20 @@ class Committer:
         except OSError as exc:  # the disk refuses: they stay waiting, to be dropped at the next try
             log.warning("%s: the refused edits could not be taken out of the file yet: %s", rel, os_error_text(exc))
 
+    def made(self) -> int:
+        """How many commits this thread has made so far (a difference tells a call made some)."""
+        return getattr(self._made, "commits", 0)
+
     def has_pending(self, rel: str) -> bool:
         """Whether an edit of `rel` is written but its commit is still pending."""
         return bool(self._journal(rel))
 
     def pending_files(self) -> list[str]:
         """The files with edits written but not yet committed."""
+        return self._files_with(".json")
+
+    def _files_with(self, suffix: str) -> list[str]:
+        """The files whose journals (`.json`) or dropped edits (`.dropped`) hold entries."""
         try:
             entries = list(os.scandir(self.ws.pending_dir))
         except FileNotFoundError:
@@ -289,20 +332,20 @@ class Committer:
         found = []
         for item in entries:
             try:
-                waiting = (item.name.endswith(".json") and item.is_file(follow_symlinks=False)
-                           and item.stat().st_size > 0)  # most journals are empty
+                waiting = (item.name.endswith(suffix) and item.is_file(follow_symlinks=False)
+                           and item.stat().st_size > 0)  # journals of earlier versions may be empty
             except OSError:  # removed since it was listed: its edits were committed
                 continue
             journal = _read_journal(Path(item.path)) if waiting else []
             if journal:  # not one left blank by a killed writer
-                found.append(journal[0].rel or item.name[:-5].replace("__", "/"))  # journals before `rel` was kept
+                found.append(journal[0].rel or item.name[: -len(suffix)].replace("__", "/"))  # before `rel` was kept
         return sorted(found)
 
     def finish_all(self, wait: float | None = 0.0) -> list[str]:
         """Commit every pending edit whose obstacle has cleared; the files still pending."""
         self._remove_empty_journals()
         waiting = []
-        for rel in self.pending_files():
+        for rel in sorted({*self.pending_files(), *self._files_with(".dropped")}):  # dropped ones may be back
             try:
                 with self._holding(rel):
                     self._finish(rel, wait=wait)
@@ -335,6 +378,9 @@ class Committer:
         if path is None:
             path = self._journal_paths[rel] = self.ws.pending_dir / (rel.replace("/", "__") + ".json")
         return path
+
+    def _dropped_path(self, rel: str) -> Path:
+        return self.ws.pending_dir / (rel.replace("/", "__") + ".dropped")
 
     def _journal(self, rel: str) -> list[_Entry]:
         return _read_journal(self._journal_path(rel))

@@ -67,10 +67,10 @@ def pick_up(store: Store, rel: str) -> PickUp:
 
 def _pick_up(store: Store, rel: str) -> PickUp:
     commits = store.commits
-    had_pending = rel in commits.pending_files()
+    made = commits.made()
     with commits.locked(rel) as current:  # commits what a blocked or killed writer left first
         if not commits.hand_edited(rel, current):  # as memstore last wrote it
-            if had_pending and rel not in commits.pending_files():
+            if commits.made() != made:  # waiting edits, now committed under their authors
                 return PickUp(path=rel, action="recovered", version=store.last_change.get(rel))
             return PickUp(path=rel, action="unchanged")
         head = commits.head_blob(rel)

@@ -210,7 +210,7 @@ def _log_pick_up(result: PickUp) -> None:
         log.warning("%s: not committed: %s", result.path, result.problem)
         return
     if result.action == "recovered":
-        log.info("%s: committed an edit whose writer died before its commit, commit %s", result.path,
+        log.info("%s: committed edits that waited (for git, or after their writer died), commit %s", result.path,
                  (result.version or "?")[:12])
         return
     log.info("%s: %s by hand, commit %s", result.path, result.action, (result.version or "?")[:12])

@@ -16,7 +16,7 @@ from memstore import Store
 from memstore import fsutil, gitrepo
 from memstore.errors import ConflictError, WorkspaceError
 
-from .conftest import assert_clean_repo, git
+from .conftest import PERSON_NAME, assert_clean_repo, git
 
 ROOT = Path(__file__).resolve().parent.parent
 MEMSTORE = str(Path(sys.executable).with_name("memstore"))
@@ -93,6 +93,52 @@ def test_a_pending_edit_of_a_block_whose_name_has_two_underscores_stays_the_agen
     assert reopened.commits.pending_files() == []
     assert reopened.get_block("user__prefs").value == "likes tea\nagent line"
     assert git(ws_path, "log", "-1", "--format=%an %s").strip() == "agent1 memory_insert user__prefs"
+    assert_clean_repo(ws_path)
+
+
+@pytest.mark.parametrize("then", ["the watcher", "memstore status"])
+def test_waiting_edits_a_person_stashes_and_pops_stay_the_agents(store: Store, ws_path: Path, then: str) -> None:
+    store, actor = agent_store(store)
+    lock = ws_path / ".git/index.lock"
+    lock.write_bytes(b"")  # a commit in the person's editor holds the index
+    assert store.memory_insert("org", "agent line", actor=actor).pending
+    assert store.memory_insert("org", "second line", actor=actor).pending
+    lock.unlink()
+    git(ws_path, "stash")  # before any memstore operation came by: the waiting edits go into the stash
+    assert Store.open(ws_path).commits.pending_files() == []  # dropped, as a reset would
+    assert git(ws_path, "log", "--format=%s").count("memory_insert org") == 0
+    git(ws_path, "stash", "pop")
+    if then == "the watcher":
+        from memstore.handedits import pick_up
+
+        result = pick_up(store, "blocks/org.md")  # what the watcher does when the file comes back
+        assert result.action == "recovered" and result.version == git(ws_path, "rev-parse", "HEAD").strip()
+    else:
+        out = subprocess.run([MEMSTORE, "status"], cwd=ws_path, capture_output=True, text=True)
+        assert out.returncode == 0 and "blocks/org.md" not in out.stdout, out.stdout + out.stderr
+    log = git(ws_path, "log", "--format=%an|%s", "--", "blocks/org.md").splitlines()
+    assert log[:2] == ["agent1|memory_insert org", "agent1|memory_insert org"]  # not the person's hand edit
+    assert "agent line" in git(ws_path, "show", "HEAD~1:blocks/org.md")
+    assert "agent line\nsecond line" in git(ws_path, "show", "HEAD:blocks/org.md")
+    assert not list((ws_path / ".memstore/pending").iterdir())
+    assert_clean_repo(ws_path)
+
+
+def test_dropped_edits_that_come_back_after_the_branch_moved_on_are_the_persons(
+        store: Store, ws_path: Path) -> None:
+    store, actor = agent_store(store)
+    lock = ws_path / ".git/index.lock"
+    lock.write_bytes(b"")
+    assert store.memory_insert("org", "agent line", actor=actor).pending
+    lock.unlink()
+    stashed = (ws_path / "blocks/org.md").read_text()
+    git(ws_path, "stash")
+    assert store.memory_insert("org", "later line", actor=actor).version  # the branch moves on
+    git(ws_path, "stash", "drop")
+    (ws_path / "blocks/org.md").write_text(stashed)  # the person puts the old text back by hand
+    assert store.get_block("org").value == "Org: Letta\nagent line"
+    assert git(ws_path, "log", "-1", "--format=%an|%s").strip() == f"{PERSON_NAME}|Hand edit blocks/org.md"
+    assert not list((ws_path / ".memstore/pending").iterdir())
     assert_clean_repo(ws_path)
 
 
