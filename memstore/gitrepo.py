@@ -49,6 +49,11 @@ from .errors import ConflictError, MemstoreError, WorkspaceError
 from .cache import LRU
 from .fsutil import PORTABLE, pid_alive, replace_file, write_all
 
+try:
+    import fcntl
+except ImportError:  # Windows: a lock's twin is judged by its process id alone
+    fcntl = None  # type: ignore[assignment]
+
 log = logging.getLogger(__name__)
 
 LOCK_WAIT = 5.0  # seconds memstore waits for a lock a git command holds before the edit is left pending
@@ -503,16 +508,18 @@ class GitRepo:
         """Hold git's lock file `lock` (`index.lock`, `refs/heads/main.lock`) as git does.
 
         A git command's lock is waited for (`wait` seconds, then CommitPending) and never
-        removed. Ours is made as `memstore-lock.<pid>.<n>` beside the git folder and hard-
-        linked to the lock's name while held: a lock with such a twin whose process died is
-        provably a killed memstore writer's, and is removed. The caller renames the lock
-        into place, or it is removed on exit.
+        removed. Ours is made as `memstore-flock.<pid>.<n>` beside the git folder, claimed
+        with `flock` (on Unix), and hard-linked to the lock's name while held: a lock with
+        such a twin that no live process claims is provably a killed memstore writer's, and
+        is removed, even when its process id has been reused since. The caller renames the
+        lock into place, or it is removed on exit.
         """
         folder = self.git_dir if lock.parent == self.git_dir else self.common_dir  # same file system
         deadline = time.monotonic() + wait
         while True:
-            twin = folder / f"memstore-lock.{os.getpid()}.{time.monotonic_ns()}"
+            twin = folder / f"memstore-flock.{os.getpid()}.{time.monotonic_ns()}"
             fd = os.open(twin, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
+            _claim(fd)
             try:
                 _link(twin, lock)
                 break
@@ -541,27 +548,40 @@ class GitRepo:
         try:
             yield fd
         finally:
-            os.close(fd)
-            _remove_if_same(lock, st)  # not renamed into place: let go of it unchanged
-            twin.unlink(missing_ok=True)
+            if fcntl is None:  # Windows cannot remove a file that is open
+                os.close(fd)
+            try:
+                _remove_if_same(lock, st)  # not renamed into place: let go of it unchanged
+                twin.unlink(missing_ok=True)
+            finally:
+                if fcntl is not None:  # the claim lasts until the lock is gone
+                    os.close(fd)
 
     def _remove_dead_twin(self, lock: Path, folder: Path) -> bool:
-        """Remove `lock` only if it is linked to the twin of a memstore writer that died."""
+        """Remove `lock` only if it is linked to the twin of a memstore writer that died.
+
+        A twin's writer is alive while its process id is, and, for twins claimed with
+        `flock` (`memstore-flock.*`), while the claim is held: a process id reused after a
+        crash does not keep a dead writer's lock. (`memstore-lock.*` twins, from versions
+        before 5 Dec, go by the process id alone.)
+        """
         try:
             st = os.stat(lock)
         except OSError:
             return False
         if st.st_nlink < 2:
             return False  # no twin: a git command's
-        for twin in folder.glob("memstore-lock.*"):
-            pid = twin.name.split(".")[1]
-            if not pid.isdigit() or pid_alive(int(pid)):
+        for twin in folder.glob("memstore-*lock.*"):
+            kind, pid = twin.name.split(".")[:2]
+            if kind not in ("memstore-lock", "memstore-flock") or not pid.isdigit():
                 continue
             try:
                 mine = os.stat(twin)
             except OSError:
                 continue
-            if (mine.st_dev, mine.st_ino) == (st.st_dev, st.st_ino):
+            if (mine.st_dev, mine.st_ino) != (st.st_dev, st.st_ino):
+                continue
+            if not pid_alive(int(pid)) or (kind == "memstore-flock" and not _claimed(twin)):
                 log.warning("removing %s left by a memstore writer that died", lock)
                 _remove_if_same(lock, st)
                 twin.unlink(missing_ok=True)
@@ -572,7 +592,7 @@ class GitRepo:
         """Temp files a killed writer left: twins of locks never linked (a linked one proves a lock
         ours), and new indexes never renamed into place."""
         for folder in {self.git_dir, self.common_dir}:
-            for path in [*folder.glob("memstore-lock.*"), *folder.glob("memstore-index.*")]:
+            for path in [*folder.glob("memstore-*lock.*"), *folder.glob("memstore-index.*")]:
                 pid = path.name.split(".")[1]
                 try:
                     if pid.isdigit() and not pid_alive(int(pid)) and (
@@ -910,6 +930,30 @@ def _link(src: Path, dst: Path) -> None:
     except FileNotFoundError:  # e.g. `git pack-refs` removed the ref's empty folder
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.link(src, dst)
+
+
+def _claim(fd: int) -> None:
+    """Claim a lock's twin for as long as this process holds `fd` (Unix; the system lets go when it dies)."""
+    if fcntl is not None:
+        with contextlib.suppress(OSError):  # a file system without flock: the twin goes by its process id
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _claimed(twin: Path) -> bool:
+    """Whether a live process claims `twin` (see `_claim`); True when that cannot be told."""
+    if fcntl is None:
+        return True
+    try:
+        fd = os.open(twin, os.O_RDONLY)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True  # held (or no flock here: as if held)
+    finally:
+        os.close(fd)
+    return False
 
 
 def _remove_if_same(path: Path, st: os.stat_result) -> None:

@@ -653,6 +653,53 @@ def test_a_lock_left_by_a_killed_memstore_writer_is_removed_and_only_that_one(st
     assert (ws_path / ".git/index.lock").exists()
 
 
+HOLDER = """
+import fcntl, os, sys, time
+twin, lock = sys.argv[1], sys.argv[2]
+fd = os.open(twin, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+if sys.argv[3] == "claim":
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+os.link(twin, lock)
+print("holding", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.skipif(fsutil.PORTABLE or sys.platform == "win32", reason="twins are claimed with flock on Unix")
+def test_a_killed_writers_lock_is_removed_even_when_its_process_id_lives_on(store: Store, ws_path: Path) -> None:
+    store, actor = agent_store(store)
+    lock = ws_path / ".git/index.lock"
+
+    def holder(twin: Path, claim: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(twin), str(lock), claim], stdout=subprocess.PIPE,
+                                text=True)
+        assert proc.stdout is not None and proc.stdout.readline() == "holding\n"
+        return proc
+
+    # a memstore writer alive and holding: its lock is waited for, never removed
+    live = holder(ws_path / ".git/memstore-flock.1.1", "claim")
+    try:
+        live_twin = ws_path / f".git/memstore-flock.{live.pid}.1"
+        os.rename(ws_path / ".git/memstore-flock.1.1", live_twin)  # named by its own process id
+        assert store.memory_insert("org", "waits for the writer", actor=actor).pending
+        assert lock.exists() and live_twin.exists()
+    finally:
+        live.kill()
+        live.wait()
+    # killed: the system let go of its claim, so its lock goes, though a live process may
+    # have its id by now (here: a sleeping process stands in for that reuse)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        os.rename(live_twin, ws_path / f".git/memstore-flock.{other.pid}.1")
+        assert store.memory_insert("org", "after the crash", actor=actor).version
+        assert not lock.exists() and not list((ws_path / ".git").glob("memstore-*lock.*"))
+    finally:
+        other.kill()
+        other.wait()
+    assert "waits for the writer\nafter the crash" in store.get_block("org").value
+    assert_clean_repo(ws_path)
+
+
 def test_without_hard_links_locks_are_taken_as_git_takes_them(store: Store, ws_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     store, actor = agent_store(store)
@@ -663,7 +710,7 @@ def test_without_hard_links_locks_are_taken_as_git_takes_them(store: Store, ws_p
     monkeypatch.setattr(gitrepo.os, "link", no_links)
     assert store.memory_insert("org", "on a FAT stick", actor=actor).version
     monkeypatch.undo()
-    assert not list((ws_path / ".git").glob("memstore-lock.*"))
+    assert not list((ws_path / ".git").glob("memstore-*lock.*"))
     assert_clean_repo(ws_path)
 
 
