@@ -663,20 +663,22 @@ class GitRepo:
                                             self._index_places.get(path)), True
             except gitindex.IndexFormatUnsupported:
                 pass
-        tmp = self.git_dir / f"memstore-index.{os.getpid()}"
-        try:
-            if index is not None:
-                tmp.write_bytes(index)
-            idx = pygit2.Index(str(tmp))
+        with self._scratch_index(index) as (idx, tmp):
             tip = self.tip() if index is None else None
             if tip is not None:  # no index at all: as `git read-tree HEAD` makes it, then the change
                 idx.read_tree(self.repo[tip].peel(pygit2.Tree))
-            if blob is not None:  # no file stats: git re-reads the file once
-                idx.add(pygit2.IndexEntry(rel, pygit2.Oid(hex=blob), pygit2.GIT_FILEMODE_BLOB))
-            elif rel in idx:
-                idx.remove(rel)
+            _set_entry(idx, rel, blob)
             idx.write()
             return tmp.read_bytes(), False
+
+    @contextmanager
+    def _scratch_index(self, data: bytes | None) -> Iterator[tuple[pygit2.Index, Path]]:
+        """A temporary index file holding `data` (None: empty), for libgit2 to work on; removed after."""
+        tmp = self.git_dir / f"memstore-index.{os.getpid()}.{time.monotonic_ns()}"
+        try:
+            if data is not None:
+                tmp.write_bytes(data)
+            yield pygit2.Index(str(tmp)), tmp
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -763,20 +765,12 @@ class GitRepo:
         real `index.lock`, as `git commit` would, hooks included.
         """
         tip = self.tip()
-        tmp = self.git_dir / f"memstore-index.{os.getpid()}.{time.monotonic_ns()}"
-        try:
-            real = self._read_index()
-            if real is not None:
-                tmp.write_bytes(real)
-            staged = pygit2.Index(str(tmp))
+        with self._scratch_index(self._read_index()) as (staged, tmp):
             if tip is not None:
                 staged.read_tree(self.repo[tip].peel(pygit2.Tree))
             else:
                 staged.clear()
-            if blob is not None:
-                staged.add(pygit2.IndexEntry(rel, pygit2.Oid(hex=blob), pygit2.GIT_FILEMODE_BLOB))
-            elif rel in staged:
-                staged.remove(rel)
+            _set_entry(staged, rel, blob)
             staged.write()
             env = {**os.environ, "GIT_INDEX_FILE": str(tmp), "GIT_COMMITTER_NAME": committer.name,
                    "GIT_COMMITTER_EMAIL": committer.email}
@@ -785,8 +779,6 @@ class GitRepo:
                  f"--author={author.name} <{author.email}>", "-F", "-"],
                 cwd=self.root, input=message.encode(), capture_output=True, env=env,
             )
-        finally:
-            tmp.unlink(missing_ok=True)
         if proc.returncode != 0:
             text = (proc.stderr or proc.stdout).decode("utf-8", "replace").strip()
             # git exits 1 when a hook refuses, 128 when it dies: signing refused, or a lock or the disk
@@ -827,10 +819,7 @@ class GitRepo:
         index = self._read_index()
         if not changed or index is None:
             return
-        tmp = self.git_dir / f"memstore-index.{os.getpid()}.{time.monotonic_ns()}"
-        try:
-            tmp.write_bytes(index)
-            real = pygit2.Index(str(tmp))
+        with self._scratch_index(index) as (real, tmp):
             for delta in changed:
                 path, target = delta.new_file.path, delta.new_file
                 entry = real[path] if path in real else None
@@ -841,8 +830,6 @@ class GitRepo:
                     real.add(pygit2.IndexEntry(path, target.id, target.mode))
             real.write()
             self._place_index(tmp.read_bytes(), False)
-        finally:
-            tmp.unlink(missing_ok=True)
 
 
 class _BranchMoved(Exception):
@@ -930,6 +917,14 @@ def _link(src: Path, dst: Path) -> None:
     except FileNotFoundError:  # e.g. `git pack-refs` removed the ref's empty folder
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.link(src, dst)
+
+
+def _set_entry(index: pygit2.Index, rel: str, blob: str | None) -> None:
+    """`rel` at `blob` (None: removed) in a libgit2 index; without file stats, git re-reads the file once."""
+    if blob is not None:
+        index.add(pygit2.IndexEntry(rel, pygit2.Oid(hex=blob), pygit2.GIT_FILEMODE_BLOB))
+    elif rel in index:
+        index.remove(rel)
 
 
 def _claim(fd: int) -> None:
