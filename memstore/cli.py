@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
 from collections.abc import Callable
@@ -174,6 +175,7 @@ def main(workspace: str | None) -> None:
       memstore serve --http                     MCP at /mcp and Letta's REST API at /v1
       memstore demo                             Letta's shared-memory tutorial, offline
     """
+    logging.basicConfig(level=logging.WARNING, format="memstore: %(message)s")  # the core's warnings, named
 
 
 @main.command()

@@ -44,7 +44,7 @@ def status_command(workspace: str | None, as_json: bool) -> None:
 @handle_errors
 def watch_command(workspace: str | None) -> None:
     """Watch the workspace and commit hand edits as you save them (Ctrl-C stops)."""
-    logging.basicConfig(level=logging.INFO, format="memstore: %(message)s")
+    logging.getLogger().setLevel(logging.INFO)  # what is committed, as it happens (`main` set the format)
     store = Store.open(workspace)
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())

@@ -116,6 +116,7 @@ def test_waiting_edits_a_person_stashes_and_pops_stay_the_agents(store: Store, w
     else:
         out = subprocess.run([MEMSTORE, "status"], cwd=ws_path, capture_output=True, text=True)
         assert out.returncode == 0 and "blocks/org.md" not in out.stdout, out.stdout + out.stderr
+        assert "memstore: blocks/org.md: 2 dropped edit(s) are back in the file" in out.stderr
     log = git(ws_path, "log", "--format=%an|%s", "--", "blocks/org.md").splitlines()
     assert log[:2] == ["agent1|memory_insert org", "agent1|memory_insert org"]  # not the person's hand edit
     assert "agent line" in git(ws_path, "show", "HEAD~1:blocks/org.md")
