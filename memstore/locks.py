@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -122,11 +123,13 @@ class Locks:
         self._open: dict[str, _Lock] = {}
         self._guard = threading.Lock()
         self._pid = os.getpid()
+        weakref.finalize(self, _close_all, self._open)  # a store let go of closes its lock files
 
     def _use(self, name: str) -> _Lock:
         with self._guard:
             if self._pid != os.getpid():  # a forked child opens its own (its parent's are the parent's)
-                self._open, self._pid = {}, os.getpid()
+                self._open.clear()
+                self._pid = os.getpid()
             lock = self._open.pop(name, None)
             if lock is None:
                 if len(self._open) >= self.KEEP_OPEN:
@@ -193,3 +196,12 @@ class Locks:
     def file(self, rel: str) -> str:
         """The lock name of a workspace file."""
         return rel.replace("/", "__") + ".lock"
+
+
+def _close_all(open_locks: dict[str, _Lock]) -> None:
+    for lock in open_locks.values():
+        try:
+            os.close(lock.fd)
+        except OSError:
+            pass
+    open_locks.clear()

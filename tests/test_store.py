@@ -582,3 +582,16 @@ def test_an_agents_label_follows_the_file_when_a_person_relabels_by_hand(store: 
     with pytest.raises(NotFoundError, match="Block field persona does not exist"):
         store.memory_insert("persona", "x", actor=agent1)
     assert store.get_block("company").value.endswith("by its new label\nagent1: by its file name")
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files through /proc")
+def test_a_store_let_go_of_closes_its_lock_files(store: Store, ws_path: Path) -> None:
+    import gc
+
+    store.create_block("notes", "a")
+    gc.collect()
+    before = len(os.listdir("/proc/self/fd"))
+    for i in range(20):  # as a program that opens the workspace per request does
+        Store.open(ws_path).memory_insert("notes", f"line {i}")
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) <= before

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
-import select
+import selectors
 import subprocess
 import sys
 import time
@@ -211,7 +211,9 @@ def test_memstore_watch_commits_a_hand_edit(store: Store, ws_path: Path) -> None
 
 def _line(proc: subprocess.Popen[str]) -> str:
     assert proc.stderr is not None
-    ready, _, _ = select.select([proc.stderr], [], [], WAIT)
+    with selectors.DefaultSelector() as waiting:  # not select(): a descriptor past 1023 is refused there
+        waiting.register(proc.stderr, selectors.EVENT_READ)
+        ready = waiting.select(WAIT)
     if not ready:
         proc.kill()
         pytest.fail(f"`memstore watch` printed nothing within {WAIT} s")
