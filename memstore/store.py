@@ -12,7 +12,7 @@ import contextlib
 import os
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import edits, handedits, history
@@ -328,10 +328,18 @@ class Store:
                 self._check_relabel(block, changes["label"])
             return block.model_copy(update=changes)
 
-        result = self._change_block(ref, actor, "update_block", change, enforce_read_only=False,
-                                    expected_version=expected_version)
-        if "label" in changes:
-            self.catalog.bump()
+        if "label" not in changes:
+            return self._change_block(ref, actor, "update_block", change, enforce_read_only=False,
+                                      expected_version=expected_version)
+        # a new label is checked against the blocks of the agents that list this one, whose files are held
+        # first (agents before blocks, as `_holding_blocks`): an attach meanwhile cannot bring a twin label
+        listing = [a.path for a in self.block_agents(self.get_block(ref, actor=actor).id)]
+        with contextlib.ExitStack() as stack:
+            for rel in sorted(listing):
+                stack.enter_context(self.commits.locks.hold(self.commits.locks.file(rel), rel))
+            result = self._change_block(ref, actor, "update_block", change, enforce_read_only=False,
+                                        expected_version=expected_version)
+        self.catalog.bump()
         return result
 
     def _check_relabel(self, block: Block, label: str) -> None:
@@ -364,7 +372,7 @@ class Store:
         self.catalog.bump()
         for agent in self.block_agents(block.id):
             self._change_agent(agent.name, actor, "detach_block",
-                               lambda a: a.model_copy(update={"blocks": [i for i in a.blocks if i != block.id]}),
+                               lambda a, _: a.model_copy(update={"blocks": [i for i in a.blocks if i != block.id]}),
                                subject=f"detach_block {agent.name} {block.label}", as_consequence=True)
         return block
 
@@ -654,7 +662,7 @@ class Store:
                                 f"An agent named '{taken}' exists; names that differ only in case would collide "
                                 "on macOS and Windows.")
         existing = [self.get_block(ref) for ref in (block_ids or [])]
-        check_unique_labels(name, [*(new_blocks or []), *existing])
+        check_unique_labels(name, [*(new_blocks or []), *existing])  # refused before anything is locked
         agent = Agent(
             id=f"agent-{uuid.uuid4()}", name=name, model=_check_model(model), tools=check_tools(tools, include_base_tools),
             blocks=[], description=check_optional_text(description),
@@ -662,21 +670,39 @@ class Store:
             api_base=check_optional_text(api_base),
         )
         made: list[Block] = []
-        try:
-            for planned in new_blocks or []:
-                made.append(self._create_block(planned, actor))
-            agent = agent.model_copy(update={"blocks": list(dict.fromkeys(b.id for b in [*made, *existing]))})
-            with self.commits.locked(agent.path) as current:
+        try:  # the agent's file, then its blocks' files, are held (the order every writer of agents keeps)
+            with self.commits.locked(agent.path) as current, self._holding_blocks(existing) as existing:
                 if current is not None:
                     raise ConflictError(f"An agent named '{name}' already exists.")
+                check_unique_labels(name, [*(new_blocks or []), *existing])  # as the blocks are now
+                self._remove_log(agent, actor, "create_agent", "the conversation log of an earlier agent of this name")
+                for planned in new_blocks or []:
+                    made.append(self._create_block(planned, actor))
+                agent = agent.model_copy(update={"blocks": list(dict.fromkeys(b.id for b in [*made, *existing]))})
                 self.commits.write(agent.path, render_agent(agent), None, _ident(actor),
                                    self._message("create_agent", agent, actor))
         except (MemstoreError, OSError):
-            for block in made:  # the agent was not made (a race for its name, a refusing hook): nor are they
+            for block in made:  # the agent was not made (a refusing hook, a full disk): nor are they
                 with contextlib.suppress(MemstoreError, OSError):
                     self.delete_block(block.id, actor=actor)
             raise
         return agent
+
+    @contextlib.contextmanager
+    def _holding_blocks(self, blocks: list[Block]) -> Iterator[list[Block]]:
+        """Hold the files of `blocks` (sorted: no two writers wait for each other); yield them as they are
+        now. A writer of an agent's block list holds the agent's file first, then these, until it has
+        written: a block deleted or relabelled meanwhile is seen, never listed stale."""
+        with contextlib.ExitStack() as stack:
+            for rel in sorted({b.path for b in blocks}):
+                stack.enter_context(self.commits.locks.hold(self.commits.locks.file(rel), rel))
+            now = []
+            for block in blocks:
+                fresh = self._block_by_id(block.id)
+                if fresh is None:
+                    raise NotFoundError(f"No block with id {block.id} (it was deleted).")
+                now.append(fresh)
+            yield now
 
     def update_agent(
         self, ref: str, *, model: str | None = None, system: str | None = None, description: str | None = None,
@@ -700,20 +726,21 @@ class Store:
         if api_base is not None:
             changes["api_base"] = check_optional_text(api_base) or None
         agent = self.get_agent(ref)
-        if block_ids is not None:
-            blocks = [self.get_block(b) for b in block_ids]
-            check_unique_labels(agent.name, blocks)
-            changes["blocks"] = list(dict.fromkeys(b.id for b in blocks))
-        return self._change_agent(agent.name, actor or self.person, "update_agent",
-                                  lambda current: current.model_copy(update=changes),
-                                  subject=f"update_agent {agent.name}")
+        blocks = [self.get_block(b) for b in block_ids] if block_ids is not None else []
+
+        def change(current: Agent, held: list[Block]) -> Agent:
+            if block_ids is not None:
+                check_unique_labels(agent.name, held)
+                changes["blocks"] = list(dict.fromkeys(b.id for b in held))
+            return current.model_copy(update=changes)
+
+        return self._change_agent(agent.name, actor or self.person, "update_agent", change,
+                                  subject=f"update_agent {agent.name}", hold=blocks)
 
     def agent_block(self, agent_ref: str, label: str) -> Block:
         """The block attached to an agent under `label` (Letta's error when there is none)."""
         entry = self._agent_entry(self.get_agent(agent_ref), label)
-        block = self._read_block(entry.name, strict=True)
-        assert block is not None
-        return block.model_copy(update={"version": self.last_change.get(block.path)})
+        return self.get_block(entry.name)  # its version as get_block gives it: none while a commit is pending
 
     def delete_agent(self, ref: str, *, actor: Actor | None = None) -> Agent:
         actor = actor or self.person
@@ -723,28 +750,41 @@ class Store:
             if current is None:
                 raise NotFoundError(f"No agent named '{agent.name}'.")
             self.commits.write(agent.path, None, current, _ident(actor), self._message("delete_agent", agent, actor))
+        self._remove_log(agent, actor, "delete_agent", "its conversation log")
         return agent
+
+    def _remove_log(self, agent: Agent, actor: Actor, op: str, what: str) -> None:
+        """Remove the conversation log of `agent`'s name (it stays in git's history): a new agent of
+        that name starts with no conversation, as in Letta, never with a deleted agent's."""
+        from .agents.log import log_path
+
+        rel = log_path(agent)
+        with self.commits.locked(rel) as current:
+            if current is not None:
+                self.commits.write(rel, None, current, _ident(actor), commit_message(
+                    f"{op} {agent.name}: {what}",
+                    {"Memstore-Op": op, "Memstore-Agent": agent.id, "Memstore-Author-Kind": actor.kind}))
 
     def attach_block(self, agent_ref: str, block_ref: str, *, actor: Actor | None = None) -> Agent:
         """Attach a block to an agent; its label must be new among the agent's blocks."""
         block = self.get_block(block_ref)
 
-        def change(agent: Agent) -> Agent:
+        def change(agent: Agent, held: list[Block]) -> Agent:
             if block.id in agent.blocks:
                 return agent
             others = [b for b in (self._block_by_id(i) for i in agent.blocks) if b is not None]
-            check_unique_labels(agent.name, [*others, block])
+            check_unique_labels(agent.name, [*others, *held])
             return agent.model_copy(update={"blocks": [*agent.blocks, block.id]})
 
         agent = self.get_agent(agent_ref)
         return self._change_agent(agent.name, actor or self.person, "attach_block", change,
-                                  subject=f"attach_block {agent.name} {block.label}")
+                                  subject=f"attach_block {agent.name} {block.label}", hold=[block])
 
     def detach_block(self, agent_ref: str, block_ref: str, *, actor: Actor | None = None) -> Agent:
         agent = self.get_agent(agent_ref)
         block_id = block_ref if block_ref.startswith("block-") else self._resolve_for_agent_id(agent, block_ref)
 
-        def change(current: Agent) -> Agent:
+        def change(current: Agent, _: list[Block]) -> Agent:
             if block_id not in current.blocks:
                 raise NotFoundError(f"Block {block_ref} is not attached to agent '{current.name}'.")
             return current.model_copy(update={"blocks": [i for i in current.blocks if i != block_id]})
@@ -793,16 +833,17 @@ class Store:
             else block_ref
         return [a for a in self.list_agents() if block_id in a.blocks]
 
-    def _change_agent(self, name: str, actor: Actor, op: str, change: Callable[[Agent], Agent], *, subject: str,
-                      as_consequence: bool = False) -> Agent:
+    def _change_agent(self, name: str, actor: Actor, op: str, change: Callable[[Agent, list[Block]], Agent], *,
+                      subject: str, as_consequence: bool = False, hold: list[Block] | None = None) -> Agent:
+        """One commit of agent `name`'s file; `hold`: blocks it comes to list, held meanwhile (`_holding_blocks`)."""
         if not as_consequence:
             check_agent_admin(actor, op)
         rel = f"agents/{name}.md"
-        with self.commits.locked(rel) as current:
+        with self.commits.locked(rel) as current, self._holding_blocks(hold or []) as held:
             if current is None:
                 raise NotFoundError(f"No agent named '{name}'.")
             agent = agent_from_file(current, rel)
-            new = change(agent)
+            new = change(agent, held)
             if self.commits.hand_edited(rel, current):
                 handedits.require_valid(self, rel, current)
                 self.commits.adopt_hand_edit(rel, current, f"Hand edit {rel}",

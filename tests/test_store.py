@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -582,6 +584,72 @@ def test_an_agents_label_follows_the_file_when_a_person_relabels_by_hand(store: 
     with pytest.raises(NotFoundError, match="Block field persona does not exist"):
         store.memory_insert("persona", "x", actor=agent1)
     assert store.get_block("company").value.endswith("by its new label\nagent1: by its file name")
+
+
+def _paused_label_check(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """Make an attach pause right after it checked the labels: (it paused, let it go on)."""
+    from memstore import store as store_module
+
+    paused, go = threading.Event(), threading.Event()
+    check = store_module.check_unique_labels
+
+    def slow_check(name: str, blocks: list) -> None:
+        check(name, blocks)
+        if threading.current_thread().name == "attach":
+            paused.set()
+            go.wait(5)
+
+    monkeypatch.setattr(store_module, "check_unique_labels", slow_check)
+    return paused, go
+
+
+def _race(store: Store, attach: Callable[[], object], other: Callable[[], object],
+          monkeypatch: pytest.MonkeyPatch) -> list[BaseException]:
+    """Run `attach` until it paused inside, then `other` meanwhile; let both end; what each raised."""
+    paused, go = _paused_label_check(monkeypatch)
+    errors: list[BaseException] = []
+
+    def run(call: Callable[[], object]) -> None:
+        try:
+            call()
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            errors.append(exc)
+
+    first = threading.Thread(target=run, args=(attach,), name="attach")
+    first.start()
+    assert paused.wait(10)
+    second = threading.Thread(target=run, args=(other,), name="other")
+    second.start()
+    second.join(0.5)  # unprotected, it would be done by now
+    go.set()
+    first.join(30)
+    second.join(30)
+    return errors
+
+
+def test_a_block_deleted_while_it_is_attached_is_never_left_listed(store: Store,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    block = store.create_block("organization", "Org")
+    agent = store.create_agent("agent1", "openai/gpt-4o-mini")
+    errors = _race(store, lambda: store.attach_block(agent.id, block.id), lambda: store.delete_block(block.id),
+                   monkeypatch)
+    assert errors == []
+    assert block.id not in store.get_agent(agent.id).blocks  # detached by the delete that came second
+    assert_clean_repo(store.ws.root)
+
+
+def test_a_relabel_while_a_block_is_attached_never_gives_an_agent_two_blocks_of_one_label(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    mine = store.create_block("notes", "n")
+    org = store.create_block("organization", "Org")
+    agent = store.create_agent("agent1", "openai/gpt-4o-mini", block_ids=[mine.id])
+    errors = _race(store, lambda: store.attach_block(agent.id, org.id),
+                   lambda: store.update_block(mine.id, label="organization"), monkeypatch)
+    assert len(errors) == 1 and isinstance(errors[0], ConflictError) and "already has a block labelled" in str(
+        errors[0])
+    labels = [b.label for b in store.agent_blocks(agent.id)]
+    assert sorted(labels) == ["notes", "organization"]
+    assert_clean_repo(store.ws.root)
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files through /proc")
