@@ -21,13 +21,16 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic_core import to_jsonable_python
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import memstore
 from memstore import (
     Actor,
+    Agent,
     AgentTurnError,
     AmbiguousNameError,
     ConflictError,
@@ -46,6 +49,7 @@ from memstore import (
     WorkspaceError,
 )
 from memstore.errors import EditError, os_error_text
+from memstore.validation import check_text
 from memstore.store import new_block
 
 from .letta_shapes import (
@@ -112,7 +116,7 @@ def create_app(store: Store, *, endpoints_allowed: bool = False) -> FastAPI:
 
 def caller(request: Request) -> Actor:
     """The commit author for this request: `X-Memstore-Author`, else the client program."""
-    given = request.headers.get("x-memstore-author", "").strip()
+    given = _header_text(request.headers.get("x-memstore-author", "")).strip()
     if given:
         name, address = email.utils.parseaddr(given)
         if not name and not address:
@@ -125,6 +129,14 @@ def caller(request: Request) -> Actor:
         return Actor.client(sdk)
     agent = request.headers.get("user-agent", "").strip()  # else the product, e.g. `Letta/Python 1.12.1`
     return Actor.client(re.split(r"[\s/]", agent, maxsplit=1)[0] if agent else "letta-api-client")
+
+
+def _header_text(value: str) -> str:
+    """A header's text: HTTP carries bytes, which Starlette reads as Latin-1; clients send UTF-8 names."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
 
 
 # -- lists ---------------------------------------------------------------------------------
@@ -176,18 +188,37 @@ def with_version(body: Any, version: str | None, pending: str | None = None, sta
     return JSONResponse(to_jsonable_python(body), status_code=status, headers=headers)
 
 
+def waiting(store: Store, *paths: str) -> str | None:
+    """Why the commit of these files is pending, if it is (the write is on disk; its commit comes later)."""
+    held = [p for p in paths if store.commits.has_pending(p)]
+    return (f"{', '.join(held)}: written; the commit waits for a lock a git command holds, and is made under "
+            "the caller's name once it is let go") if held else None
+
+
+def agent_response(store: Store, agent: Agent, *written: str) -> JSONResponse:
+    """An agent, saying so when the commit of its file (or of other files `written`) is pending."""
+    return with_version(agent_json(store, agent), None, waiting(store, agent.path, *written))
+
+
 def edited(result: EditResult) -> JSONResponse:
     return with_version(block_json(result.block), result.version, result.pending)
 
 
-def expected(if_match: str | None) -> str | None:
-    """The version an `If-Match` header names (`"v"`, `W/"v"` or `*`)."""
+def expected(if_match: str | None, current: Callable[[], str | None] = lambda: None) -> str | None:
+    """The version an `If-Match` header names (`"v"`, `W/"v"` or `*`).
+
+    A list of versions (RFC 9110) matches when the block is at any of them: the one it is
+    at now (`current()`) is passed on, and the core checks it again under the block's lock.
+    """
     if if_match is None:
         return None
-    value = if_match.strip().removeprefix("W/").strip('"')
-    if not value:
+    tags = [t.strip().removeprefix("W/").strip('"') for t in if_match.split(",")]
+    if not all(tags):
         raise InvalidInputError("If-Match is empty; give the version from the block's ETag.")
-    return value
+    if len(tags) == 1:
+        return tags[0]
+    now = current()
+    return next((t for t in tags if now and (now.startswith(t) or t == "*")), tags[0])
 
 
 # -- blocks --------------------------------------------------------------------------------
@@ -199,7 +230,7 @@ def _add_block_routes(app: FastAPI, store: Store) -> None:
     def create_block(body: BlockCreate, request: Request) -> JSONResponse:
         block = store.create_block(body.label, body.value, limit=body.limit, read_only=body.read_only,
                                    description=body.description, metadata=body.metadata, actor=caller(request))
-        return with_version(block_json(block), block.version)
+        return with_version(block_json(block), block.version, waiting(store, block.path))
 
     @app.get(f"{PREFIX}/blocks/", tags=["blocks"])
     @app.get(f"{PREFIX}/blocks", include_in_schema=False)
@@ -222,13 +253,16 @@ def _add_block_routes(app: FastAPI, store: Store) -> None:
     @app.patch(f"{PREFIX}/blocks/{{block_id}}", tags=["blocks"])
     def update_block(block_id: str, body: BlockUpdate, request: Request, if_match: IfMatch = None) -> JSONResponse:
         fields = body.model_dump(include=set(BlockUpdate.model_fields), exclude_unset=True, exclude_none=True)
-        return edited(store.update_block(_block_id(block_id), actor=caller(request),
-                                         expected_version=expected(if_match), **fields))
+        block_id = _block_id(block_id)
+        version = expected(if_match, lambda: store.get_block(block_id).version)
+        return edited(store.update_block(block_id, actor=caller(request), expected_version=version, **fields))
 
     @app.delete(f"{PREFIX}/blocks/{{block_id}}", tags=["blocks"])
-    def delete_block(block_id: str, request: Request, if_match: IfMatch = None) -> dict[str, Any]:
-        return block_json(store.delete_block(_block_id(block_id), actor=caller(request),
-                                             expected_version=expected(if_match)))
+    def delete_block(block_id: str, request: Request, if_match: IfMatch = None) -> JSONResponse:
+        block_id = _block_id(block_id)
+        version = expected(if_match, lambda: store.get_block(block_id).version)
+        block = store.delete_block(block_id, actor=caller(request), expected_version=version)
+        return with_version(block_json(block), None, waiting(store, block.path))
 
     @app.get(f"{PREFIX}/blocks/{{block_id}}/agents", tags=["blocks"])
     def block_agents(block_id: str, limit: Limit = None, after: Cursor = None, before: Cursor = None,
@@ -264,7 +298,7 @@ def _check_endpoint(api_base: str | None, allowed: bool) -> None:
 def _add_agent_routes(app: FastAPI, store: Store, endpoints_allowed: bool) -> None:
     @app.post(f"{PREFIX}/agents/", tags=["agents"])
     @app.post(f"{PREFIX}/agents", include_in_schema=False)
-    def create_agent(body: AgentCreate, request: Request) -> dict[str, Any]:
+    def create_agent(body: AgentCreate, request: Request) -> JSONResponse:
         actor = caller(request)
         model, api_base = body.model_and_base()
         _check_endpoint(api_base, endpoints_allowed)
@@ -274,7 +308,8 @@ def _add_agent_routes(app: FastAPI, store: Store, endpoints_allowed: bool) -> No
         agent = store.create_agent(name, model, block_ids=body.block_ids, new_blocks=inline, tools=body.tools,
                                    include_base_tools=body.include_base_tools, system=body.system,
                                    description=body.description, api_base=api_base, actor=actor)
-        return agent_json(store, agent)
+        made = [b.path for b in store.agent_blocks(agent.id)] if inline else []
+        return agent_response(store, agent, *made)
 
     @app.get(f"{PREFIX}/agents/", tags=["agents"])
     @app.get(f"{PREFIX}/agents", include_in_schema=False)
@@ -290,7 +325,7 @@ def _add_agent_routes(app: FastAPI, store: Store, endpoints_allowed: bool) -> No
         return agent_json(store, store.get_agent(_agent_id(agent_id)))
 
     @app.patch(f"{PREFIX}/agents/{{agent_id}}", tags=["agents"])
-    def update_agent(agent_id: str, body: AgentUpdate, request: Request) -> dict[str, Any]:
+    def update_agent(agent_id: str, body: AgentUpdate, request: Request) -> JSONResponse:
         agent = store.get_agent(_agent_id(agent_id))
         if body.name is not None and body.name != agent.name:
             raise InvalidInputError(f"Renaming an agent is not supported: its name is its file name "
@@ -300,12 +335,13 @@ def _add_agent_routes(app: FastAPI, store: Store, endpoints_allowed: bool) -> No
         updated = store.update_agent(agent.id, model=model, api_base=api_base, system=body.system,
                                      description=body.description, tools=body.tools, block_ids=body.block_ids,
                                      actor=caller(request))
-        return agent_json(store, updated)
+        return agent_response(store, updated)
 
     @app.delete(f"{PREFIX}/agents/{{agent_id}}", tags=["agents"])
-    def delete_agent(agent_id: str, request: Request) -> dict[str, Any]:
+    def delete_agent(agent_id: str, request: Request) -> JSONResponse:
         agent = store.delete_agent(_agent_id(agent_id), actor=caller(request))
-        return {"message": f"Agent id={agent.id} successfully deleted"}
+        return with_version({"message": f"Agent id={agent.id} successfully deleted"}, None,
+                            waiting(store, agent.path))
 
     core = f"{PREFIX}/agents/{{agent_id}}/core-memory/blocks"
 
@@ -314,14 +350,14 @@ def _add_agent_routes(app: FastAPI, store: Store, endpoints_allowed: bool) -> No
         return [block_json(b) for b in store.agent_blocks(_agent_id(agent_id))]
 
     @app.patch(core + "/attach/{block_id}", tags=["core memory"])
-    def attach(agent_id: str, block_id: str, request: Request) -> dict[str, Any]:
+    def attach(agent_id: str, block_id: str, request: Request) -> JSONResponse:
         agent = store.attach_block(_agent_id(agent_id), _block_id(block_id), actor=caller(request))
-        return agent_json(store, agent)
+        return agent_response(store, agent)
 
     @app.patch(core + "/detach/{block_id}", tags=["core memory"])
-    def detach(agent_id: str, block_id: str, request: Request) -> dict[str, Any]:
+    def detach(agent_id: str, block_id: str, request: Request) -> JSONResponse:
         agent = store.detach_block(_agent_id(agent_id), _block_id(block_id), actor=caller(request))
-        return agent_json(store, agent)
+        return agent_response(store, agent)
 
     @app.get(core + "/{block_label}", tags=["core memory"])
     def agent_block(agent_id: str, block_label: str) -> JSONResponse:
@@ -333,8 +369,8 @@ def _add_agent_routes(app: FastAPI, store: Store, endpoints_allowed: bool) -> No
                            if_match: IfMatch = None) -> JSONResponse:
         block = store.agent_block(_agent_id(agent_id), block_label)
         fields = body.model_dump(include=set(BlockUpdate.model_fields), exclude_unset=True, exclude_none=True)
-        return edited(store.update_block(block.id, actor=caller(request), expected_version=expected(if_match),
-                                         **fields))
+        version = expected(if_match, lambda: store.get_block(block.id).version)
+        return edited(store.update_block(block.id, actor=caller(request), expected_version=version, **fields))
 
 
 # -- messages ------------------------------------------------------------------------------
@@ -353,6 +389,7 @@ def _add_message_routes(app: FastAPI, store: Store) -> None:
     @app.post(messages + "/stream", tags=["messages"])
     def stream(agent_id: str, body: MessagesCreate) -> StreamingResponse:
         store.get_agent(_agent_id(agent_id))  # an unknown agent is a 404, not an empty stream
+        check_text(body.text(), "message")  # bad input is a 422 before the stream's 200 goes out
         return StreamingResponse(_stream_turn(store, agent_id, body), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
 
@@ -429,6 +466,15 @@ def _error_text(exc: Exception) -> str:
     return str(exc) if isinstance(exc, MemstoreError) else f"unexpected {type(exc).__name__}: {exc}"
 
 
+def _json_safe(error: dict[str, Any]) -> dict[str, Any]:
+    """A validation error without the input it quotes when JSON cannot carry it (NaN, Infinity)."""
+    try:
+        json.dumps(error, allow_nan=False)
+        return error
+    except (ValueError, TypeError):
+        return {k: v for k, v in error.items() if k not in ("input", "ctx")}
+
+
 def status_of(exc: Exception) -> int:
     for kind, status in STATUS:
         if isinstance(exc, kind):
@@ -455,7 +501,14 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def bad_body(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = jsonable_encoder(exc.errors(), custom_encoder={Exception: str})
+        errors = [_json_safe(e) for e in jsonable_encoder(exc.errors(), custom_encoder={Exception: str})]
         problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in errors)
         return JSONResponse({"detail": f"Invalid request: {problems}", "errors": errors}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # a body JSON cannot read (nested too deep, a number too long): a bad body
+            return JSONResponse({"detail": f"Invalid request: the body is not JSON this server reads ({exc.detail})."},
+                                status_code=422)
+        return await http_exception_handler(request, exc)
 

@@ -7,6 +7,7 @@ one, reached as a provider (litellm with OPENAI_API_BASE).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -265,3 +266,76 @@ def test_delete_honours_if_match(client: Letta, ws_path: Path) -> None:
     with pytest.raises(letta_client.APIStatusError) as refused:
         client.blocks.delete(block.id, extra_headers={"If-Match": stale})
     assert refused.value.status_code == 412 and (ws_path / "blocks/notes.md").exists()
+
+
+def test_odd_bodies_and_headers_get_clear_answers_never_a_500(client: Letta, server: str, ws_path: Path) -> None:
+    block = client.blocks.create(label="organization", value="Org")
+    agent = client.agents.create(name="agent1", model="openai/gpt-4o-mini", block_ids=[block.id])
+    before = commit_count(ws_path)
+    http = httpx.Client(base_url=server, headers={"Authorization": f"Bearer {TOKEN}",
+                                                  "Content-Type": "application/json"})
+    for method, path, raw in (("POST", "/v1/blocks/", '{"label": "x", "limit": NaN}'),
+                              ("PATCH", f"/v1/blocks/{block.id}", '{"limit": Infinity}'),
+                              ("POST", f"/v1/agents/{agent.id}/messages",
+                               '{"messages": [{"role": "user", "content": "x"}], "max_steps": NaN}'),
+                              ("POST", "/v1/blocks/", "[" * 5000 + "]" * 5000),
+                              ("POST", "/v1/blocks/", '{"label": "x", "limit": ' + "9" * 5000 + "}")):
+        answer = http.request(method, path, content=raw)
+        assert answer.status_code == 422 and "Invalid request" in answer.json()["detail"], (path, answer.text)
+    for path in (f"/v1/agents/{agent.id}/messages/stream", f"/v1/agents/{agent.id}/messages"):
+        answer = http.post(path, json={"messages": [{"role": "user", "content": "a\x00b"}], "streaming": True})
+        assert answer.status_code == 422 and "NUL" in answer.json()["detail"]  # before any stream starts
+    assert commit_count(ws_path) == before
+    http.patch(f"/v1/blocks/{block.id}", json={"value": "Zoë's"},
+               headers={"X-Memstore-Author": "Zoë Ümlaut <zoe@example.com>".encode()})
+    assert git(ws_path, "log", "-1", "--format=%an").strip() == "Zoë Ümlaut"  # UTF-8 in a header, as sent
+
+
+def test_if_match_takes_a_list_of_versions(client: Letta, ws_path: Path) -> None:
+    block = client.blocks.create(label="organization", value="Org")
+    etag = client.blocks.with_raw_response.retrieve(block.id).headers["etag"]
+    other = '"0123456789abcdef0123456789abcdef01234567"'
+    assert client.blocks.update(block.id, value="Org v2", extra_headers={"If-Match": f"{other}, {etag}"}).value \
+        == "Org v2"
+    with pytest.raises(letta_client.APIStatusError) as stale:  # neither is the version now
+        client.blocks.update(block.id, value="clobbered", extra_headers={"If-Match": f"{other}, {etag}"})
+    assert stale.value.status_code == 412
+
+
+def test_a_core_memory_read_names_no_version_while_its_commit_waits(client: Letta, ws_path: Path) -> None:
+    block = client.blocks.create(label="organization", value="Org")
+    agent = client.agents.create(name="agent1", model="openai/gpt-4o-mini", block_ids=[block.id])
+    lock = ws_path / ".git/index.lock"
+    lock.write_bytes(b"")  # a person's `git add -p`
+    try:
+        written = client.blocks.with_raw_response.update(block.id, value="Org v2")
+        assert "etag" not in written.headers and "index.lock" in written.headers["x-memstore-pending"]
+        read = client.agents.blocks.with_raw_response.retrieve("organization", agent_id=agent.id)
+        assert read.parse().value == "Org v2" and "etag" not in read.headers  # not the old version's
+        made = client.blocks.with_raw_response.create(label="policy", value="Be kind")
+        assert "etag" not in made.headers and "blocks/policy.md: written" in made.headers["x-memstore-pending"]
+        attached = client.agents.blocks.with_raw_response.attach(made.parse().id, agent_id=agent.id)
+        assert "agents/agent1.md: written" in attached.headers["x-memstore-pending"]
+    finally:
+        lock.unlink()
+    deadline = time.monotonic() + 30
+    while "etag" not in (read := client.agents.blocks.with_raw_response.retrieve("organization",
+                                                                             agent_id=agent.id)).headers:
+        assert time.monotonic() < deadline, "the server's watcher never committed the waiting edit"
+        time.sleep(0.1)
+    assert read.headers["etag"] == f'"{head(ws_path, "blocks/organization.md")}"'
+
+
+def test_a_new_agent_never_inherits_a_deleted_agents_conversation(client: Letta, scripted: ScriptedModel,
+                                                                ws_path: Path) -> None:
+    old = client.agents.create(name="bot", model="openai/bot-model")
+    scripted.enqueue("bot-model", text("Noted."), text("Hello."))
+    client.agents.messages.create(old.id, messages=[{"role": "user", "content": "my password is hunter2"}])
+    client.agents.delete(old.id)
+    assert not (ws_path / "agents/bot/messages.jsonl").exists()
+    assert "hunter2" in git(ws_path, "log", "-p", "--", "agents/bot/messages.jsonl")  # history keeps it
+    new = client.agents.create(name="bot", model="openai/bot-model")
+    assert list(client.agents.messages.list(new.id)) == []
+    client.agents.messages.create(new.id, messages=[{"role": "user", "content": "hello"}])
+    sent = scripted.requests["bot-model"][-1]["messages"]
+    assert "hello" in str(sent) and "hunter2" not in str(sent)
