@@ -242,8 +242,10 @@ class Committer:
                 return None
         disk = self.read(rel)
         disk_blob = blob_id(disk) if disk is not None else None
+        unwritten = []
         if disk_blob != journal[-1].new and disk_blob == journal[-1].base:
-            journal.pop()  # its writer died before the file changed: it never happened
+            # its writer died before the file changed, or (one edit) a `git stash` took it out
+            unwritten.append(journal.pop())
         head = self.head_blob(rel)
         while journal and journal[0].base != head and any(e.new == head for e in journal):
             journal.pop(0)  # committed; its writer died before clearing it
@@ -251,7 +253,8 @@ class Committer:
             if journal:  # the person put the file back to the branch (`git reset --hard`, `git checkout`, `git stash`)
                 log.warning("%s: dropping %d pending edit(s) that a git reset, checkout or stash discarded",
                             rel, len(journal))
-                self._keep_dropped(rel, journal)
+            if journal or unwritten:
+                self._keep_dropped(rel, [*journal, *unwritten])
             self._save_journal(rel, [])
             return None
         try:
