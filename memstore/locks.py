@@ -21,8 +21,8 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from filelock import lock_descriptor, unlock_descriptor
@@ -192,6 +192,14 @@ class Locks:
     def _timed_out(self, name: str, what: str, timeout: float) -> LockTimeoutError:
         return LockTimeoutError(f"Timed out after {timeout:g} s waiting for the lock of {what} "
                                 f"({self.folder / name}): another memstore process holds it.")
+
+    @contextmanager
+    def files(self, rels: Iterable[str]) -> Iterator[None]:
+        """Hold the locks of several workspace files, in sorted order (so no two holders wait for each other)."""
+        with ExitStack() as stack:
+            for rel in sorted(set(rels)):
+                stack.enter_context(self.hold(self.file(rel), rel))
+            yield
 
     def file(self, rel: str) -> str:
         """The lock name of a workspace file."""

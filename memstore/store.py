@@ -334,9 +334,7 @@ class Store:
         # a new label is checked against the blocks of the agents that list this one, whose files are held
         # first (agents before blocks, as `_holding_blocks`): an attach meanwhile cannot bring a twin label
         listing = [a.path for a in self.block_agents(self.get_block(ref, actor=actor).id)]
-        with contextlib.ExitStack() as stack:
-            for rel in sorted(listing):
-                stack.enter_context(self.commits.locks.hold(self.commits.locks.file(rel), rel))
+        with self.commits.locks.files(listing):
             result = self._change_block(ref, actor, "update_block", change, enforce_read_only=False,
                                         expected_version=expected_version)
         self.catalog.bump()
@@ -693,9 +691,7 @@ class Store:
         """Hold the files of `blocks` (sorted: no two writers wait for each other); yield them as they are
         now. A writer of an agent's block list holds the agent's file first, then these, until it has
         written: a block deleted or relabelled meanwhile is seen, never listed stale."""
-        with contextlib.ExitStack() as stack:
-            for rel in sorted({b.path for b in blocks}):
-                stack.enter_context(self.commits.locks.hold(self.commits.locks.file(rel), rel))
+        with self.commits.locks.files(b.path for b in blocks):
             now = []
             for block in blocks:
                 fresh = self._block_by_id(block.id)
