@@ -41,13 +41,14 @@ def replace_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> No
             time.sleep(0.02)
 
 
-def write_atomic(path: Path, data: bytes, tmp_dir: Path, *, flush: bool = False) -> os.stat_result:
+def write_atomic(path: Path, data: bytes, tmp_dir: Path, *, flush: bool = False,
+                 tmp_name: str | None = None) -> os.stat_result:
     """Replace `path` with `data` by writing a temp file and renaming it: never a torn file.
 
     The new file's stat, taken before it is in place (so it is this file's, whatever
-    happens to `path` afterwards).
+    happens to `path` afterwards). The temp file is `<tmp_name or path's name>.<pid>.<random>`.
     """
-    tmp = tmp_dir / f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}"
+    tmp = tmp_dir / f"{tmp_name or path.name}.{os.getpid()}.{secrets.token_hex(4)}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
     try:
         write_all(fd, data)

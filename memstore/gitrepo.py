@@ -47,12 +47,7 @@ from pygit2.enums import DeltaStatus, FilterMode, ObjectType
 from . import gitindex
 from .errors import ConflictError, MemstoreError, WorkspaceError
 from .cache import LRU
-from .fsutil import PORTABLE, pid_alive, replace_file, write_all
-
-try:
-    import fcntl
-except ImportError:  # Windows: a lock's twin is judged by its process id alone
-    fcntl = None  # type: ignore[assignment]
+from .fsutil import PORTABLE, pid_alive, replace_file, write_all, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +147,8 @@ class GitRepo:
         self._trees: dict[str, bytes] = {}  # tree id -> its bytes, the last few written or read
         self._trees_lock = threading.Lock()
         self._blobs: LRU[tuple[str, str], str | None] = LRU(1024)  # (commit, path) -> blob: commits never change
+        self._marker_text = b"memstore lock of " + os.fsencode(self.git_dir) + b"\n"
+        self._marker: Path | None = None  # made at the first lock (see `_marker_file`)
         self._remove_dead_temp_locks()
         self.repo.set_ident("memstore", "memstore@agents.memstore")  # reflog lines of branch moves
         self.flush = _fsync_components(cfg.get("core.fsync"))
@@ -360,14 +357,11 @@ class GitRepo:
         """Compare-and-swap the branch from `old` to `new` under git's ref lock, with reflog lines."""
         name = self.branch()
         path = self.common_dir / name
-        with self.git_lock(self.common_dir / f"{name}.lock", "another commit, fetch or gc", wait) as fd:
-            current = self.tip()
-            if current != old:
+        with self.git_lock(self.common_dir / f"{name}.lock", "another commit, fetch or gc", wait):
+            if self.tip() != old:
                 raise _BranchMoved()
-            write_all(fd, f"{new}\n".encode())
-            if "reference" in self.flush:
-                os.fsync(fd)
-            replace_file(f"{path}.lock", path)
+            write_atomic(path, f"{new}\n".encode(), self.common_dir, flush="reference" in self.flush,
+                         tmp_name="memstore-ref")
         now = time.time()
         offset = (time.localtime(now).tm_gmtoff or 0) // 60
         sign, offset = ("-", -offset) if offset < 0 else ("+", offset)
@@ -504,102 +498,99 @@ class GitRepo:
     # -- the index -------------------------------------------------------------------------
 
     @contextmanager
-    def git_lock(self, lock: Path, what: str, wait: float) -> Iterator[int]:
+    def git_lock(self, lock: Path, what: str, wait: float) -> Iterator[None]:
         """Hold git's lock file `lock` (`index.lock`, `refs/heads/main.lock`) as git does.
 
-        A git command's lock is waited for (`wait` seconds, then CommitPending) and never
-        removed. Ours is made as `memstore-flock.<pid>.<n>` beside the git folder, claimed
-        with `flock` (on Unix), and hard-linked to the lock's name while held: a lock with
-        such a twin that no live process claims is provably a killed memstore writer's, and
-        is removed, even when its process id has been reused since. The caller renames the
-        lock into place, or it is removed on exit.
+        The caller holds the workspace's repository lock (`commits.REPO_LOCK`), as every
+        memstore writer does while it holds one of git's. A git command's lock is waited for
+        (`wait` seconds, then CommitPending) and never removed. memstore's own hold a marker
+        that names this git folder (a hard link to `memstore-lock`, so never seen empty); one
+        found while the repository lock is held is a killed writer's, and is removed.
         """
-        folder = self.git_dir if lock.parent == self.git_dir else self.common_dir  # same file system
         deadline = time.monotonic() + wait
-        while True:
-            twin = folder / f"memstore-flock.{os.getpid()}.{time.monotonic_ns()}"
-            fd = os.open(twin, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
-            _claim(fd)
+        while (st := self._make_lock(lock)) is None:
+            if self._remove_dead_lock(lock):
+                continue
+            if time.monotonic() > deadline:
+                raise CommitPending(f"{lock} is held by another git command ({what}); the edit is "
+                                    "committed once it is let go")
+            time.sleep(0.01)
+        try:
+            yield
+        finally:
+            _remove_if_same(lock, st)
+
+    def _make_lock(self, lock: Path) -> os.stat_result | None:
+        """Create `lock` holding the marker; its stat, or None if the lock exists."""
+        for _ in range(2):
             try:
-                _link(twin, lock)
-                break
+                _link(self._marker_file(), lock)
+                return os.stat(lock)
             except FileExistsError:
-                os.close(fd)
-                twin.unlink()
-                if self._remove_dead_twin(lock, folder):
-                    continue
-                if time.monotonic() > deadline:
-                    raise CommitPending(f"{lock} is held by another git command ({what}); the edit is "
-                                        "committed once it is let go") from None
-                time.sleep(0.01)
+                return None
+            except FileNotFoundError:  # the marker was removed (a person tidying .git): made again
+                self._marker = None
             except OSError as exc:  # no hard links here (FAT, some network shares): git's plain O_EXCL
-                os.close(fd)
-                twin.unlink()
                 if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
                     raise
-                try:
-                    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
-                    break
-                except FileExistsError:
-                    if time.monotonic() > deadline:
-                        raise CommitPending(f"{lock} is held by another git command ({what})") from None
-                    time.sleep(0.01)
-        st = os.fstat(fd)
+                break
         try:
-            yield fd
-        finally:
-            if fcntl is None:  # Windows cannot remove a file that is open
-                os.close(fd)
-            try:
-                _remove_if_same(lock, st)  # not renamed into place: let go of it unchanged
-                twin.unlink(missing_ok=True)
-            finally:
-                if fcntl is not None:  # the claim lasts until the lock is gone
-                    os.close(fd)
+            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
+        except FileExistsError:
+            return None
+        try:
+            write_all(fd, self._marker_text)
+            st = os.fstat(fd)
+        except BaseException:  # a full disk: no lock left half-marked
+            os.close(fd)
+            os.unlink(lock)
+            raise
+        os.close(fd)
+        return st
 
-    def _remove_dead_twin(self, lock: Path, folder: Path) -> bool:
-        """Remove `lock` only if it is linked to the twin of a memstore writer that died.
-
-        A twin's writer is alive while its process id is, and, for twins claimed with
-        `flock` (`memstore-flock.*`), while the claim is held: a process id reused after a
-        crash does not keep a dead writer's lock. (`memstore-lock.*` twins, from versions
-        before 5 Dec, go by the process id alone.)
-        """
+    def _remove_dead_lock(self, lock: Path) -> bool:
+        """Remove `lock` if memstore made it: its marker, or a hard link to a `memstore-*lock.*` twin
+        (versions before 5 Dec). Its writer died, since the caller holds the repository lock."""
         try:
             st = os.stat(lock)
+            with open(lock, "rb") as held:
+                ours = held.read(len(self._marker_text) + 1) == self._marker_text
         except OSError:
             return False
-        if st.st_nlink < 2:
-            return False  # no twin: a git command's
-        for twin in folder.glob("memstore-*lock.*"):
-            kind, pid = twin.name.split(".")[:2]
-            if kind not in ("memstore-lock", "memstore-flock") or not pid.isdigit():
-                continue
+        folder = self.git_dir if lock.parent == self.git_dir else self.common_dir
+        twins = [t for t in folder.glob("memstore-*lock.*") if _same_file(t, st)] if st.st_nlink > 1 else []
+        if not ours and not twins:
+            return False
+        log.warning("removing %s left by a memstore writer that died", lock)
+        _remove_if_same(lock, st)
+        for twin in twins:
+            twin.unlink(missing_ok=True)
+        return True
+
+    def _marker_file(self) -> Path:
+        """The file memstore's git locks are hard links to (see `git_lock`), made if need be."""
+        if self._marker is None:
+            marker = self.git_dir / "memstore-lock"
             try:
-                mine = os.stat(twin)
+                same = marker.read_bytes() == self._marker_text
             except OSError:
-                continue
-            if (mine.st_dev, mine.st_ino) != (st.st_dev, st.st_ino):
-                continue
-            if not pid_alive(int(pid)) or (kind == "memstore-flock" and not _claimed(twin)):
-                log.warning("removing %s left by a memstore writer that died", lock)
-                _remove_if_same(lock, st)
-                twin.unlink(missing_ok=True)
-                return True
-        return False
+                same = False
+            if not same:
+                write_atomic(marker, self._marker_text, self.git_dir)
+            self._marker = marker
+        return self._marker
 
     def _remove_dead_temp_locks(self) -> None:
-        """Temp files a killed writer left: twins of locks never linked (a linked one proves a lock
-        ours), and new indexes never renamed into place."""
+        """Temp files a killed writer left: new indexes and refs never renamed into place, and
+        unlinked twins of versions before 5 Dec."""
         for folder in {self.git_dir, self.common_dir}:
-            for path in [*folder.glob("memstore-*lock.*"), *folder.glob("memstore-index.*")]:
+            temps = [*folder.glob("memstore-index.*"), *folder.glob("memstore-ref.*")]
+            twins = list(folder.glob("memstore-*lock.*"))  # one still linked to a lock goes with the lock
+            for path in [*temps, *twins]:
                 pid = path.name.split(".")[1]
-                try:
-                    if pid.isdigit() and not pid_alive(int(pid)) and (
-                            path.name.startswith("memstore-index.") or os.stat(path).st_nlink == 1):
+                with contextlib.suppress(OSError):
+                    if pid.isdigit() and not pid_alive(int(pid)) and (path in temps or os.stat(path).st_nlink == 1):
                         path.unlink()
-                except OSError:
-                    pass
 
     def _known_index_end(self, index: bytes | None) -> int | None:
         """Where the entries of `index` (as just read) end, if memstore wrote it (it then has no extensions)."""
@@ -927,36 +918,16 @@ def _set_entry(index: pygit2.Index, rel: str, blob: str | None) -> None:
         index.remove(rel)
 
 
-def _claim(fd: int) -> None:
-    """Claim a lock's twin for as long as this process holds `fd` (Unix; the system lets go when it dies)."""
-    if fcntl is not None:
-        with contextlib.suppress(OSError):  # a file system without flock: the twin goes by its process id
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-
-def _claimed(twin: Path) -> bool:
-    """Whether a live process claims `twin` (see `_claim`); True when that cannot be told."""
-    if fcntl is None:
-        return True
+def _same_file(path: Path, st: os.stat_result) -> bool:
     try:
-        fd = os.open(twin, os.O_RDONLY)
+        return os.path.samestat(os.stat(path), st)
     except OSError:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True  # held (or no flock here: as if held)
-    finally:
-        os.close(fd)
-    return False
+        return False
 
 
 def _remove_if_same(path: Path, st: os.stat_result) -> None:
-    try:
-        now = os.stat(path)
-    except FileNotFoundError:
-        return
-    if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):  # ours: its inode is held open or proven ours
+    """Remove `path` if it is still the file `st` describes (a lock proven ours)."""
+    if _same_file(path, st):
         path.unlink(missing_ok=True)
 
 

@@ -638,70 +638,75 @@ def test_a_hand_edit_waits_for_a_held_index_lock_under_the_persons_name(store: S
     assert_clean_repo(ws_path)
 
 
-def test_a_lock_left_by_a_killed_memstore_writer_is_removed_and_only_that_one(store: Store, ws_path: Path) -> None:
-    store, actor = agent_store(store)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    twin = ws_path / f".git/memstore-lock.{int(dead.stdout)}.1"
-    twin.write_bytes(b"")
-    os.link(twin, ws_path / ".git/index.lock")  # as a writer killed while holding it leaves them
-    new_index = ws_path / f".git/memstore-index.{int(dead.stdout)}.1"  # killed before its new index was placed
-    os.link(twin, new_index)
-    assert Store.open(ws_path) and not new_index.exists()
-    if fsutil.PORTABLE:  # locks made without hard links: none is provably ours, so none is removed
-        assert store.memory_insert("org", "after the crash", actor=actor).pending
-        assert (ws_path / ".git/index.lock").exists()
-        return
-    assert store.memory_insert("org", "after the crash", actor=actor).version
-    assert not twin.exists()
-    (ws_path / ".git/index.lock").write_bytes(b"")  # a git command's, with no twin: never removed
-    assert store.memory_insert("org", "waits", actor=actor).pending
-    assert (ws_path / ".git/index.lock").exists()
-
-
 HOLDER = """
-import fcntl, os, sys, time
-twin, lock = sys.argv[1], sys.argv[2]
-fd = os.open(twin, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-if sys.argv[3] == "claim":
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-os.link(twin, lock)
-print("holding", flush=True)
-time.sleep(120)
+import sys, time
+from pathlib import Path
+from memstore.commits import REPO_LOCK
+from memstore.gitrepo import GitRepo
+from memstore.locks import Locks
+
+root = Path(sys.argv[1])
+repo, locks = GitRepo(root), Locks(root / ".memstore" / "locks")
+with locks.hold(REPO_LOCK, "the repository"), repo.git_lock(repo.git_dir / "index.lock", "a test", 1.0):
+    print("holding", flush=True)  # a writer stuck mid-commit, then killed
+    time.sleep(120)
 """
 
 
-@pytest.mark.skipif(fsutil.PORTABLE or sys.platform == "win32", reason="twins are claimed with flock on Unix")
-def test_a_killed_writers_lock_is_removed_even_when_its_process_id_lives_on(store: Store, ws_path: Path) -> None:
+def test_a_live_writers_git_lock_is_waited_for_and_once_it_is_killed_removed(store: Store, ws_path: Path) -> None:
+    """The real lock path in another process: its lock is never taken for dead while it lives."""
+    import threading
+
     store, actor = agent_store(store)
     lock = ws_path / ".git/index.lock"
-
-    def holder(twin: Path, claim: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(twin), str(lock), claim], stdout=subprocess.PIPE,
-                                text=True)
-        assert proc.stdout is not None and proc.stdout.readline() == "holding\n"
-        return proc
-
-    # a memstore writer alive and holding: its lock is waited for, never removed
-    live = holder(ws_path / ".git/memstore-flock.1.1", "claim")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(ws_path)], stdout=subprocess.PIPE, text=True,
+                              cwd=ROOT)
+    results: list[object] = []
     try:
-        live_twin = ws_path / f".git/memstore-flock.{live.pid}.1"
-        os.rename(ws_path / ".git/memstore-flock.1.1", live_twin)  # named by its own process id
-        assert store.memory_insert("org", "waits for the writer", actor=actor).pending
-        assert lock.exists() and live_twin.exists()
+        assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
+        edit = threading.Thread(target=lambda: results.append(
+            store.memory_insert("org", "after the crash", actor=actor)))
+        edit.start()
+        edit.join(0.5)
+        assert edit.is_alive() and lock.exists()  # waiting for the writer, its lock untouched
     finally:
-        live.kill()
-        live.wait()
-    # killed: the system let go of its claim, so its lock goes, though a live process may
-    # have its id by now (here: a sleeping process stands in for that reuse)
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
-    try:
-        os.rename(live_twin, ws_path / f".git/memstore-flock.{other.pid}.1")
-        assert store.memory_insert("org", "after the crash", actor=actor).version
-        assert not lock.exists() and not list((ws_path / ".git").glob("memstore-*lock.*"))
-    finally:
-        other.kill()
-        other.wait()
-    assert "waits for the writer\nafter the crash" in store.get_block("org").value
+        holder.kill()
+        holder.wait()
+    edit.join(60)
+    assert results and results[0].version == git(ws_path, "rev-parse", "HEAD").strip()
+    assert not lock.exists()
+    assert "after the crash" in git(ws_path, "show", "HEAD:blocks/org.md")
+    assert_clean_repo(ws_path)
+
+
+def test_only_a_lock_memstore_made_is_removed(store: Store, ws_path: Path) -> None:
+    """Under the repository lock, git's own locks are waited for; a dead memstore writer's
+    (its marker, or an earlier version's twin) go, with the temp files it left."""
+    store, actor = agent_store(store)
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    lock = ws_path / ".git/index.lock"
+    left = [ws_path / f".git/memstore-index.{dead}.1", ws_path / f".git/memstore-ref.{dead}.1"]
+    for path in left:
+        path.write_bytes(b"killed before it was renamed into place")
+    assert Store.open(ws_path) and not any(path.exists() for path in left)
+
+    lock.write_bytes(b"memstore lock of " + os.fsencode((ws_path / ".git").resolve()) + b"\n")
+    assert store.memory_insert("org", "after a crash", actor=actor).version  # its marker: a dead writer's
+    assert not lock.exists()
+
+    twin = ws_path / f".git/memstore-flock.{dead}.1"  # versions before 5 Dec: an empty twin, hard-linked
+    twin.write_bytes(b"")
+    os.link(twin, lock)
+    assert store.memory_insert("org", "after an older crash", actor=actor).version
+    assert not lock.exists() and not twin.exists()
+
+    for held in (b"", b"DIRC", b"memstore lock of /another/repository/.git\n"):  # git's, or not this one's
+        lock.write_bytes(held)
+        assert store.memory_insert("org", "waits", actor=actor).pending
+        assert lock.read_bytes() == held
+        lock.unlink()
+    assert store.commits.finish_all() == []
     assert_clean_repo(ws_path)
 
 
