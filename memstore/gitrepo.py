@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import os
 import subprocess
@@ -56,7 +55,6 @@ _BIG_OBJECT = 64 * 1024  # bytes: objects this big are stored uncompressed (comp
 _HOOKS = ("pre-commit", "prepare-commit-msg", "commit-msg", "post-commit")
 _EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 _IndexKey = tuple[int, int, int, bytes]
-_NOTE_SIZE = 128  # bytes: the index note's fixed width (its JSON padded with spaces)
 
 
 @dataclass(frozen=True)
@@ -137,9 +135,8 @@ class GitRepo:
         self.common_dir = _common_dir(self.git_dir)
         self._objects = str(self.common_dir / "objects")
         self.shallow = self.repo.is_shallow
-        self._index_note = root / ".memstore" / "locks" / "index-note"
         # (version, bytes, entries' end)
-        self._index_cache: tuple[_IndexKey, bytes | bytearray, int | None] | None = None
+        self._index_cache: tuple[_IndexKey, bytes | bytearray] | None = None
         self._index_sha1 = gitindex.ResumableSha1()
         self._tree_sha1 = gitindex.ResumableSha1()
         self._index_places, self._tree_places = gitindex.Places(), gitindex.Places()  # for 10,000 blocks
@@ -305,10 +302,9 @@ class GitRepo:
         wait = LOCK_WAIT if wait is None else wait
         with self.git_lock(self.git_dir / "index.lock", "interactive staging, or a commit in an editor?", wait):
             index = self._read_index()
-            known_end = self._known_index_end(index)
             if self.unmerged(rel, index):
                 raise unmerged_error(rel)
-            self._place_index(*self._new_index(index, rel, blob, self._still(rel, written), known_end))
+            self._place_index(self._new_index(index, rel, blob, self._still(rel, written)))
             try:
                 if self.native_commit:
                     commit = self._commit_with_git(rel, blob, author, message, committer)
@@ -592,18 +588,6 @@ class GitRepo:
                     if pid.isdigit() and not pid_alive(int(pid)) and (path in temps or os.stat(path).st_nlink == 1):
                         path.unlink()
 
-    def _known_index_end(self, index: bytes | None) -> int | None:
-        """Where the entries of `index` (as just read) end, if memstore wrote it (it then has no extensions)."""
-        cached = self._index_cache
-        if cached is not None and cached[1] is index and cached[2] is not None:
-            return cached[2]  # this process wrote it: no need to read the note
-        try:
-            note = json.loads(self._index_note.read_text())
-            st = os.stat(self.git_dir / "index")
-        except (OSError, ValueError):
-            return None
-        return note.get("end") if note.get("index") == [st.st_ino, st.st_size, st.st_mtime_ns] else None
-
     def _index_key(self) -> _IndexKey | None:
         """Which version of the index is in place: (inode, size, mtime, its trailing checksum); None: no index.
 
@@ -637,21 +621,17 @@ class GitRepo:
         except FileNotFoundError:
             return None
         if len(data) == key[1] and data[-20:] == key[3]:  # not replaced while it was read
-            self._index_cache = (key, data, None)
+            self._index_cache = (key, data)
         return data
 
-    def _new_index(self, index: bytes | None, rel: str, blob: str | None, st: os.stat_result | None,
-                   known_end: int | None) -> tuple[bytes, bool]:
-        """The index with `rel`'s entry as just committed, and whether memstore's patch made it.
-
-        A patched index has no extensions; one libgit2 wrote (for formats memstore does not
-        patch, or when there was no index) may have a cache tree, so its end is not known.
-        """
+    def _new_index(self, index: bytes | None, rel: str, blob: str | None, st: os.stat_result | None) -> bytes:
+        """The index with `rel`'s entry as just committed: patched, or by libgit2 for formats
+        memstore does not patch, or when there was no index."""
         if index is not None:
             try:
                 path = rel.encode()
-                return gitindex.patch_index(bytearray(index), path, blob, st, known_end, self._index_sha1,
-                                            self._index_places.get(path)), True
+                return gitindex.patch_index(bytearray(index), path, blob, st, self._index_sha1,
+                                            self._index_places.get(path))
             except gitindex.IndexFormatUnsupported:
                 pass
         with self._scratch_index(index) as (idx, tmp):
@@ -660,7 +640,7 @@ class GitRepo:
                 idx.read_tree(self.repo[tip].peel(pygit2.Tree))
             _set_entry(idx, rel, blob)
             idx.write()
-            return tmp.read_bytes(), False
+            return tmp.read_bytes()
 
     @contextmanager
     def _scratch_index(self, data: bytes | None) -> Iterator[tuple[pygit2.Index, Path]]:
@@ -673,7 +653,7 @@ class GitRepo:
         finally:
             tmp.unlink(missing_ok=True)
 
-    def _place_index(self, data: bytes, patched: bool) -> None:
+    def _place_index(self, data: bytes) -> None:
         """Put the new index in place before the branch moves, while git's `index.lock` stays held.
 
         `git commit` reads HEAD, then the index, and only then takes `index.lock`. Were the
@@ -682,43 +662,10 @@ class GitRepo:
         placed first, a commit that read the old index read the old HEAD too, and its
         compare-and-swap of the branch fails (tests/test_concurrency.py).
         """
-        tmp = self.git_dir / f"memstore-index.{os.getpid()}.{time.monotonic_ns()}"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
-            try:
-                write_all(fd, data)
-                if "index" in self.flush:
-                    os.fsync(fd)
-                st = os.fstat(fd)
-            finally:
-                os.close(fd)
-            replace_file(tmp, self.git_dir / "index")
-        finally:  # a full disk: no half-written index left behind
-            tmp.unlink(missing_ok=True)
-        end = len(data) - 20 if patched else None
+        st = write_atomic(self.git_dir / "index", data, self.git_dir, flush="index" in self.flush,
+                          tmp_name="memstore-index")
         # `data` is not changed after this (a patch works on its own copy): kept as it is, not copied
-        self._index_cache = ((st.st_ino, st.st_size, st.st_mtime_ns, bytes(data[-20:])), data, end)
-        self._write_index_note([st.st_ino, st.st_size, st.st_mtime_ns], end)
-
-    def _write_index_note(self, index: list[int], end: int | None) -> None:
-        """Tell memstore's other processes where the entries of the index just placed end.
-
-        Written over the old note at a fixed width, never cut to nothing: ext4 starts writing
-        a file out when it is closed after being cut to nothing (its `auto_da_alloc`), which
-        cost 0.16-0.2 ms of every edit on this machine's root disk; writing in place costs 5 us.
-        Only a process holding git's `index.lock` reads or writes the note, and one write of
-        a few bytes is never torn by a kill.
-        """
-        note = json.dumps({"index": index, "end": end}).encode().ljust(_NOTE_SIZE)
-        try:  # best effort: without a note naming this index, the next process walks its entries
-            fd = os.open(self._index_note, os.O_WRONLY | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o644)
-            try:
-                write_all(fd, note)
-                os.ftruncate(fd, _NOTE_SIZE)  # a longer file (not one of ours) loses its tail; ours stay the same
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            log.info("index note not written: %s", exc)
+        self._index_cache = ((st.st_ino, st.st_size, st.st_mtime_ns, bytes(data[-20:])), data)
 
     def _put_back_index(self, index: bytes | None) -> None:
         """The index as it was before a commit that was not made (best effort: the journal keeps the edit)."""
@@ -727,7 +674,7 @@ class GitRepo:
                 (self.git_dir / "index").unlink(missing_ok=True)
                 self._index_cache = None
             else:
-                self._place_index(index, False)
+                self._place_index(index)
         except OSError:
             log.warning("could not put the index back after a commit that was not made; `git status` may show "
                         "the edit as staged until it is committed")
@@ -820,7 +767,7 @@ class GitRepo:
                 elif entry is None or entry.id != target.id:
                     real.add(pygit2.IndexEntry(path, target.id, target.mode))
             real.write()
-            self._place_index(tmp.read_bytes(), False)
+            self._place_index(tmp.read_bytes())
 
 
 class _BranchMoved(Exception):

@@ -319,7 +319,15 @@ def test_a_disk_that_fills_while_the_index_is_written_leaves_the_old_index_whole
         os.write(fd, bytes(data)[:100])
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(gitrepo, "write_all", fills)
+    real = gitrepo.write_atomic
+
+    def fills_at_the_index(path: Path, data: bytes, tmp_dir: Path, **kwargs: object) -> os.stat_result:
+        with monkeypatch.context() as patch:
+            if path.name == "index":
+                patch.setattr(fsutil, "write_all", fills)
+            return real(path, data, tmp_dir, **kwargs)
+
+    monkeypatch.setattr(gitrepo, "write_atomic", fills_at_the_index)
     with pytest.raises(WorkspaceError, match="the disk is full. Nothing was changed"):
         store.memory_insert("org", "x", actor=actor)
     monkeypatch.undo()
@@ -344,23 +352,6 @@ def test_an_interrupt_right_after_the_branch_moves_leaves_the_index_agreeing_wit
     monkeypatch.undo()
     assert "agent line" in git(ws_path, "show", "HEAD:blocks/org.md")
     assert git(ws_path, "diff", "--cached", "--name-only") == ""  # a person's next commit cannot revert it
-
-
-def test_an_index_note_the_disk_refuses_does_not_undo_the_commit(
-        store: Store, ws_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    store, actor = agent_store(store)
-    real_open = os.open
-
-    def no_note(path: object, *args: object, **kwargs: object) -> int:
-        if str(path).endswith("index-note"):
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_open(path, *args, **kwargs)
-
-    monkeypatch.setattr(gitrepo.os, "open", no_note)
-    result = store.memory_insert("org", "agent line", actor=actor)
-    monkeypatch.undo()
-    assert result.version == git(ws_path, "rev-parse", "HEAD").strip()
-    assert_clean_repo(ws_path)
 
 
 def test_crlf_attributes_and_autocrlf_are_applied_as_git_add_would(store: Store, ws_path: Path) -> None:
@@ -933,20 +924,27 @@ def test_a_hand_edit_while_a_commit_waits_keeps_every_author(store: Store, ws_pa
     assert_clean_repo(ws_path)
 
 
-def test_the_index_note_tells_another_process_where_the_entries_end_and_a_stale_one_is_ignored(
+def test_the_entries_end_is_read_from_gits_own_eoie_extension_and_a_patched_index_keeps_one(
         store: Store, ws_path: Path) -> None:
+    """Where the entries end, for a process that did not write the index: git's End of Index
+    Entries extension, checked as git checks it (here against one git wrote itself)."""
+    from memstore import gitindex
+
     store, actor = agent_store(store)
     store.memory_insert("org", "one", actor=actor)
-    other = Store.open(ws_path).ws.git  # another process: none of the first one's caches
-    index = other._read_index()
-    assert index is not None and other._known_index_end(index) == len(index) - 20
-    note = ws_path / ".memstore/locks/index-note"
-    note.write_bytes(b'{"index": [1, 2, 3], "end": 7}' + b" " * 300)  # names another index, and is long
-    assert Store.open(ws_path).ws.git._known_index_end(index) is None
-    Store.open(ws_path).memory_insert("org", "two", actor=actor)  # walks the entries, then writes a note
-    assert len(note.read_bytes()) == gitrepo._NOTE_SIZE
-    index = (ws_path / ".git/index").read_bytes()
-    assert Store.open(ws_path).ws.git._known_index_end(index) == len(index) - 20
+    git(ws_path, "-c", "index.recordEndOfIndexEntries=true", "read-tree", "HEAD")  # a cache tree, then git's EOIE
+    data = (ws_path / ".git/index").read_bytes()
+    walked = gitindex._walk_index(data, 2, int.from_bytes(data[8:12], "big"))[1]
+    assert data[walked : walked + 4] == b"TREE" and gitindex.entries_end(data) == walked
+    Store.open(ws_path).memory_insert("org", "two", actor=actor)  # another process: patched through the EOIE
+    data = (ws_path / ".git/index").read_bytes()
+    walked = gitindex._walk_index(data, 2, int.from_bytes(data[8:12], "big"))[1]
+    assert data[walked : walked + 4] == b"EOIE" and gitindex.entries_end(data) == walked
+    assert git(ws_path, "-c", "index.threads=true", "status", "--porcelain") == ""
+    stale = bytearray(data)
+    stale[-25] ^= 1  # the EOIE's hash no longer matches what lies between it and the entries
+    assert gitindex.entries_end(stale) is None
+    assert gitindex.entries_end(data[:-52] + data[-20:]) is None  # no EOIE at all
     assert_clean_repo(ws_path)
 
 
@@ -958,13 +956,13 @@ def test_an_index_entry_is_patched_where_it_is_whatever_hint_is_given(tmp_path: 
     git(tmp_path, "init", "-q", "-b", "main", str(repo))
     for name in ("a.md", "b.md", "c.md"):
         (repo / name).write_text(f"{name}\n")
-    git(repo, "add", ".")
+    git(repo, "-c", "index.recordEndOfIndexEntries=true", "add", ".")  # its EOIE: no walk of the entries
     data = (repo / ".git/index").read_bytes()
     at = data.index(b"b.md\0")
     (repo / "new.txt").write_text("new\n")
     blob = git(repo, "hash-object", "-w", "new.txt").strip()
-    end = gitindex._walk_index(data, 2, 3)[1]
-    patched = {near: bytes(gitindex.patch_index(bytearray(data), b"b.md", blob, None, end, near=near))
+    assert gitindex.entries_end(data) == gitindex._walk_index(data, 2, 3)[1]
+    patched = {near: bytes(gitindex.patch_index(bytearray(data), b"b.md", blob, None, near=near))
                for near in (at, 0, 13, at - 8, len(data) - 4)}
     assert len(set(patched.values())) == 1
     (repo / ".git/index").write_bytes(patched[at])
