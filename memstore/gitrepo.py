@@ -8,19 +8,10 @@ before it takes the lock: see `_place_index`. A git command the person runs mean
 either waits for memstore or makes memstore wait; neither reverts the other. A lock file
 that git holds is never removed.
 
-Two pieces of git's formats are written by hand, because libgit2 cannot come near the
-goal "an edit among 10,000 blocks costs at most 2x one among 10": at 10,000 blocks its
-TreeBuilder rewrites and compresses the whole blocks tree and its index write rewrites
-every entry (benchmarks/edits.py prints both designs side by side, "The commit of one
-change"; see the README for the figures).
-- `_tree_with` changes one entry of a tree in place (new or removed entries go
-  through libgit2's TreeBuilder); big trees are stored as loose objects without
-  compression (`_write_raw`, `_stored_zlib`), which git reads like any other.
-- the index is patched by `gitindex.patch_index`.
-Both are checked against git's own reading (`git fsck`, `git status`) in the tests.
-Where a name sits in the index and in a big tree is remembered (`gitindex.Places`), and
-a big tree's checksums are carried from the version before (`ResumableSha1`,
-`_adler_after`): at 10,000 blocks each saves a search of, or a pass over, most of a file.
+Two pieces of git's formats are written by hand, for the goal "an edit among 10,000
+blocks costs at most 2x one among 10", where libgit2 rewrites the whole blocks tree and
+the whole index on every change: one tree entry is patched in place (`gittree`), and one
+index entry (`gitindex`).
 """
 
 from __future__ import annotations
@@ -30,10 +21,7 @@ import errno
 import logging
 import os
 import subprocess
-import struct
-import threading
 import time
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,17 +31,15 @@ from pathlib import Path
 import pygit2
 from pygit2.enums import DeltaStatus, FilterMode, ObjectType
 
-from . import gitindex
+from . import gitindex, gittree
 from .errors import ConflictError, MemstoreError, WorkspaceError
 from .cache import LRU
-from .fsutil import PORTABLE, pid_alive, replace_file, write_all, write_atomic
+from .fsutil import PORTABLE, pid_alive, write_all, write_atomic
 
 log = logging.getLogger(__name__)
 
 LOCK_WAIT = 5.0  # seconds memstore waits for a lock a git command holds before the edit is left pending
-_BIG_OBJECT = 64 * 1024  # bytes: objects this big are stored uncompressed (compressing costs more than the disk)
 _HOOKS = ("pre-commit", "prepare-commit-msg", "commit-msg", "post-commit")
-_EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 _IndexKey = tuple[int, int, int, bytes]
 
 
@@ -133,22 +119,17 @@ class GitRepo:
         self.repo = open_repository(root, cfg)
         self.git_dir = Path(self.repo.path).resolve()
         self.common_dir = _common_dir(self.git_dir)
-        self._objects = str(self.common_dir / "objects")
         self.shallow = self.repo.is_shallow
-        # (version, bytes, entries' end)
         self._index_cache: tuple[_IndexKey, bytes | bytearray] | None = None
         self._index_sha1 = gitindex.ResumableSha1()
-        self._tree_sha1 = gitindex.ResumableSha1()
-        self._index_places, self._tree_places = gitindex.Places(), gitindex.Places()  # for 10,000 blocks
-        self._adler: tuple[str, int] = ("", 0)  # (big object this process wrote last, its Adler-32)
-        self._trees: dict[str, bytes] = {}  # tree id -> its bytes, the last few written or read
-        self._trees_lock = threading.Lock()
+        self._index_places = gitindex.Places()  # for 10,000 blocks
         self._blobs: LRU[tuple[str, str], str | None] = LRU(1024)  # (commit, path) -> blob: commits never change
         self._marker_text = b"memstore lock of " + os.fsencode(self.git_dir) + b"\n"
         self._marker: Path | None = None  # made at the first lock (see `_marker_file`)
         self._remove_dead_temp_locks()
         self.repo.set_ident("memstore", "memstore@agents.memstore")  # reflog lines of branch moves
         self.flush = _fsync_components(cfg.get("core.fsync"))
+        self.objects = gittree.Objects(self.repo, str(self.common_dir / "objects"), self.flush)
         self._filters = self._has_filters(cfg)
         self._check_filter_drivers()
         self.native_commit = self._needs_git(cfg)  # hooks or signing: `git commit` makes the commit
@@ -237,23 +218,12 @@ class GitRepo:
         against 0.1 ms (benchmarks/edits.py, edit latency by workspace size).
         """
         try:
-            return self._blobs.get_or_make((commit, rel), lambda: self._blob_in(self._tree_of(commit), rel))
+            return self._blobs.get_or_make((commit, rel), lambda: self.objects.blob_in(self._tree_of(commit), rel))
         except (KeyError, ValueError):  # no such commit here: nothing is remembered
             return None
 
     def _tree_of(self, commit: str) -> str:
         return str(self.repo[commit].peel(pygit2.Commit).tree_id)
-
-    def _blob_in(self, tree: str, rel: str) -> str | None:
-        *folders, name = rel.split("/")
-        for folder in folders:
-            found = self._entry(tree, folder)
-            if found is None or found[0] != b"40000":
-                return None
-            tree = found[1]
-        found = self._entry(tree, name)
-        # A regular file only: a committed symbolic link (a pull may bring one) is not content.
-        return found[1] if found is not None and found[0] in (b"100644", b"100755") else None
 
     def read_blob(self, oid: str) -> bytes:
         try:
@@ -288,7 +258,7 @@ class GitRepo:
 
     def write_blob(self, content: bytes) -> str:
         """Store `content` (its odb form) as a blob; its id."""
-        return self._write_raw(b"blob", content)
+        return self.objects.write(b"blob", content)
 
     def commit(self, rel: str, blob: str | None, author: Ident, message: str, committer: Ident, *,
                written: os.stat_result | None = None, wait: float | None = None) -> str:
@@ -338,7 +308,7 @@ class GitRepo:
         """Build the commit and compare-and-swap the branch to it; a git command may move it meanwhile."""
         for _ in range(10):
             tip = self.tip()
-            tree = self._tree_with(str(self.repo[tip].peel(pygit2.Tree).id) if tip else None, rel, blob)
+            tree = self.objects.tree_with(str(self.repo[tip].peel(pygit2.Tree).id) if tip else None, rel, blob)
             now = time.time()
             commit = str(self.repo.create_commit(None, author.signature(now), committer.signature(now), message,
                                                  pygit2.Oid(hex=tree), [pygit2.Oid(hex=tip)] if tip else []))
@@ -375,121 +345,6 @@ class GitRepo:
                     out.write(line)
             except OSError as exc:
                 log.warning("commit %s made, but its reflog line in %s was not written: %s", new[:12], log_path, exc)
-
-    def _tree_with(self, tree: str | None, path: str, blob: str | None) -> str:
-        """The id of tree `tree` with `path` set to `blob` (None: removed), writing the changed trees.
-
-        An entry that only points elsewhere is patched in the tree's bytes; an entry added
-        or removed goes through libgit2's TreeBuilder (which keeps git's order).
-        """
-        head, _, rest = path.partition("/")
-        raw = self._tree_raw(tree) if tree else b""
-        found = self._entry(tree, head) if tree else None
-        if rest:
-            sub = self._tree_with(found[1] if found and found[0] == b"40000" else None, rest, blob)
-            entry = None if sub == _EMPTY_TREE else (sub, b"40000")
-        else:
-            entry = (blob, b"100644") if blob else None
-        if found is not None and entry is not None and found[0] == entry[1]:
-            at = found[2]
-            return self._write_raw(b"tree", raw[:at] + bytes.fromhex(entry[0]) + raw[at + 20 :], (tree, at))
-        builder = self.repo.TreeBuilder(self.repo[tree]) if tree else self.repo.TreeBuilder()
-        if entry is None:
-            if found is not None:
-                builder.remove(head)
-        else:
-            builder.insert(head, pygit2.Oid(hex=entry[0]), int(entry[1], 8))
-        return str(builder.write())
-
-    def _entry(self, tree: str, name: str) -> tuple[bytes, str, int] | None:
-        """Entry `name` of `tree` (see `_tree_entry`)."""
-        raw = self._tree_raw(tree)
-        return _tree_entry(raw, name.encode(), self._tree_places if len(raw) >= _BIG_OBJECT else None)
-
-    def _tree_raw(self, tree: str) -> bytes:
-        """A tree's bytes; the last few are kept (the blocks tree of 10,000 blocks is ~400 KB)."""
-        raw = self._trees.get(tree)
-        if raw is None:
-            raw = self.repo[tree].read_raw()
-            self._keep_tree(tree, raw)
-        return raw
-
-    def _keep_tree(self, tree: str, raw: bytes) -> None:
-        with self._trees_lock:  # threads of one server share this cache
-            while len(self._trees) >= 8:
-                self._trees.pop(next(iter(self._trees)))
-            self._trees[tree] = raw
-
-    def _write_raw(self, kind: bytes, body: bytes, patched: tuple[str, int] | None = None) -> str:
-        """Store an object loose; big ones uncompressed (still a zlib stream, as git reads it).
-
-        `patched`: (tree, offset) when `body` is that tree's bytes changed from that offset on.
-        """
-        if len(body) < _BIG_OBJECT:
-            kind_id = ObjectType.TREE if kind == b"tree" else ObjectType.BLOB
-            for attempt in range(5):
-                try:
-                    oid = str(self.repo.odb.write(kind_id, body))
-                    self._remember_tree(kind, oid, body)
-                    return oid
-                except (OSError, pygit2.GitError):  # `git gc` removed the empty object folder meanwhile
-                    if attempt == 4:
-                        raise
-            raise AssertionError("unreachable")
-        data = b"%s %d\0" % (kind, len(body)) + body
-        head = len(data) - len(body)
-        if patched is None:
-            oid, adler = sha1(data).hexdigest(), zlib.adler32(data)
-        else:
-            oid = self._tree_sha1.digest(data, bytes.fromhex(patched[0]), head + patched[1]).hex()
-            adler = self._adler_after(patched[0], data, head + patched[1])
-        folder = os.path.join(self._objects, oid[:2])  # strings, not Paths: 0.05 ms less at 10,000 blocks
-        path = os.path.join(folder, oid[2:])
-        if os.path.exists(path):
-            return oid
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(folder)
-        tmp = os.path.join(folder, f"tmp_obj_{os.getpid()}_{time.monotonic_ns()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
-        try:
-            try:
-                for part in _stored_zlib(data, adler):
-                    write_all(fd, part)
-                if "loose-object" in self.flush:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.chmod(tmp, 0o444)  # read-only, as git keeps objects (only now: Windows cannot remove such a file)
-            replace_file(tmp, path)
-        except BaseException:  # a full disk: no half-written object left behind
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        self._adler = (oid, adler)
-        self._remember_tree(kind, oid, body)
-        return oid
-
-    def _adler_after(self, tree: str, data: bytes, at: int) -> int:
-        """The Adler-32 of `data`: tree `tree`'s object with the 20 bytes at `at` changed.
-
-        From the old tree's Adler-32 when this process wrote it: the checksum is a weighted
-        sum of the bytes, so changing 20 of them changes it by 20 terms, where computing it
-        over a 0.4 MB tree costs 0.1 ms of an edit among 10,000 blocks.
-        """
-        known, adler = self._adler
-        old = self._trees.get(tree)
-        if known != tree or old is None:
-            return zlib.adler32(data)
-        body_at = at - (len(data) - len(old))
-        a, b, n = adler & 0xFFFF, adler >> 16, len(data)
-        for i in range(20):
-            d = data[at + i] - old[body_at + i]
-            a, b = (a + d) % 65521, (b + (n - at - i) * d) % 65521
-        return b << 16 | a
-
-    def _remember_tree(self, kind: bytes, oid: str, body: bytes) -> None:
-        if kind == b"tree":
-            self._keep_tree(oid, body)
 
     # -- the index -------------------------------------------------------------------------
 
@@ -781,69 +636,6 @@ class HookRefused(ConflictError):
 def unmerged_error(rel: str) -> ConflictError:
     return ConflictError(f"{rel} is unmerged (a merge, rebase or `git stash pop` left conflict markers in it): "
                          f"resolve it, `git add {rel}` and commit, then edit it again.")
-
-
-_MODES = (b"100644", b"100755", b"120000", b"160000", b"40000")
-
-
-def _tree_entry(raw: bytes, name: bytes, places: gitindex.Places | None = None) -> tuple[bytes, str, int] | None:
-    """(mode, id, where the id starts) of entry `name` in a tree's bytes, without parsing them all.
-
-    An entry is `mode SP name NUL id20`; a match counts only where an entry starts (the
-    tree's start, or right after the previous entry's NUL and 20-byte id). `places`: where
-    names were in earlier versions of a big tree, checked before searching.
-    """
-    key = b" " + name + b"\0"
-    at = places.get(name) if places is not None else -1
-    found = _entry_at(raw, at, key) if at >= 0 and raw.startswith(key, at) else None
-    if found is not None:
-        return found
-    if places is not None:
-        places.searched(lambda: _tree_places(raw))
-    at = raw.find(key)
-    while at >= 0:
-        found = _entry_at(raw, at, key)
-        if found is not None:
-            return found
-        at = raw.find(key, at + 1)
-    return None
-
-
-def _entry_at(raw: bytes, at: int, key: bytes) -> tuple[bytes, str, int] | None:
-    """The entry whose ` name NUL` (`key`) is at `at`, if an entry starts there."""
-    for mode in _MODES:
-        start = at - len(mode)
-        if start >= 0 and raw[start:at] == mode and (start == 0 or (start >= 21 and raw[start - 21] == 0)):
-            ident = at + len(key)
-            return mode, raw[ident : ident + 20].hex(), ident
-    return None
-
-
-def _tree_places(raw: bytes) -> dict[bytes, int]:
-    """Where each entry's ` name NUL` starts in a tree's bytes."""
-    places, pos = {}, 0
-    while pos < len(raw):
-        space = raw.index(b" ", pos)
-        end = raw.index(b"\0", space)
-        places[raw[space + 1 : end]] = space
-        pos = end + 21
-    return places
-
-
-def _stored_zlib(data: bytes, adler: int) -> list[bytes | memoryview]:
-    """`data` as a zlib stream of stored (uncompressed) deflate blocks, whose Adler-32 is `adler`.
-
-    What `zlib.compress(data, 0)` makes, without its pass over the data (0.34 ms for the
-    0.4 MB blocks tree of 10,000 blocks, a third of what such an edit costs beyond one
-    among 10): a two-byte header, blocks of at most 65,535 bytes each behind a five-byte
-    header (RFC 1950, 1951), and the checksum. Checked by git's own reading (`git fsck`).
-    """
-    view, parts = memoryview(data), [b"\x78\x01"]
-    for pos in range(0, max(len(data), 1), 0xFFFF):
-        size = min(0xFFFF, len(data) - pos)
-        parts += (struct.pack("<BHH", pos + size >= len(data), size, size ^ 0xFFFF), view[pos : pos + size])
-    parts.append(struct.pack(">I", adler))
-    return parts
 
 
 def _link(src: Path, dst: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from memstore import Store
-from memstore import fsutil, gitrepo
+from memstore import fsutil, gitrepo, gittree
 from memstore.errors import ConflictError, WorkspaceError
 
 from .conftest import PERSON_NAME, assert_clean_repo, git
@@ -301,7 +301,7 @@ def test_a_disk_that_fills_while_a_big_object_is_written_leaves_no_part_of_it(
         os.write(fd, bytes(data)[:1000])
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(gitrepo, "write_all", fills)
+    monkeypatch.setattr(gittree, "write_all", fills)
     with pytest.raises(WorkspaceError, match="the disk is full. Nothing was changed"):
         store.memory_insert("big", "x" * 100_000)
     monkeypatch.undo()
@@ -821,13 +821,13 @@ def test_a_big_object_is_a_zlib_stream_with_its_checksum_patched_as_its_bytes_ch
     import random
     import zlib
 
-    from memstore.gitrepo import GitRepo, _stored_zlib
+    from memstore.gittree import Objects, _stored_zlib
 
     rng = random.Random(5)
     for size in (0, 1, 0xFFFF, 0x10000, 2 * 0xFFFF, 400_000):
         data = rng.randbytes(size)
         assert zlib.decompress(b"".join(_stored_zlib(data, zlib.adler32(data)))) == data  # zlib checks the checksum
-    repo = GitRepo.__new__(GitRepo)
+    repo = Objects.__new__(Objects)
     old = rng.randbytes(300_000)
     data = b"tree %d\0" % len(old) + old
     head = len(data) - len(old)
@@ -843,7 +843,7 @@ def test_a_big_object_is_a_zlib_stream_with_its_checksum_patched_as_its_bytes_ch
 def test_remembered_places_of_names_are_checked_before_they_are_used(tmp_path: Path) -> None:
     """A place learned in one version of the index or of a tree, wrong in the next, is never trusted."""
     from memstore.gitindex import Places, unmerged
-    from memstore.gitrepo import _tree_entry
+    from memstore.gittree import _tree_entry
 
     tree = b"".join(b"100644 %s\0" % name + bytes([n]) * 20 for n, name in enumerate([b"a.md", b"b.md", b"c.md"]))
     places = Places()
