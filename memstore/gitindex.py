@@ -21,6 +21,10 @@ class IndexFormatUnsupported(Exception):
     """An index this module does not patch (version 4, split or sparse index)."""
 
 
+class RequiredExtension(IndexFormatUnsupported):
+    """An index extension git requires readers to know (`link`: a split index; `sdir`: a sparse one)."""
+
+
 _EOIE_SIZE = 8 + 4 + 20  # bytes: signature, size, then the entries' end and a SHA-1
 
 
@@ -268,5 +272,5 @@ def _check_extensions(data: bytes, pos: int) -> None:
         sig = data[pos : pos + 4]
         (size,) = struct.unpack_from(">I", data, pos + 4)
         if not sig[:1].isupper():
-            raise IndexFormatUnsupported(f"required index extension {sig!r}")
+            raise RequiredExtension(sig.decode("ascii", "replace"))
         pos += 8 + size

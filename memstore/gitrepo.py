@@ -36,8 +36,15 @@ from .errors import ConflictError, MemstoreError, WorkspaceError
 from .cache import LRU
 from .fsutil import PORTABLE, pid_alive, write_all, write_atomic
 
+try:
+    import fcntl
+except ImportError:  # Windows: locks are claimed by the repository lock alone (see `GitRepo.git_lock`)
+    fcntl = None  # type: ignore[assignment]
+
 log = logging.getLogger(__name__)
 
+_MARKER = b"memstore lock\n"  # what memstore's own git lock files hold (see `GitRepo.git_lock`)
+_NO_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK, errno.EINVAL)
 LOCK_WAIT = 5.0  # seconds memstore waits for a lock a git command holds before the edit is left pending
 _HOOKS = ("pre-commit", "prepare-commit-msg", "commit-msg", "post-commit")
 _IndexKey = tuple[int, int, int, bytes]
@@ -124,8 +131,8 @@ class GitRepo:
         self._index_sha1 = gitindex.ResumableSha1()
         self._index_places = gitindex.Places()  # for 10,000 blocks
         self._blobs: LRU[tuple[str, str], str | None] = LRU(1024)  # (commit, path) -> blob: commits never change
-        self._marker_text = b"memstore lock of " + os.fsencode(self.git_dir) + b"\n"
-        self._marker: Path | None = None  # made at the first lock (see `_marker_file`)
+        self._links = not PORTABLE  # git's locks made as hard links of a marker (see `git_lock`)
+        self._markers: set[Path] = set()  # marker files this process has checked
         self._remove_dead_temp_locks()
         self.repo.set_ident("memstore", "memstore@agents.memstore")  # reflog lines of branch moves
         self.flush = _fsync_components(cfg.get("core.fsync"))
@@ -320,14 +327,18 @@ class GitRepo:
         raise CommitPending("the branch kept moving under another git command")
 
     def _move_branch(self, old: str | None, new: str, message: str, wait: float) -> None:
-        """Compare-and-swap the branch from `old` to `new` under git's ref lock, with reflog lines."""
+        """Compare-and-swap the branch from `old` to `new` under git's ref lock, with reflog lines
+        (written before the lock is let go, so the reflog's order is the branch's)."""
         name = self.branch()
-        path = self.common_dir / name
         with self.git_lock(self.common_dir / f"{name}.lock", "another commit, fetch or gc", wait):
             if self.tip() != old:
                 raise _BranchMoved()
-            write_atomic(path, f"{new}\n".encode(), self.common_dir, flush="reference" in self.flush,
-                         tmp_name="memstore-ref")
+            write_atomic(self.common_dir / name, f"{new}\n".encode(), self.common_dir,
+                         flush="reference" in self.flush, tmp_name="memstore-ref")
+            self._log_move(name, old, new, message)
+
+    def _log_move(self, name: str, old: str | None, new: str, message: str) -> None:
+        """The reflog lines of a branch move, in the branch's log and HEAD's, as `git commit` writes them."""
         now = time.time()
         offset = (time.localtime(now).tm_gmtoff or 0) // 60
         sign, offset = ("-", -offset) if offset < 0 else ("+", offset)
@@ -352,65 +363,97 @@ class GitRepo:
     def git_lock(self, lock: Path, what: str, wait: float) -> Iterator[None]:
         """Hold git's lock file `lock` (`index.lock`, `refs/heads/main.lock`) as git does.
 
-        The caller holds the workspace's repository lock (`commits.REPO_LOCK`), as every
-        memstore writer does while it holds one of git's. A git command's lock is waited for
-        (`wait` seconds, then CommitPending) and never removed. memstore's own hold a marker
-        that names this git folder (a hard link to `memstore-lock`, so never seen empty); one
-        found while the repository lock is held is a killed writer's, and is removed.
+        A git command's lock is waited for (`wait` seconds, then CommitPending) and never
+        removed. memstore's own hold `_MARKER` (each a hard link to a marker file of its
+        kind, so never seen empty) and are claimed while held: on Unix by a shared `flock`
+        on the lock, taken before the lock appears and let go by the system when the process
+        dies; on Windows, which cannot remove a file that is open, by the workspace's
+        repository lock, which every memstore writer holds while it holds one of git's. A
+        marked lock that nobody claims is a killed writer's, and is removed.
         """
         deadline = time.monotonic() + wait
-        while (st := self._make_lock(lock)) is None:
+        while (made := self._make_lock(lock)) is None:
             if self._remove_dead_lock(lock):
                 continue
             if time.monotonic() > deadline:
                 raise CommitPending(f"{lock} is held by another git command ({what}); the edit is "
                                     "committed once it is let go")
             time.sleep(0.01)
+        claim, st = made
         try:
             yield
         finally:
-            _remove_if_same(lock, st)
+            try:  # what the lock guarded is done (a branch moved): a lock left here is removed, unclaimed
+                _remove_if_same(lock, st)
+            except OSError as exc:
+                log.warning("%s not removed yet (the next memstore writer removes it): %s", lock, exc)
+            if claim is not None:  # the claim lasts until the lock is gone
+                os.close(claim)
 
-    def _make_lock(self, lock: Path) -> os.stat_result | None:
-        """Create `lock` holding the marker; its stat, or None if the lock exists."""
+    def _make_lock(self, lock: Path) -> tuple[int | None, os.stat_result] | None:
+        """Create and claim `lock`, holding the marker: (the claim, the lock's stat); None if it exists."""
+        marker = self.git_dir / f"memstore-marker-{'index' if lock.name == 'index.lock' else 'ref'}"
         for _ in range(2):
-            try:
-                _link(self._marker_file(), lock)
-                return os.stat(lock)
-            except FileExistsError:
-                return None
-            except FileNotFoundError:  # the marker was removed (a person tidying .git): made again
-                self._marker = None
-            except OSError as exc:  # no hard links here (FAT, some network shares): git's plain O_EXCL
-                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
-                    raise
+            if not self._links:
                 break
+            try:
+                if marker not in self._markers and not _same_content(marker, _MARKER):
+                    write_atomic(marker, _MARKER, self.git_dir, tmp_name="memstore-marker")
+                self._markers.add(marker)
+                claim = _claim(os.open(marker, os.O_RDONLY | getattr(os, "O_BINARY", 0)))
+            except FileNotFoundError:  # removed meanwhile (a person tidying .git): made again
+                self._markers.discard(marker)
+                continue
+            try:
+                _link(marker, lock)
+                return claim, os.stat(lock)
+            except OSError as exc:
+                if claim is not None:
+                    os.close(claim)
+                if isinstance(exc, FileExistsError):
+                    return None
+                if exc.errno not in _NO_LINKS:
+                    raise
+                self._links = False  # no hard links here (FAT, some network shares): git's plain O_EXCL
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
         try:
-            fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
+            try:
+                fd = os.open(lock, flags, 0o644)
+            except FileNotFoundError:  # the ref's folder is gone (`git pack-refs`)
+                lock.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(lock, flags, 0o644)
         except FileExistsError:
             return None
         try:
-            write_all(fd, self._marker_text)
+            if fcntl is not None:  # claimed before it is marked
+                with contextlib.suppress(OSError):
+                    fcntl.flock(fd, fcntl.LOCK_SH)
+            write_all(fd, _MARKER)
             st = os.fstat(fd)
         except BaseException:  # a full disk: no lock left half-marked
             os.close(fd)
             os.unlink(lock)
             raise
-        os.close(fd)
-        return st
+        if fcntl is None:  # Windows cannot remove a file that is open
+            os.close(fd)
+            return None, st
+        return fd, st
 
     def _remove_dead_lock(self, lock: Path) -> bool:
-        """Remove `lock` if memstore made it: its marker, or a hard link to a `memstore-*lock.*` twin
-        (versions before 5 Dec). Its writer died, since the caller holds the repository lock."""
+        """Remove `lock` if memstore made it and no live writer claims it (see `git_lock`).
+
+        Locks of versions before 5 Dec are known by a `memstore-*lock.<pid>.*` twin, a hard
+        link of the lock, whose process is gone.
+        """
         try:
             st = os.stat(lock)
-            with open(lock, "rb") as held:
-                ours = held.read(len(self._marker_text) + 1) == self._marker_text
+            ours = st.st_size == len(_MARKER) and _same_content(lock, _MARKER)
         except OSError:
             return False
         folder = self.git_dir if lock.parent == self.git_dir else self.common_dir
-        twins = [t for t in folder.glob("memstore-*lock.*") if _same_file(t, st)] if st.st_nlink > 1 else []
-        if not ours and not twins:
+        twins = [] if ours or st.st_nlink < 2 else [t for t in folder.glob("memstore-*lock.*") if _same_file(t, st)]
+        old = any(not pid_alive(int(t.name.split(".")[1])) for t in twins if t.name.split(".")[1].isdigit())
+        if not (ours or old) or _claimed(lock):
             return False
         log.warning("removing %s left by a memstore writer that died", lock)
         _remove_if_same(lock, st)
@@ -418,24 +461,11 @@ class GitRepo:
             twin.unlink(missing_ok=True)
         return True
 
-    def _marker_file(self) -> Path:
-        """The file memstore's git locks are hard links to (see `git_lock`), made if need be."""
-        if self._marker is None:
-            marker = self.git_dir / "memstore-lock"
-            try:
-                same = marker.read_bytes() == self._marker_text
-            except OSError:
-                same = False
-            if not same:
-                write_atomic(marker, self._marker_text, self.git_dir)
-            self._marker = marker
-        return self._marker
-
     def _remove_dead_temp_locks(self) -> None:
         """Temp files a killed writer left: new indexes and refs never renamed into place, and
         unlinked twins of versions before 5 Dec."""
         for folder in {self.git_dir, self.common_dir}:
-            temps = [*folder.glob("memstore-index.*"), *folder.glob("memstore-ref.*")]
+            temps = [p for kind in ("index", "ref", "marker") for p in folder.glob(f"memstore-{kind}.*")]
             twins = list(folder.glob("memstore-*lock.*"))  # one still linked to a lock goes with the lock
             for path in [*temps, *twins]:
                 pid = path.name.split(".")[1]
@@ -487,6 +517,11 @@ class GitRepo:
                 path = rel.encode()
                 return gitindex.patch_index(bytearray(index), path, blob, st, self._index_sha1,
                                             self._index_places.get(path))
+            except gitindex.RequiredExtension as exc:  # libgit2 cannot write these either
+                feature = {"link": "a split index", "sdir": "a sparse index"}.get(str(exc), f"the `{exc}` extension")
+                raise WorkspaceError(f"{self.root}: git's index now uses {feature}, which memstore cannot update; "
+                                     "run `git update-index --no-split-index` or `git sparse-checkout disable` "
+                                     "(and set core.splitIndex / index.sparse to false).") from None
             except gitindex.IndexFormatUnsupported:
                 pass
         with self._scratch_index(index) as (idx, tmp):
@@ -640,8 +675,6 @@ def unmerged_error(rel: str) -> ConflictError:
 
 def _link(src: Path, dst: Path) -> None:
     """Hard-link `src` as `dst` (FileExistsError if taken), making `dst`'s folder if a gc removed it."""
-    if PORTABLE:
-        raise OSError(errno.EPERM, "hard links not used (MEMSTORE_PORTABLE)")
     try:
         os.link(src, dst)
     except FileNotFoundError:  # e.g. `git pack-refs` removed the ref's empty folder
@@ -655,6 +688,43 @@ def _set_entry(index: pygit2.Index, rel: str, blob: str | None) -> None:
         index.add(pygit2.IndexEntry(rel, pygit2.Oid(hex=blob), pygit2.GIT_FILEMODE_BLOB))
     elif rel in index:
         index.remove(rel)
+
+
+def _claim(fd: int) -> int | None:
+    """Claim a lock file for as long as `fd` stays open: a shared `flock` (Unix), which the system
+    lets go when the process dies. Windows claims nothing, and closes `fd`: it could not remove
+    the lock while the file is open."""
+    if fcntl is None:
+        os.close(fd)
+        return None
+    with contextlib.suppress(OSError):  # a file system without flock: the repository lock proves it
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+def _claimed(lock: Path) -> bool:
+    """Whether a live process claims `lock` (see `_claim`); True when that cannot be told."""
+    if fcntl is None:
+        return False  # Windows: the caller's repository lock proves no memstore writer holds it
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _same_content(path: Path, data: bytes) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(data) + 1) == data
+    except FileNotFoundError:
+        return False
 
 
 def _same_file(path: Path, st: os.stat_result) -> bool:

@@ -644,17 +644,23 @@ with locks.hold(REPO_LOCK, "the repository"), repo.git_lock(repo.git_dir / "inde
 """
 
 
+def hold_index_lock(ws_path: Path) -> subprocess.Popen[str]:
+    """A memstore writer in another process, stuck mid-commit: it holds the repository lock and index.lock."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(ws_path)], stdout=subprocess.PIPE, text=True,
+                              cwd=ROOT)
+    assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
+    return holder
+
+
 def test_a_live_writers_git_lock_is_waited_for_and_once_it_is_killed_removed(store: Store, ws_path: Path) -> None:
     """The real lock path in another process: its lock is never taken for dead while it lives."""
     import threading
 
     store, actor = agent_store(store)
     lock = ws_path / ".git/index.lock"
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(ws_path)], stdout=subprocess.PIPE, text=True,
-                              cwd=ROOT)
+    holder = hold_index_lock(ws_path)
     results: list[object] = []
     try:
-        assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
         edit = threading.Thread(target=lambda: results.append(
             store.memory_insert("org", "after the crash", actor=actor)))
         edit.start()
@@ -670,20 +676,53 @@ def test_a_live_writers_git_lock_is_waited_for_and_once_it_is_killed_removed(sto
     assert_clean_repo(ws_path)
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="Windows cannot remove the repository lock while it is held")
+def test_a_live_writers_git_lock_stays_when_the_repository_lock_file_is_removed(store: Store, ws_path: Path) -> None:
+    """`git clean -fdX` or `rm .memstore/locks/repo.lock` while a writer commits: the next writer
+    locks a new file, but the live writer's claim on index.lock still keeps it (a removed live
+    lock let a person's next commit revert an agent's line)."""
+    store, actor = agent_store(store)
+    lock = ws_path / ".git/index.lock"
+    holder = hold_index_lock(ws_path)
+    try:
+        (ws_path / ".memstore/locks/repo.lock").unlink()
+        other = Store.open(ws_path)
+        assert other.memory_insert("org", "waits", actor=actor).pending
+        assert lock.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert other.commits.finish_all() == [] and not lock.exists()
+    assert "waits" in git(ws_path, "show", "HEAD:blocks/org.md")
+    assert_clean_repo(ws_path)
+
+
+def test_a_killed_writers_lock_is_removed_after_the_workspace_moves(store: Store, ws_path: Path) -> None:
+    store, actor = agent_store(store)
+    holder = hold_index_lock(ws_path)
+    holder.kill()
+    holder.wait()
+    moved = ws_path.with_name("moved")
+    ws_path.rename(moved)
+    assert Store.open(moved).memory_insert("org", "after the move", actor=actor).version
+    assert not (moved / ".git/index.lock").exists()
+    assert_clean_repo(moved)
+
+
 def test_only_a_lock_memstore_made_is_removed(store: Store, ws_path: Path) -> None:
-    """Under the repository lock, git's own locks are waited for; a dead memstore writer's
-    (its marker, or an earlier version's twin) go, with the temp files it left."""
+    """git's own locks are waited for; a dead memstore writer's (its marker, or an earlier
+    version's twin) go, with the temp files it left."""
     store, actor = agent_store(store)
     dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True).stdout)
     lock = ws_path / ".git/index.lock"
-    left = [ws_path / f".git/memstore-index.{dead}.1", ws_path / f".git/memstore-ref.{dead}.1"]
+    left = [ws_path / f".git/memstore-{kind}.{dead}.1" for kind in ("index", "ref", "marker")]
     for path in left:
         path.write_bytes(b"killed before it was renamed into place")
     assert Store.open(ws_path) and not any(path.exists() for path in left)
 
-    lock.write_bytes(b"memstore lock of " + os.fsencode((ws_path / ".git").resolve()) + b"\n")
-    assert store.memory_insert("org", "after a crash", actor=actor).version  # its marker: a dead writer's
+    lock.write_bytes(b"memstore lock\n")  # marked, as made where there are no hard links, and claimed by no one
+    assert store.memory_insert("org", "after a crash", actor=actor).version
     assert not lock.exists()
 
     twin = ws_path / f".git/memstore-flock.{dead}.1"  # versions before 5 Dec: an empty twin, hard-linked
@@ -692,13 +731,76 @@ def test_only_a_lock_memstore_made_is_removed(store: Store, ws_path: Path) -> No
     assert store.memory_insert("org", "after an older crash", actor=actor).version
     assert not lock.exists() and not twin.exists()
 
-    for held in (b"", b"DIRC", b"memstore lock of /another/repository/.git\n"):  # git's, or not this one's
+    for held in (b"", b"DIRC", b"memstore lock of /a/path\n"):  # git's, or not a marker
         lock.write_bytes(held)
         assert store.memory_insert("org", "waits", actor=actor).pending
         assert lock.read_bytes() == held
         lock.unlink()
     assert store.commits.finish_all() == []
     assert_clean_repo(ws_path)
+
+
+def test_a_ref_lock_that_cannot_be_removed_after_the_branch_moved_leaves_the_edit_committed(
+        store: Store, ws_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows may refuse the removal for a moment (a scanner): the commit was made, so the
+    result names it, and the next writer removes the lock."""
+    store, actor = agent_store(store)
+    real = gitrepo._remove_if_same
+
+    def refused(path: Path, st: os.stat_result) -> None:
+        if path.name == "main.lock":
+            raise PermissionError(errno.EACCES, "The process cannot access the file", str(path))
+        real(path, st)
+
+    monkeypatch.setattr(gitrepo, "_remove_if_same", refused)
+    result = store.memory_insert("org", "committed", actor=actor)
+    monkeypatch.undo()
+    assert result.version == git(ws_path, "rev-parse", "HEAD").strip()
+    assert (ws_path / ".git/refs/heads/main.lock").exists()
+    assert "committed" in (ws_path / "blocks/org.md").read_text()
+    assert store.memory_insert("org", "next", actor=actor).version
+    assert not (ws_path / ".git/refs/heads/main.lock").exists()
+    assert_clean_repo(ws_path)
+
+
+@pytest.mark.parametrize("links", [True, False])
+def test_a_branch_whose_ref_folder_was_packed_away_takes_edits(store: Store, ws_path: Path, links: bool) -> None:
+    store, actor = agent_store(store)
+    git(ws_path, "switch", "-q", "-c", "feature/x")
+    git(ws_path, "pack-refs", "--all")
+    assert not (ws_path / ".git/refs/heads/feature").exists()
+    store = Store.open(ws_path)
+    store.ws.git._links = links and not fsutil.PORTABLE
+    assert store.memory_insert("org", "on feature/x", actor=actor).version == git(
+        ws_path, "rev-parse", "feature/x").strip()
+    assert_clean_repo(ws_path)
+
+
+def test_the_reflog_line_is_written_while_the_branch_is_still_locked(
+        store: Store, ws_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """So a git command moving the branch right after cannot log its move first."""
+    store, actor = agent_store(store)
+    real = gitrepo.GitRepo._log_move
+    locked: list[bool] = []
+
+    def logging(self: gitrepo.GitRepo, name: str, *args: object) -> None:
+        locked.append((self.common_dir / f"{name}.lock").exists())
+        real(self, name, *args)
+
+    monkeypatch.setattr(gitrepo.GitRepo, "_log_move", logging)
+    version = store.memory_insert("org", "logged", actor=actor).version
+    assert locked == [True]
+    assert git(ws_path, "rev-parse", "main@{0}").strip() == version
+    assert "memory_insert org" in git(ws_path, "reflog", "-1", "main")
+
+
+def test_a_split_index_made_while_a_store_is_open_is_refused_cleanly(store: Store, ws_path: Path) -> None:
+    store, actor = agent_store(store)
+    git(ws_path, "update-index", "--split-index")
+    with pytest.raises(WorkspaceError, match="split index"):
+        store.memory_insert("org", "refused", actor=actor)
+    assert "refused" not in (ws_path / "blocks/org.md").read_text()
+    assert not store.commits.has_pending("blocks/org.md")
 
 
 def test_without_hard_links_locks_are_taken_as_git_takes_them(store: Store, ws_path: Path,
