@@ -412,6 +412,9 @@ class GitRepo:
                     os.close(claim)
                 if isinstance(exc, FileExistsError):
                     return None
+                if isinstance(exc, FileNotFoundError):  # the marker went since it was opened
+                    self._markers.discard(marker)
+                    continue
                 if exc.errno not in _NO_LINKS:
                     raise
                 self._links = False  # no hard links here (FAT, some network shares): git's plain O_EXCL

@@ -1117,3 +1117,12 @@ def test_a_reflog_line_that_cannot_be_written_does_not_undo_a_made_commit(store:
     assert "agent line" in git(ws_path, "show", "HEAD:blocks/org.md")
     assert git(ws_path, "diff", "--cached", "--name-only") == "" and git(ws_path, "status", "--porcelain") == ""
     head_log.rmdir()
+
+
+def test_a_removed_lock_marker_is_made_again(store: Store, ws_path: Path) -> None:
+    """A person tidying .git removes memstore's marker files: the next lock makes them again."""
+    store, actor = agent_store(store)
+    for marker in (ws_path / ".git").glob("memstore-marker-*"):
+        marker.unlink()
+    assert store.memory_insert("org", "after the tidy-up", actor=actor).version
+    assert_clean_repo(ws_path)
