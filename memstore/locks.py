@@ -46,6 +46,7 @@ class _Lock:
         self.fd = fd
         self.turn = threading.Lock()
         self.users = 0
+        self.stale = False  # its file was removed or replaced: closed once its last user lets go
 
 
 class _QueuedWait:
@@ -135,7 +136,12 @@ class Locks:
                 if len(self._open) >= self.KEEP_OPEN:
                     self._close_unused()
                 flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
-                lock = _Lock(os.open(self.folder / name, flags, 0o644))
+                try:
+                    fd = os.open(self.folder / name, flags, 0o644)
+                except FileNotFoundError:  # the folder was removed: made again
+                    self.folder.mkdir(parents=True, exist_ok=True)
+                    fd = os.open(self.folder / name, flags, 0o644)
+                lock = _Lock(fd)
             self._open[name] = lock  # most recently used last
             lock.users += 1
             return lock
@@ -143,6 +149,8 @@ class Locks:
     def _done(self, lock: _Lock) -> None:
         with self._guard:
             lock.users -= 1
+            if lock.stale and not lock.users:
+                os.close(lock.fd)
 
     def _close_unused(self) -> None:
         for name in [n for n, lock in self._open.items() if lock.users == 0][: len(self._open) // 2 or 1]:
@@ -150,14 +158,22 @@ class Locks:
 
     @contextmanager
     def hold(self, name: str, what: str, timeout: float = TIMEOUT) -> Iterator[None]:
-        """Hold lock `name`; LockTimeoutError naming `what` after `timeout` seconds."""
-        lock = self._use(name)
+        """Hold lock `name`; LockTimeoutError naming `what` after `timeout` seconds.
+
+        A lock file removed or replaced since it was opened (`git clean -fdX`, `rm -r
+        .memstore/locks`) is opened again: locking the old one would exclude no one who
+        opened the new one.
+        """
         deadline = time.monotonic() + timeout
-        if not lock.turn.acquire(timeout=timeout):
-            self._done(lock)
-            raise self._timed_out(name, what, timeout)
-        if not self._take(lock, deadline):
-            raise self._timed_out(name, what, timeout)
+        while True:
+            lock = self._use(name)
+            if not lock.turn.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                self._done(lock)
+                raise self._timed_out(name, what, timeout)
+            if not self._take(lock, deadline):
+                raise self._timed_out(name, what, timeout)
+            if self._current(name, lock):
+                break
         try:
             yield
         finally:
@@ -165,6 +181,21 @@ class Locks:
                 unlock_descriptor(lock.fd)
             finally:
                 self._release(lock)
+
+    def _current(self, name: str, lock: _Lock) -> bool:
+        """Whether the held `lock` is still the file at its path; if not, it is let go and forgotten."""
+        try:
+            same = os.path.samestat(os.fstat(lock.fd), os.stat(self.folder / name))
+        except FileNotFoundError:
+            same = False
+        if not same:
+            unlock_descriptor(lock.fd)
+            with self._guard:
+                if self._open.get(name) is lock:
+                    del self._open[name]
+                lock.stale = True
+            self._release(lock)
+        return same
 
     def _take(self, lock: _Lock, deadline: float) -> bool:
         """Lock `lock`'s file, waiting until `deadline`; on False or an error, this thread's claim is ended."""

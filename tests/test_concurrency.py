@@ -249,3 +249,25 @@ def test_a_thread_of_the_same_process_holding_the_lock_times_out_the_other(tmp_p
         assert len(failed) == 1 and "Timed out after 0.2 s" in str(failed[0])
     with locks.hold("repo.lock", "the repository", timeout=5):
         pass
+
+
+def test_a_lock_file_removed_while_a_process_has_it_open_is_opened_again(tmp_path: Path) -> None:
+    """`git clean -fdX` or `rm -r .memstore/locks` between two long-lived writers: the one that had
+    the old file open must lock the new one, or it excludes no one (edits were lost that way)."""
+    import shutil
+
+    from memstore.errors import LockTimeoutError
+    from memstore.locks import Locks
+
+    folder = tmp_path / "locks"
+    folder.mkdir()
+    old, new = Locks(folder), Locks(folder)
+    with old.hold("blocks__a.md.lock", "blocks/a.md"):
+        pass  # its file stays open in `old`
+    shutil.rmtree(folder)
+    with new.hold("blocks__a.md.lock", "blocks/a.md"):  # makes and locks the new file
+        with pytest.raises(LockTimeoutError), old.hold("blocks__a.md.lock", "blocks/a.md", timeout=0.3):
+            pass
+    with old.hold("blocks__a.md.lock", "blocks/a.md"), pytest.raises(LockTimeoutError):
+        with new.hold("blocks__a.md.lock", "blocks/a.md", timeout=0.3):
+            pass
