@@ -133,7 +133,7 @@ class GitRepo:
         self._blobs: LRU[tuple[str, str], str | None] = LRU(1024)  # (commit, path) -> blob: commits never change
         self._links = not PORTABLE  # git's locks made as hard links of a marker (see `git_lock`)
         self._markers: set[Path] = set()  # marker files this process has checked
-        self._remove_dead_temp_locks()
+        self._tidied = False  # the temp files killed writers left are removed at this process's first commit
         self.repo.set_ident("memstore", "memstore@agents.memstore")  # reflog lines of branch moves
         self.flush = _fsync_components(cfg.get("core.fsync"))
         self.objects = gittree.Objects(self.repo, str(self.common_dir / "objects"), self.flush)
@@ -275,8 +275,12 @@ class GitRepo:
         still that one, its index entry carries the stat, else git re-reads the file (a
         person may have saved it since). Raises CommitPending when a git command holds a
         lock past `wait` seconds (default LOCK_WAIT), ConflictError when `rel` is unmerged.
+        The caller holds the workspace's repository lock (`commits.REPO_LOCK`).
         """
         wait = LOCK_WAIT if wait is None else wait
+        if not self._tidied:
+            self._remove_dead_temps()
+            self._tidied = True
         with self.git_lock(self.git_dir / "index.lock", "interactive staging, or a commit in an editor?", wait):
             index = self._read_index()
             if self.unmerged(rel, index):
@@ -327,15 +331,16 @@ class GitRepo:
         raise CommitPending("the branch kept moving under another git command")
 
     def _move_branch(self, old: str | None, new: str, message: str, wait: float) -> None:
-        """Compare-and-swap the branch from `old` to `new` under git's ref lock, with reflog lines
-        (written before the lock is let go, so the reflog's order is the branch's)."""
+        """Compare-and-swap the branch from `old` to `new` as `git commit` does: under git's locks of
+        HEAD and of the branch (in git's order), the reflog lines first, then the ref."""
         name = self.branch()
-        with self.git_lock(self.common_dir / f"{name}.lock", "another commit, fetch or gc", wait):
-            if self.tip() != old:
+        with self.git_lock(self.git_dir / "HEAD.lock", "another git command moving HEAD", wait), \
+                self.git_lock(self.common_dir / f"{name}.lock", "another commit, fetch or gc", wait):
+            if self.branch() != name or self.tip() != old:
                 raise _BranchMoved()
-            write_atomic(self.common_dir / name, f"{new}\n".encode(), self.common_dir,
-                         flush="reference" in self.flush, tmp_name="memstore-ref")
             self._log_move(name, old, new, message)
+            write_atomic(self.common_dir / name, f"{new}\n".encode(), self.git_dir,
+                         flush="reference" in self.flush, tmp_name="memstore-ref")
 
     def _log_move(self, name: str, old: str | None, new: str, message: str) -> None:
         """The reflog lines of a branch move, in the branch's log and HEAD's, as `git commit` writes them."""
@@ -346,7 +351,7 @@ class GitRepo:
         line = (f"{old or '0' * 40} {new} memstore <memstore@agents.memstore> {int(now)} "
                 f"{sign}{offset // 60:02d}{offset % 60:02d}\t{kind}: {message.splitlines()[0]}\n").encode()
         for log_path in (self.common_dir / "logs" / name, self.git_dir / "logs" / "HEAD"):
-            try:  # the branch has moved: a reflog line that cannot be written must not undo the commit
+            try:  # best effort, as the reflog is to memstore: a line that cannot be written does not stop the commit
                 try:
                     out = open(log_path, "ab")  # noqa: SIM115 - closed below
                 except FileNotFoundError:  # the first commit on this branch, or a gc removed the folder
@@ -392,7 +397,9 @@ class GitRepo:
 
     def _make_lock(self, lock: Path) -> tuple[int | None, os.stat_result] | None:
         """Create and claim `lock`, holding the marker: (the claim, the lock's stat); None if it exists."""
-        marker = self.git_dir / f"memstore-marker-{'index' if lock.name == 'index.lock' else 'ref'}"
+        # one marker per lock a commit holds at once: a claim on one never looks like a claim on another
+        kind = {"index.lock": "index", "HEAD.lock": "head"}.get(lock.name, "ref")
+        marker = self.git_dir / f"memstore-marker-{kind}"
         for _ in range(2):
             if not self._links:
                 break
@@ -406,7 +413,13 @@ class GitRepo:
                 continue
             try:
                 _link(marker, lock)
-                return claim, os.stat(lock)
+                st = os.stat(lock)
+                if claim is not None and not os.path.samestat(os.fstat(claim), st):  # replaced since opened
+                    _remove_if_same(lock, st)
+                    os.close(claim)
+                    self._markers.discard(marker)
+                    continue
+                return claim, st
             except OSError as exc:
                 if claim is not None:
                     os.close(claim)
@@ -445,36 +458,49 @@ class GitRepo:
     def _remove_dead_lock(self, lock: Path) -> bool:
         """Remove `lock` if memstore made it and no live writer claims it (see `git_lock`).
 
-        Locks of versions before 5 Dec are known by a `memstore-*lock.<pid>.*` twin, a hard
-        link of the lock, whose process is gone.
+        Judged and done while holding the lock file exclusively (Unix): no writer can claim
+        and link a new lock of that file meanwhile, and its inode cannot be reused. Locks of
+        versions before 5 Dec are known by a `memstore-*lock.<pid>.*` twin, a hard link of
+        the lock, whose process is gone.
         """
         try:
-            st = os.stat(lock)
-            ours = st.st_size == len(_MARKER) and _same_content(lock, _MARKER)
+            fd = os.open(lock, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         except OSError:
             return False
-        folder = self.git_dir if lock.parent == self.git_dir else self.common_dir
-        twins = [] if ours or st.st_nlink < 2 else [t for t in folder.glob("memstore-*lock.*") if _same_file(t, st)]
-        old = any(not pid_alive(int(t.name.split(".")[1])) for t in twins if t.name.split(".")[1].isdigit())
-        if not (ours or old) or _claimed(lock):
-            return False
-        log.warning("removing %s left by a memstore writer that died", lock)
-        _remove_if_same(lock, st)
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    return False  # claimed by a live writer (or flock cannot tell)
+            st = os.fstat(fd)
+            ours = st.st_size == len(_MARKER) and os.read(fd, len(_MARKER) + 1) == _MARKER
+            folder = self.git_dir if lock.parent == self.git_dir else self.common_dir
+            twins = [] if ours or st.st_nlink < 2 else [t for t in folder.glob("memstore-*lock.*")
+                                                         if _same_file(t, st)]
+            old = any(not pid_alive(int(t.name.split(".")[1])) for t in twins if t.name.split(".")[1].isdigit())
+            if not (ours or old) or not _same_file(lock, st):
+                return False
+            if fcntl is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    lock.unlink()
+        finally:
+            os.close(fd)
+        if fcntl is None:  # Windows cannot remove a file that is open; the repository lock keeps writers out
+            _remove_if_same(lock, st)
         for twin in twins:
             twin.unlink(missing_ok=True)
+        log.warning("removed %s, left by a memstore writer that died", lock)
         return True
 
-    def _remove_dead_temp_locks(self) -> None:
-        """Temp files a killed writer left: new indexes and refs never renamed into place, and
-        unlinked twins of versions before 5 Dec."""
-        for folder in {self.git_dir, self.common_dir}:
-            temps = [p for kind in ("index", "ref", "marker") for p in folder.glob(f"memstore-{kind}.*")]
-            twins = list(folder.glob("memstore-*lock.*"))  # one still linked to a lock goes with the lock
-            for path in [*temps, *twins]:
-                pid = path.name.split(".")[1]
+    def _remove_dead_temps(self) -> None:
+        """Temp files killed writers left in the git folder (new indexes, refs and markers never
+        renamed into place). memstore makes them only under the repository lock, which the
+        caller holds: so none is a live writer's, whatever its process id says."""
+        for kind in ("index", "ref", "marker"):
+            for path in self.git_dir.glob(f"memstore-{kind}.*"):
                 with contextlib.suppress(OSError):
-                    if pid.isdigit() and not pid_alive(int(pid)) and (path in temps or os.stat(path).st_nlink == 1):
-                        path.unlink()
+                    path.unlink()
 
     def _index_key(self) -> _IndexKey | None:
         """Which version of the index is in place: (inode, size, mtime, its trailing checksum); None: no index.
@@ -703,23 +729,6 @@ def _claim(fd: int) -> int | None:
     with contextlib.suppress(OSError):  # a file system without flock: the repository lock proves it
         fcntl.flock(fd, fcntl.LOCK_SH)
     return fd
-
-
-def _claimed(lock: Path) -> bool:
-    """Whether a live process claims `lock` (see `_claim`); True when that cannot be told."""
-    if fcntl is None:
-        return False  # Windows: the caller's repository lock proves no memstore writer holds it
-    try:
-        fd = os.open(lock, os.O_RDONLY)
-    except OSError:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def _same_content(path: Path, data: bytes) -> bool:

@@ -716,14 +716,14 @@ def test_only_a_lock_memstore_made_is_removed(store: Store, ws_path: Path) -> No
     dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True).stdout)
     lock = ws_path / ".git/index.lock"
-    left = [ws_path / f".git/memstore-{kind}.{dead}.1" for kind in ("index", "ref", "marker")]
-    for path in left:
+    left = [ws_path / f".git/memstore-{kind}.{pid}.1" for kind in ("index", "ref", "marker") for pid in (dead, 1)]
+    for path in left:  # whatever process id they name (one of another PID namespace may look alive)
         path.write_bytes(b"killed before it was renamed into place")
-    assert Store.open(ws_path) and not any(path.exists() for path in left)
-
+    store = Store.open(ws_path)
     lock.write_bytes(b"memstore lock\n")  # marked, as made where there are no hard links, and claimed by no one
     assert store.memory_insert("org", "after a crash", actor=actor).version
     assert not lock.exists()
+    assert not any(path.exists() for path in left)  # removed under the repository lock at the first commit
 
     twin = ws_path / f".git/memstore-flock.{dead}.1"  # versions before 5 Dec: an empty twin, hard-linked
     twin.write_bytes(b"")
@@ -776,20 +776,24 @@ def test_a_branch_whose_ref_folder_was_packed_away_takes_edits(store: Store, ws_
     assert_clean_repo(ws_path)
 
 
-def test_the_reflog_line_is_written_while_the_branch_is_still_locked(
+def test_the_reflog_lines_are_written_under_git_locks_of_head_and_the_branch_before_the_ref_moves(
         store: Store, ws_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """So a git command moving the branch right after cannot log its move first."""
+    """So a git command moving the branch right after cannot log its move first, `git reflog expire`
+    (which rewrites HEAD's log under HEAD.lock) cannot drop the line, and a writer killed in between
+    leaves no move out of the log."""
     store, actor = agent_store(store)
     real = gitrepo.GitRepo._log_move
     locked: list[bool] = []
 
-    def logging(self: gitrepo.GitRepo, name: str, *args: object) -> None:
-        locked.append((self.common_dir / f"{name}.lock").exists())
-        real(self, name, *args)
+    def logging(self: gitrepo.GitRepo, name: str, old: str | None, *args: object) -> None:
+        locked.append((self.common_dir / f"{name}.lock").exists() and (self.git_dir / "HEAD.lock").exists()
+                      and self.tip() == old)  # as git does: HEAD and the branch locked, the log before the ref
+        real(self, name, old, *args)
 
     monkeypatch.setattr(gitrepo.GitRepo, "_log_move", logging)
     version = store.memory_insert("org", "logged", actor=actor).version
     assert locked == [True]
+    assert git(ws_path, "rev-parse", "HEAD@{0}").strip() == version
     assert git(ws_path, "rev-parse", "main@{0}").strip() == version
     assert "memory_insert org" in git(ws_path, "reflog", "-1", "main")
 
@@ -1126,3 +1130,59 @@ def test_a_removed_lock_marker_is_made_again(store: Store, ws_path: Path) -> Non
         marker.unlink()
     assert store.memory_insert("org", "after the tidy-up", actor=actor).version
     assert_clean_repo(ws_path)
+
+
+def test_a_held_head_lock_is_waited_for_like_the_branchs(store: Store, ws_path: Path) -> None:
+    store, actor = agent_store(store)
+    head_lock = ws_path / ".git/HEAD.lock"
+    head_lock.write_bytes(b"")  # `git switch` or `git reflog expire` at work
+    assert store.memory_insert("org", "waits for HEAD", actor=actor).pending
+    assert head_lock.exists()
+    head_lock.unlink()
+    assert store.commits.finish_all() == []
+    assert "waits for HEAD" in git(ws_path, "show", "HEAD:blocks/org.md")
+    assert git(ws_path, "rev-parse", "HEAD@{0}").strip() == git(ws_path, "rev-parse", "HEAD").strip()
+    assert_clean_repo(ws_path)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="locks are claimed with flock on Unix")
+def test_no_writer_can_make_a_lock_while_a_dead_one_is_being_removed(store: Store, ws_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The remover holds a dead lock exclusively from its judgement to its removal: a second writer
+    (one whose repository lock was broken) can neither make a new lock of that file in between
+    (its claim waits) nor remove the dead one too, so no live lock is ever removed in its place."""
+    import threading
+
+    judge, other = Store.open(ws_path).ws.git, Store.open(ws_path).ws.git
+    lock = judge.git_dir / "index.lock"
+    made = judge._make_lock(lock)
+    assert made is not None
+    if made[0] is not None:
+        os.close(made[0])  # its writer died: marked, claimed by no one
+    real, events = gitrepo._same_file, []
+    contender = threading.Thread(target=lambda: events.append(other._make_lock(lock) or other._remove_dead_lock(lock)))
+
+    def judging(path: Path, st: os.stat_result) -> bool:
+        if threading.current_thread().name == "judge" and path == lock and not events:
+            events.append("judging")
+            contender.start()
+            contender.join(0.5)
+            events.append("contender waits" if contender.is_alive() else "contender done")
+        return real(path, st)
+
+    monkeypatch.setattr(gitrepo, "_same_file", judging)
+    removed: list[bool] = []
+    thread = threading.Thread(target=lambda: removed.append(judge._remove_dead_lock(lock)), name="judge")
+    thread.start()
+    thread.join(30)
+    contender.join(30)
+    monkeypatch.undo()
+    assert removed == [True]
+    if other._links:  # its claim waited for the removal, then it made its own lock, which stays
+        assert events[:2] == ["judging", "contender waits"] and isinstance(events[2], tuple)
+        assert lock.exists() and not other._remove_dead_lock(lock)
+        os.close(events[2][0])
+        lock.unlink()
+    else:  # no links: the dead lock was still there, and held: it could not remove it
+        assert events == ["judging", False, "contender done"]
+        assert not lock.exists()
