@@ -464,6 +464,9 @@ class GitRepo:
         the lock, whose process is gone.
         """
         try:
+            seen = os.stat(lock)
+            if seen.st_size != len(_MARKER) and seen.st_nlink < 2:
+                return False  # git's own, left unopened (on Windows an open file would hold up git's rename)
             fd = os.open(lock, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         except OSError:
             return False
