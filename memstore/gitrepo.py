@@ -132,7 +132,6 @@ class GitRepo:
         self._index_places = gitindex.Places()  # for 10,000 blocks
         self._blobs: LRU[tuple[str, str], str | None] = LRU(1024)  # (commit, path) -> blob: commits never change
         self._links = not PORTABLE  # git's locks made as hard links of a marker (see `git_lock`)
-        self._markers: set[Path] = set()  # marker files this process has checked
         self._tidied = False  # the temp files killed writers left are removed at this process's first commit
         self.repo.set_ident("memstore", "memstore@agents.memstore")  # reflog lines of branch moves
         self.flush = _fsync_components(cfg.get("core.fsync"))
@@ -400,24 +399,25 @@ class GitRepo:
         # one marker per lock a commit holds at once: a claim on one never looks like a claim on another
         kind = {"index.lock": "index", "HEAD.lock": "head"}.get(lock.name, "ref")
         marker = self.git_dir / f"memstore-marker-{kind}"
-        for _ in range(2):
+        for _ in range(3):
             if not self._links:
                 break
             try:
-                if marker not in self._markers and not _same_content(marker, _MARKER):
-                    write_atomic(marker, _MARKER, self.git_dir, tmp_name="memstore-marker")
-                self._markers.add(marker)
-                claim = _claim(os.open(marker, os.O_RDONLY | getattr(os, "O_BINARY", 0)))
-            except FileNotFoundError:  # removed meanwhile (a person tidying .git): made again
-                self._markers.discard(marker)
+                fd = os.open(marker, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            except FileNotFoundError:  # not made yet, or removed (a person tidying .git)
+                write_atomic(marker, _MARKER, self.git_dir, tmp_name="memstore-marker")
                 continue
+            if os.read(fd, len(_MARKER) + 1) != _MARKER:  # written over in place: made afresh
+                os.close(fd)
+                write_atomic(marker, _MARKER, self.git_dir, tmp_name="memstore-marker")
+                continue
+            claim = _claim(fd)
             try:
                 _link(marker, lock)
                 st = os.stat(lock)
                 if claim is not None and not os.path.samestat(os.fstat(claim), st):  # replaced since opened
                     _remove_if_same(lock, st)
                     os.close(claim)
-                    self._markers.discard(marker)
                     continue
                 return claim, st
             except OSError as exc:
@@ -426,7 +426,6 @@ class GitRepo:
                 if isinstance(exc, FileExistsError):
                     return None
                 if isinstance(exc, FileNotFoundError):  # the marker went since it was opened
-                    self._markers.discard(marker)
                     continue
                 if exc.errno not in _NO_LINKS:
                     raise
@@ -732,14 +731,6 @@ def _claim(fd: int) -> int | None:
     with contextlib.suppress(OSError):  # a file system without flock: the repository lock proves it
         fcntl.flock(fd, fcntl.LOCK_SH)
     return fd
-
-
-def _same_content(path: Path, data: bytes) -> bool:
-    try:
-        with open(path, "rb") as f:
-            return f.read(len(data) + 1) == data
-    except FileNotFoundError:
-        return False
 
 
 def _same_file(path: Path, st: os.stat_result) -> bool:

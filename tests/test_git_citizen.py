@@ -1123,12 +1123,20 @@ def test_a_reflog_line_that_cannot_be_written_does_not_undo_a_made_commit(store:
     head_log.rmdir()
 
 
-def test_a_removed_lock_marker_is_made_again(store: Store, ws_path: Path) -> None:
-    """A person tidying .git removes memstore's marker files: the next lock makes them again."""
+def test_a_removed_or_overwritten_lock_marker_is_made_again(store: Store, ws_path: Path) -> None:
+    """A person tidying .git removes memstore's marker files, or an editor writes into one: the
+    next lock makes it afresh, so its locks stay recognisable as memstore's."""
     store, actor = agent_store(store)
     for marker in (ws_path / ".git").glob("memstore-marker-*"):
         marker.unlink()
     assert store.memory_insert("org", "after the tidy-up", actor=actor).version
+    markers = list((ws_path / ".git").glob("memstore-marker-*"))
+    assert len(markers) == (0 if fsutil.PORTABLE else 3)  # index, HEAD and the branch
+    for marker in markers:
+        with open(marker, "r+b") as out:
+            out.write(b"an editor's bytes")
+    assert store.memory_insert("org", "after the editor", actor=actor).version
+    assert all(marker.read_bytes() == b"memstore lock\n" for marker in markers)
     assert_clean_repo(ws_path)
 
 
