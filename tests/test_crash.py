@@ -36,7 +36,7 @@ def test_killing_writers_loses_no_committed_edit_and_blocks_no_one(store: Store)
         confirmed += [f"r{rnd}-{line.strip()}" for line in [first, *proc.stdout.read().splitlines()]]
         proc.stdout.close()
         if fsutil.PORTABLE:  # without hard links, a writer killed between creating a git lock and marking
-            for lock in (".git/index.lock", ".git/refs/heads/main.lock"):  # it leaves an empty one, as git
+            for lock in (".git/index.lock", ".git/HEAD.lock", ".git/refs/heads/main.lock"):  # leaves it empty, as git
                 path = store.ws.root / lock  # would: a person removes that; marked ones are memstore's to remove
                 if path.exists() and not path.read_bytes():
                     path.unlink()
