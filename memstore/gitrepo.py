@@ -277,17 +277,18 @@ class GitRepo:
         The caller holds the workspace's repository lock (`commits.REPO_LOCK`).
         """
         wait = LOCK_WAIT if wait is None else wait
-        if not self._tidied:
-            self._remove_dead_temps()
-            self._tidied = True
-        with self.git_lock(self.git_dir / "index.lock", "interactive staging, or a commit in an editor?", wait):
+        with self.git_lock(self.git_dir / "index.lock", "interactive staging, or a commit in an editor?",
+                           wait) as claim:
+            if not self._tidied:
+                self._remove_dead_temps()
+                self._tidied = True
             index = self._read_index()
             if self.unmerged(rel, index):
                 raise unmerged_error(rel)
             self._place_index(self._new_index(index, rel, blob, self._still(rel, written)))
             try:
                 if self.native_commit:
-                    commit = self._commit_with_git(rel, blob, author, message, committer)
+                    commit = self._commit_with_git(rel, blob, author, message, committer, claim)
                 else:
                     commit = self._commit_here(rel, blob, author, message, committer, wait)
             except BaseException:  # the commit was not made, or an interrupt came right after it
@@ -364,7 +365,7 @@ class GitRepo:
     # -- the index -------------------------------------------------------------------------
 
     @contextmanager
-    def git_lock(self, lock: Path, what: str, wait: float) -> Iterator[None]:
+    def git_lock(self, lock: Path, what: str, wait: float) -> Iterator[int | None]:
         """Hold git's lock file `lock` (`index.lock`, `refs/heads/main.lock`) as git does.
 
         A git command's lock is waited for (`wait` seconds, then CommitPending) and never
@@ -385,7 +386,7 @@ class GitRepo:
             time.sleep(0.01)
         claim, st = made
         try:
-            yield
+            yield claim  # a process given it (`git commit` with hooks) keeps the lock claimed
         finally:
             try:  # what the lock guarded is done (a branch moved): a lock left here is removed, unclaimed
                 _remove_if_same(lock, st)
@@ -496,10 +497,11 @@ class GitRepo:
         return True
 
     def _remove_dead_temps(self) -> None:
-        """Temp files killed writers left in the git folder (new indexes, refs and markers never
-        renamed into place). memstore makes them only under the repository lock, which the
-        caller holds: so none is a live writer's, whatever its process id says."""
-        for kind in ("index", "ref", "marker"):
+        """Temp files killed writers left in the git folder: new indexes and refs never renamed into
+        place, scratch indexes of `git commit`. memstore makes and uses them only while it holds
+        index.lock, as does a `git commit` it started (which keeps the claim, see `_commit_with_git`),
+        and the caller holds index.lock now: so none is in use, whatever its process id says."""
+        for kind in ("index", "ref"):
             for path in self.git_dir.glob(f"memstore-{kind}.*"):
                 with contextlib.suppress(OSError):
                     path.unlink()
@@ -613,7 +615,8 @@ class GitRepo:
 
     # -- git's own commit, for hooks and signing ------------------------------------------
 
-    def _commit_with_git(self, rel: str, blob: str | None, author: Ident, message: str, committer: Ident) -> str:
+    def _commit_with_git(self, rel: str, blob: str | None, author: Ident, message: str, committer: Ident,
+                         claim: int | None = None) -> str:
         """`git commit` of the branch tip with `rel` set to `blob`: hooks run and signing applies, as for the person.
 
         What git's own `commit --only` does, with the blob instead of the file: the commit is
@@ -637,6 +640,7 @@ class GitRepo:
                 ["git", "commit", "--quiet", "--allow-empty", "--allow-empty-message", "--no-edit",
                  f"--author={author.name} <{author.email}>", "-F", "-"],
                 cwd=self.root, input=message.encode(), capture_output=True, env=env,
+                pass_fds=() if claim is None else (claim,),  # killed meanwhile, its `git commit` keeps index.lock
             )
         if proc.returncode != 0:
             text = (proc.stderr or proc.stdout).decode("utf-8", "replace").strip()

@@ -174,6 +174,8 @@ class Locks:
                 raise self._timed_out(name, what, timeout)
             if self._current(name, lock):
                 break
+            if time.monotonic() > deadline:  # a file that never stays put
+                raise self._timed_out(name, what, timeout)
         try:
             yield
         finally:
@@ -186,7 +188,7 @@ class Locks:
         """Whether the held `lock` is still the file at its path; if not, it is let go and forgotten."""
         try:
             same = os.path.samestat(os.fstat(lock.fd), os.stat(self.folder / name))
-        except FileNotFoundError:
+        except OSError:  # gone, or its folder is no longer one: let go; opening it again says why
             same = False
         if not same:
             unlock_descriptor(lock.fd)

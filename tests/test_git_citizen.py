@@ -716,14 +716,14 @@ def test_only_a_lock_memstore_made_is_removed(store: Store, ws_path: Path) -> No
     dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True).stdout)
     lock = ws_path / ".git/index.lock"
-    left = [ws_path / f".git/memstore-{kind}.{pid}.1" for kind in ("index", "ref", "marker") for pid in (dead, 1)]
+    left = [ws_path / f".git/memstore-{kind}.{pid}.1" for kind in ("index", "ref") for pid in (dead, 1)]
     for path in left:  # whatever process id they name (one of another PID namespace may look alive)
         path.write_bytes(b"killed before it was renamed into place")
     store = Store.open(ws_path)
     lock.write_bytes(b"memstore lock\n")  # marked, as made where there are no hard links, and claimed by no one
     assert store.memory_insert("org", "after a crash", actor=actor).version
     assert not lock.exists()
-    assert not any(path.exists() for path in left)  # removed under the repository lock at the first commit
+    assert not any(path.exists() for path in left)  # removed under index.lock at the first commit
 
     twin = ws_path / f".git/memstore-flock.{dead}.1"  # versions before 5 Dec: an empty twin, hard-linked
     twin.write_bytes(b"")
@@ -1194,3 +1194,36 @@ def test_no_writer_can_make_a_lock_while_a_dead_one_is_being_removed(store: Stor
     else:  # no links: the dead lock was still there, and held: it could not remove it
         assert events == ["judging", False, "contender done"]
         assert not lock.exists()
+
+
+WRITER = """
+import sys
+from memstore import Store
+store = Store.open(sys.argv[1])
+print(store.memory_insert("org", "agent line").version, flush=True)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the claim is handed to `git commit` as a descriptor (Unix)")
+def test_a_writer_killed_while_its_hooks_run_leaves_its_git_commit_the_index_lock(store: Store, ws_path: Path) -> None:
+    """Killed (OOM, kill -9) during a slow pre-commit hook, a writer's `git commit` lives on: it keeps
+    index.lock claimed and its scratch index, so a writer started meanwhile waits instead of taking
+    both for a dead writer's (its commit then deleted every file)."""
+    store, actor = agent_store(store)
+    _hook(ws_path, "pre-commit", "sleep 3\nexit 0\n")
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(ws_path)], cwd=ROOT, stdout=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not list((ws_path / ".git").glob("memstore-index.*")):  # its `git commit` is in the hook
+        assert time.monotonic() < deadline and writer.poll() is None
+        time.sleep(0.01)
+    writer.kill()
+    writer.wait()
+    other = Store.open(ws_path)  # a fresh process's first commit
+    assert other.memory_insert("org", "other line", actor=actor).pending  # index.lock is still the orphan's
+    while other.commits.finish_all():  # once the orphan's commit is made, its lock goes, and this one follows
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    files = git(ws_path, "ls-tree", "-r", "--name-only", "HEAD").split()
+    assert {"README.md", "blocks/org.md"} <= set(files)
+    assert "agent line\nother line" in git(ws_path, "show", "HEAD:blocks/org.md")  # the orphan's commit, then this
+    assert_clean_repo(ws_path)
