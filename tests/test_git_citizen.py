@@ -1210,10 +1210,10 @@ def test_a_writer_killed_while_its_hooks_run_leaves_its_git_commit_the_index_loc
     index.lock claimed and its scratch index, so a writer started meanwhile waits instead of taking
     both for a dead writer's (its commit then deleted every file)."""
     store, actor = agent_store(store)
-    _hook(ws_path, "pre-commit", "sleep 3\nexit 0\n")
+    _hook(ws_path, "pre-commit", "touch .git/hook-started\nsleep 3\nexit 0\n")
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(ws_path)], cwd=ROOT, stdout=subprocess.PIPE)
     deadline = time.monotonic() + 30
-    while not list((ws_path / ".git").glob("memstore-index.*")):  # its `git commit` is in the hook
+    while not (ws_path / ".git/hook-started").exists():  # its `git commit` is in the hook
         assert time.monotonic() < deadline and writer.poll() is None
         time.sleep(0.01)
     writer.kill()
