@@ -489,8 +489,8 @@ class GitRepo:
                     lock.unlink()
         finally:
             os.close(fd)
-        if fcntl is None:  # Windows cannot remove a file that is open; the repository lock keeps writers out
-            _remove_if_same(lock, st)
+        if fcntl is None and not _remove_if_same(lock, st):  # Windows: closed first, as it cannot remove an
+            return False  # open file; the repository lock keeps memstore's writers out meanwhile
         for twin in twins:
             twin.unlink(missing_ok=True)
         log.warning("removed %s, left by a memstore writer that died", lock)
@@ -732,8 +732,8 @@ def _claim(fd: int) -> int | None:
     if fcntl is None:
         os.close(fd)
         return None
-    with contextlib.suppress(OSError):  # a file system without flock: the repository lock proves it
-        fcntl.flock(fd, fcntl.LOCK_SH)
+    with contextlib.suppress(OSError):  # a file system without flock claims nothing: its dead locks stay (a person
+        fcntl.flock(fd, fcntl.LOCK_SH)  # removes them, as git asks), since no writer's claim can be told there
     return fd
 
 
@@ -744,10 +744,12 @@ def _same_file(path: Path, st: os.stat_result) -> bool:
         return False
 
 
-def _remove_if_same(path: Path, st: os.stat_result) -> None:
-    """Remove `path` if it is still the file `st` describes (a lock proven ours)."""
-    if _same_file(path, st):
-        path.unlink(missing_ok=True)
+def _remove_if_same(path: Path, st: os.stat_result) -> bool:
+    """Remove `path` if it is still the file `st` describes (a lock proven ours); whether it was."""
+    if not _same_file(path, st):
+        return False
+    path.unlink(missing_ok=True)
+    return True
 
 
 def _common_dir(git_dir: Path) -> Path:
