@@ -11,11 +11,13 @@ stale) and responses carry the block's version as an `ETag`.
 from __future__ import annotations
 
 import email.utils
+import inspect
 import json
 import queue
 import re
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -49,8 +51,8 @@ from memstore import (
     WorkspaceError,
 )
 from memstore.errors import EditError, os_error_text
-from memstore.validation import check_text
 from memstore.store import new_block
+from memstore.validation import check_text
 
 from .letta_shapes import (
     AgentCreate,
@@ -140,6 +142,22 @@ def _header_text(value: str) -> str:
 
 
 # -- lists ---------------------------------------------------------------------------------
+
+
+def only_filters(request: Request, route: Callable[..., Any]) -> None:
+    """Refuse a set query parameter that `route` does not take (Letta's `tags`, `identity_id`,
+    `project_id`, `order_by`, …): ignored, it would list items the caller filtered out."""
+    taken = set(inspect.signature(route).parameters)
+    unsupported = sorted({key for key, value in request.query_params.multi_items()
+                          if key not in taken and value.lower() not in ("", "false")})
+    if unsupported:
+        raise InvalidInputError(f"memstore does not support the list parameter(s) {', '.join(unsupported)}: "
+                                "it keeps no tags, identities, projects or templates, and lists in id order.")
+
+
+def _contains(text: str, search: str | None) -> bool:
+    """Letta's `*_search` filters: a case-insensitive substring (no search: everything matches)."""
+    return search is None or search.lower() in text.lower()
 
 
 def page(items: Sequence[T], key: Callable[[T], str], *, limit: int | None, after: str | None,
@@ -234,13 +252,25 @@ def _add_block_routes(app: FastAPI, store: Store) -> None:
 
     @app.get(f"{PREFIX}/blocks/", tags=["blocks"])
     @app.get(f"{PREFIX}/blocks", include_in_schema=False)
-    def list_blocks(label: str | None = None, label_search: str | None = None, value_search: str | None = None,
+    def list_blocks(request: Request, label: str | None = None, label_search: str | None = None,
+                    value_search: str | None = None, description_search: str | None = None,
+                    connected_to_agents_count_eq: Annotated[list[int] | None, Query()] = None,
+                    connected_to_agents_count_gt: int | None = None, connected_to_agents_count_lt: int | None = None,
                     limit: Limit = None, after: Cursor = None, before: Cursor = None,
                     order: Order = None) -> list[dict[str, Any]]:
+        """Letta's block filters; one memstore cannot honour (identities, projects, tags) is a 422."""
+        only_filters(request, list_blocks)
         blocks = [b for b in store.list_blocks()
                   if (label is None or b.label == label)
-                  and (label_search is None or label_search.lower() in b.label.lower())
-                  and (value_search is None or value_search.lower() in b.value.lower())]
+                  and _contains(b.label, label_search) and _contains(b.value, value_search)
+                  and _contains(b.description or "", description_search)]
+        if connected_to_agents_count_eq or connected_to_agents_count_gt is not None \
+                or connected_to_agents_count_lt is not None:
+            attached = Counter(i for a in store.list_agents() for i in dict.fromkeys(a.blocks))
+            blocks = [b for b in blocks
+                      if (not connected_to_agents_count_eq or attached[b.id] in connected_to_agents_count_eq)
+                      and (connected_to_agents_count_gt is None or attached[b.id] > connected_to_agents_count_gt)
+                      and (connected_to_agents_count_lt is None or attached[b.id] < connected_to_agents_count_lt)]
         chosen = page(blocks, lambda b: b.id, limit=limit, after=after, before=before, order=order or "asc",
                       default_limit=50)
         return [block_json(b) for b in chosen]
@@ -313,10 +343,18 @@ def _add_agent_routes(app: FastAPI, store: Store, endpoints_allowed: bool) -> No
 
     @app.get(f"{PREFIX}/agents/", tags=["agents"])
     @app.get(f"{PREFIX}/agents", include_in_schema=False)
-    def list_agents(name: str | None = None, limit: Limit = None, after: Cursor = None, before: Cursor = None,
-                    order: Order = None) -> list[dict[str, Any]]:
-        agents = [a for a in store.list_agents() if name is None or a.name == name]
-        chosen = page(agents, lambda a: a.id, limit=limit, after=after, before=before, order=order or "asc",
+    def list_agents(request: Request, name: str | None = None, query_text: str | None = None,
+                    limit: Limit = None, after: Cursor = None, before: Cursor = None, order: Order = None,
+                    ascending: bool | None = None,
+                    include: Annotated[list[str] | None, Query(description="Ignored: every field is sent.")] = None,
+                    include_relationships: Annotated[list[str] | None, Query(
+                        description="Ignored: every field is sent.")] = None) -> list[dict[str, Any]]:
+        """Letta's agent filters (`query_text` searches names); one memstore cannot honour (tags,
+        identities, projects, templates) is a 422."""
+        only_filters(request, list_agents)
+        agents = [a for a in store.list_agents() if (name is None or a.name == name) and _contains(a.name, query_text)]
+        direction = order or ("desc" if ascending is False else "asc")
+        chosen = page(agents, lambda a: a.id, limit=limit, after=after, before=before, order=direction,
                       default_limit=50)
         return [agent_json(store, a) for a in chosen]
 

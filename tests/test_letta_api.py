@@ -140,6 +140,40 @@ def test_lists_page_with_after_and_before_until_empty(client: Letta) -> None:
     assert [b.label for b in client.blocks.list(label="block4").items] == ["block4"]
 
 
+def test_list_filters_are_honoured_or_refused(client: Letta, ws_path: Path) -> None:
+    """Each filter Letta's client sends either filters or is a 422 naming it: never ignored, which
+    would list what the caller filtered out."""
+    shared = client.blocks.create(label="organization", value="Org: Letta", description="Who we are")
+    alone = client.blocks.create(label="scratch", value="notes", description="Scratch pad")
+    client.blocks.create(label="unused", value="nothing")
+    client.agents.create(name="support", model="openai/gpt-4o-mini", block_ids=[shared.id, alone.id])
+    client.agents.create(name="sales", model="openai/gpt-4o-mini", block_ids=[shared.id])
+
+    def labels(**filters: object) -> list[str]:
+        return sorted(b.label for b in client.blocks.list(**filters))  # type: ignore[arg-type]
+
+    assert labels(description_search="WHO") == ["organization"]
+    assert labels(label_search="SCR") == ["scratch"] and labels(value_search="letta") == ["organization"]
+    assert labels(connected_to_agents_count_gt=1) == ["organization"]
+    assert labels(connected_to_agents_count_lt=1) == ["unused"]
+    assert labels(connected_to_agents_count_eq=[0, 1]) == ["scratch", "unused"]
+    assert labels(templates_only=False) == ["organization", "scratch", "unused"]  # its default: no filter
+    assert [a.name for a in client.agents.list(query_text="SAL")] == ["sales"]
+    by_id = [a.id for a in client.agents.list(ascending=True)]
+    assert by_id == sorted(by_id) and [a.id for a in client.agents.list(ascending=False)] == by_id[::-1]
+    assert len(client.agents.list(include=["agent.blocks"]).items) == 2  # which fields to send: all are
+
+    before = commit_count(ws_path)
+    for refused, call in (("tags", lambda: client.agents.list(tags=["worker"])),
+                          ("project_id", lambda: client.blocks.list(project_id="proj-1")),
+                          ("identity_id", lambda: client.blocks.list(identity_id="identity-1")),
+                          ("order_by", lambda: client.agents.list(order_by="updated_at"))):
+        with pytest.raises(letta_client.UnprocessableEntityError) as exc:
+            call()
+        assert refused in str(exc.value.body), refused
+    assert commit_count(ws_path) == before
+
+
 def test_two_turns_at_once_lose_nothing(client: Letta, scripted: ScriptedModel, ws_path: Path) -> None:
     block = client.blocks.create(label="organization", value="Org")
     for name in ("agent-a", "agent-b"):
