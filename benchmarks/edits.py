@@ -275,7 +275,8 @@ def engine_steps(root: Path, blocks: int) -> list:
         data = block_file(0, f"memstore {i}").encode()
         path = root / "memstore/blocks/b0.md"
         path.write_bytes(data)
-        ours.commit("blocks/b0.md", ours.write_blob(data), who, f"edit {i}\n", who, written=os.stat(path))
+        ours.commit([("blocks/b0.md", ours.write_blob(data))], who, f"edit {i}\n", who,
+                    written={"blocks/b0.md": os.stat(path)})
 
     return [libgit2, memstore]
 

@@ -1,6 +1,7 @@
 """The one write path: lock a file, adopt hand edits, write atomically, commit.
 
-Every change of a block or agent file goes through `Committer.locked` + `Committer.write`.
+Every change of a block or agent file goes through `Committer.locked` + `Committer.write`
+(several files changed together: `locked_files` + `write_files`, one commit of them all).
 Under the file's lock the current content is read; an edit is recorded in the file's
 pending journal (`.memstore/pending/`), written (temp file and rename), and committed
 under the repository lock, authored by its agent. The journal is cleared once the commit
@@ -18,7 +19,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -104,14 +105,15 @@ class Committer:
     # -- writing ---------------------------------------------------------------------------
 
     @contextmanager
-    def _holding(self, rel: str) -> Iterator[None]:
-        """Hold `rel`'s lock; once it is let go, call `on_commit` if this thread committed meanwhile.
+    def _holding(self, rels: list[str]) -> Iterator[None]:
+        """Hold the files' locks (sorted); once they are let go, call `on_commit` if this thread committed
+        meanwhile.
 
-        The hook (housekeeping) runs after the lock is let go, so it never holds up the file's
+        The hook (housekeeping) runs after the locks are let go, so it never holds up a file's
         next writer.
         """
         before = self.made()
-        with self.locks.hold(self.locks.file(rel), rel):
+        with self.locks.files(rels):
             yield
         if self.on_commit is not None and self.made() != before:
             self.on_commit()
@@ -119,48 +121,70 @@ class Committer:
     @contextmanager
     def locked(self, rel: str) -> Iterator[bytes | None]:
         """Hold `rel`'s lock; yield its current content (None: no such file)."""
-        with self._holding(rel):
+        with self.locked_files([rel]) as now:
+            yield now[rel]
+
+    @contextmanager
+    def locked_files(self, rels: Iterable[str]) -> Iterator[dict[str, bytes | None]]:
+        """Hold several files' locks, in sorted order (so no two holders wait for each other: an agent's
+        file comes before its blocks'); yield each one's current content (None: no such file)."""
+        rels = sorted(set(rels))
+        with self._holding(rels):
             self.ws.check_state()
-            self._finish(rel, wait=0.0)
-            if self.git.unmerged(rel):
-                raise unmerged_error(rel)
-            yield self.read(rel)
+            for rel in rels:
+                self._finish(rel, wait=0.0)
+                if self.git.unmerged(rel):
+                    raise unmerged_error(rel)
+            yield {rel: self.read(rel) for rel in rels}
 
     def write(self, rel: str, content: bytes | None, current: bytes | None, author: Ident, message: str) -> Saved:
         """Write `content` (None: delete) and commit it. Callers hold `locked(rel)`."""
-        if content == current:  # nothing to commit: the version is the last commit, unless one is pending
-            return Saved(None, pending=f"{rel}: earlier edits are still waiting for their commit"
-                         if self.has_pending(rel) else None)
-        blob = self._store_blob(content)
-        journal = self._journal(rel)
-        earlier = bool(journal)
-        journal.append(_Entry(blob_id(current) if current is not None else None, blob, author.name, author.email,
-                              message, rel))
+        return self.write_files({rel: (content, current)}, author, message)
+
+    def write_files(self, files: Mapping[str, tuple[bytes | None, bytes | None]], author: Ident,
+                    message: str) -> Saved:
+        """Write each file's new content (None: delete) over its current one, and commit them all as one
+        commit. Callers hold the files' locks (`locked_files`). All or nothing: a refusal or a disk
+        error puts every file back; a commit that must wait leaves every file written and pending."""
+        changed = {rel: (new, cur) for rel, (new, cur) in files.items() if new != cur}
+        if not changed:  # nothing to commit: the version is the last commit, unless one is pending
+            waiting = [rel for rel in files if self.has_pending(rel)]
+            return Saved(None, pending=f"{', '.join(waiting)}: earlier edits are still waiting for their commit"
+                         if waiting else None)
+        blobs = {rel: self._store_blob(new) for rel, (new, _) in changed.items()}
+        journals = {rel: self._journal(rel) for rel in changed}
+        earlier = [rel for rel, journal in journals.items() if journal]
+        for rel, (_, cur) in changed.items():
+            journals[rel].append(_Entry(blob_id(cur) if cur is not None else None, blobs[rel], author.name,
+                                        author.email, message, rel))
+        written: dict[str, os.stat_result | None] = {}
+        journaled: list[str] = []
         try:
-            self._save_journal(rel, journal)
+            for rel in changed:
+                journaled.append(rel)
+                self._save_journal(rel, journals[rel])
+            for rel, (new, _) in changed.items():
+                written[rel] = self._put(rel, new)
         except OSError as exc:
-            with contextlib.suppress(OSError):  # a write cut short: the journal as it was (shorter, so it fits)
-                self._save_journal(rel, journal[:-1])
-            raise _disk_error(rel, exc) from None
-        try:
-            written = self._put(rel, content)
-        except OSError as exc:
-            self._save_journal(rel, journal[:-1])
+            if not self._undo_all(changed, journals, journaled, written) and written:
+                return Saved(None, pending=f"{rel}: {_disk_error(rel, exc)}; the edit is in the files written")
             raise _disk_error(rel, exc) from None
         if earlier:  # an earlier edit still waits for its obstacle: this one queues behind it
-            return Saved(None, pending=f"{rel}: earlier edits are still waiting for their commit")
+            return Saved(None, pending=f"{', '.join(earlier)}: earlier edits are still waiting for their commit")
         try:
-            return Saved(self._commit_journal(rel, journal, wait=None, written=written))
+            return Saved(self._commit_journal(journals, wait=None, written=written))
         except CommitPending as exc:
             return Saved(None, pending=str(exc))
-        except MemstoreError:
-            if not self._undo(rel, current, journal[:-1]):  # a hook refused it, or the file is unmerged
-                return Saved(None, pending=f"{rel}: its commit was refused and the file could not be put back")
+        except MemstoreError:  # a hook refused it, or a file is unmerged
+            if not self._undo_all(changed, journals, list(changed), written):
+                return Saved(None, pending=f"{', '.join(changed)}: the commit was refused and the files could "
+                             "not be put back")
             raise
         except OSError as exc:
-            if not self._undo(rel, current, journal[:-1]):
-                return Saved(None, pending=f"{rel}: {_disk_error(rel, exc)}; the edit is in the file")
-            raise _disk_error(rel, exc) from None
+            if not self._undo_all(changed, journals, list(changed), written):
+                return Saved(None, pending=f"{', '.join(changed)}: {_disk_error(rel, exc)}; the edit is in the "
+                             "files")
+            raise _disk_error(', '.join(changed), exc) from None
 
     def adopt_hand_edit(self, rel: str, current: bytes | None, subject: str,
                         trailers: dict[str, str | None]) -> str | None:
@@ -176,7 +200,7 @@ class Committer:
                                     commit_message(subject, {**trailers, "Memstore-Author-Kind": "person"}), rel)]
         try:
             self._save_journal(rel, journal)
-            return None if earlier else self._commit_journal(rel, journal, wait=None)
+            return None if earlier else self._commit_journal({rel: journal}, wait=None)
         except OSError as exc:
             self._save_journal(rel, earlier)
             raise _disk_error(rel, exc) from None
@@ -203,33 +227,47 @@ class Committer:
         return write_atomic(target, self.git.to_workdir(rel, content), self.ws.tmp_dir,
                             flush="loose-object" in self.git.flush)
 
-    def _undo(self, rel: str, current: bytes | None, journal: list[_Entry]) -> bool:
-        """Put the file back as it was before a write whose commit was refused; False if it cannot be."""
-        try:
-            self._put(rel, current)
-            self._save_journal(rel, journal)
-        except OSError:
-            return False  # the journal keeps the edit: it is committed once the disk takes it
-        return True
+    def _undo_all(self, changed: Mapping[str, tuple[bytes | None, bytes | None]], journals: dict[str, list[_Entry]],
+                  journaled: list[str], written: dict[str, os.stat_result | None]) -> bool:
+        """Put back the files a write changed, and their journals, as they were before it; False if the
+        disk refuses (the journals keep the edit: it is committed once the disk takes it)."""
+        ok = True
+        for rel in journaled:
+            try:
+                if rel in written:
+                    self._put(rel, changed[rel][1])
+                self._save_journal(rel, journals[rel][:-1])
+            except OSError:
+                ok = False
+        return ok
 
     # -- committing the journal --------------------------------------------------------------
 
-    def _commit_journal(self, rel: str, journal: list[_Entry], wait: float | None,
-                        written: os.stat_result | None = None) -> str:
-        """Commit each journal entry in order, clearing each once its commit exists; the last commit.
+    def _commit_journal(self, journals: dict[str, list[_Entry]], wait: float | None,
+                        written: Mapping[str, os.stat_result | None] | None = None) -> str:
+        """Commit journal entries in order, clearing each once its commit exists; the last commit.
 
-        Each commit holds its entry's blob, whatever the file holds now (a later entry, or a
-        person's change on top, which stays in the file for the watcher or the next edit).
-        `written`: the stat of the file as the last entry wrote it, when known.
+        One file's journal: each entry, one commit each. Several files' journals (one write of
+        several files, `write_files`, one entry each): one commit of them all. Each commit holds
+        its entries' blobs, whatever the files hold now (a later entry, or a person's change on
+        top, which stays in the file for the watcher or the next edit). `written`: the stat of
+        each file as its last entry wrote it, when known.
         """
         version = ""
         with self.locks.hold(REPO_LOCK, "the repository"):
-            while journal:
-                entry = journal[0]
-                version = self.git.commit(rel, entry.new, Ident(entry.name, entry.email), entry.message,
-                                          COMMITTER, written=written if len(journal) == 1 else None, wait=wait)
-                journal.pop(0)
-                self._save_journal(rel, journal)
+            while all(journals.values()):
+                step = [(rel, journal[0].new) for rel, journal in journals.items()]
+                entry = next(iter(journals.values()))[0]
+                last = all(len(journal) == 1 for journal in journals.values())
+                version = self.git.commit(step, Ident(entry.name, entry.email), entry.message, COMMITTER,
+                                          written=written if last else None, wait=wait)
+                for rel, journal in journals.items():
+                    journal.pop(0)
+                    try:
+                        self._save_journal(rel, journal)
+                    except OSError as exc:  # the commit is made: `_finish` knows the entry left as committed
+                        log.warning("%s: committed as %s, but its journal was not cleared: %s", rel, version[:12],
+                                    os_error_text(exc))
                 self._made.commits = getattr(self._made, "commits", 0) + 1
         return version
 
@@ -258,7 +296,7 @@ class Committer:
             self._save_journal(rel, [])
             return None
         try:
-            return self._commit_journal(rel, journal, wait=wait)
+            return self._commit_journal({rel: journal}, wait=wait)
         except CommitPending:
             return None
         except HookRefused as exc:
@@ -350,7 +388,7 @@ class Committer:
         waiting = []
         for rel in sorted({*self.pending_files(), *self._files_with(".dropped")}):  # dropped ones may be back
             try:
-                with self._holding(rel):
+                with self._holding([rel]):
                     self._finish(rel, wait=wait)
             except (MemstoreError, OSError) as exc:  # one file's trouble never stops the others, or an open
                 log.warning("%s: waiting edits not committed yet: %s", rel, exc)

@@ -22,7 +22,7 @@ import logging
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from hashlib import sha1
@@ -266,41 +266,48 @@ class GitRepo:
         """Store `content` (its odb form) as a blob; its id."""
         return self.objects.write(b"blob", content)
 
-    def commit(self, rel: str, blob: str | None, author: Ident, message: str, committer: Ident, *,
-               written: os.stat_result | None = None, wait: float | None = None) -> str:
-        """One commit on the branch tip that sets `rel` to the stored `blob` (None: removes it); its id.
+    def commit(self, changes: Sequence[tuple[str, str | None]], author: Ident, message: str, committer: Ident, *,
+               written: Mapping[str, os.stat_result | None] | None = None, wait: float | None = None) -> str:
+        """One commit on the branch tip that sets each path to its stored blob (None: removes it); its id.
 
-        `written`: the stat of the file as memstore wrote it with `blob`; while the file is
-        still that one, its index entry carries the stat, else git re-reads the file (a
+        `written`: the stat of each file as memstore wrote it with its blob; while the file
+        is still that one, its index entry carries the stat, else git re-reads the file (a
         person may have saved it since). Raises CommitPending when a git command holds a
-        lock past `wait` seconds (default LOCK_WAIT), ConflictError when `rel` is unmerged.
+        lock past `wait` seconds (default LOCK_WAIT), ConflictError when a path is unmerged.
         The caller holds the workspace's repository lock (`commits.REPO_LOCK`).
         """
         wait = LOCK_WAIT if wait is None else wait
+        written = written or {}
         with self.git_lock(self.git_dir / "index.lock", "interactive staging, or a commit in an editor?",
                            wait) as claim:
             if not self._tidied:
                 self._remove_dead_temps()
                 self._tidied = True
             index = self._read_index()
-            if self.unmerged(rel, index):
-                raise unmerged_error(rel)
-            self._place_index(self._new_index(index, rel, blob, self._still(rel, written)))
+            for rel, _ in changes:
+                if self.unmerged(rel, index):
+                    raise unmerged_error(rel)
+            new_index = index
+            for rel, blob in changes:
+                new_index = self._new_index(new_index, rel, blob, self._still(rel, written.get(rel)))
+            assert new_index is not None
+            self._place_index(new_index)
             try:
                 if self.native_commit:
-                    commit = self._commit_with_git(rel, blob, author, message, committer, claim)
+                    commit = self._commit_with_git(changes, author, message, committer, claim)
                 else:
-                    commit = self._commit_here(rel, blob, author, message, committer, wait)
+                    commit = self._commit_here(changes, author, message, committer, wait)
             except BaseException:  # the commit was not made, or an interrupt came right after it
                 try:
-                    landed = self.head_blob(rel) == blob
+                    landed = all(self.head_blob(rel) == blob for rel, blob in changes)
                 except Exception:  # noqa: BLE001 - cannot tell: as if it did not land
                     landed = False
                 if not landed:  # the branch lacks the change: the index goes back to match it
                     self._put_back_index(index)
                 raise
         if not self.native_commit:  # hooks may have changed what `git commit` committed
-            self._blobs.get_or_make((commit, rel), lambda: blob)
+            for rel, blob in changes:
+                self._blobs.get_or_make((commit, rel), lambda blob=blob: blob)
         return commit
 
     def _still(self, rel: str, written: os.stat_result | None) -> os.stat_result | None:
@@ -314,12 +321,15 @@ class GitRepo:
         same = (st.st_ino, st.st_size, st.st_mtime_ns) == (written.st_ino, written.st_size, written.st_mtime_ns)
         return st if same else None
 
-    def _commit_here(self, rel: str, blob: str | None, author: Ident, message: str, committer: Ident,
-                     wait: float) -> str:
+    def _commit_here(self, changes: Sequence[tuple[str, str | None]], author: Ident, message: str,
+                     committer: Ident, wait: float) -> str:
         """Build the commit and compare-and-swap the branch to it; a git command may move it meanwhile."""
         for _ in range(10):
             tip = self.tip()
-            tree = self.objects.tree_with(str(self.repo[tip].peel(pygit2.Tree).id) if tip else None, rel, blob)
+            tree = str(self.repo[tip].peel(pygit2.Tree).id) if tip else None
+            for rel, blob in changes:
+                tree = self.objects.tree_with(tree, rel, blob)
+            assert tree is not None
             now = time.time()
             commit = str(self.repo.create_commit(None, author.signature(now), committer.signature(now), message,
                                                  pygit2.Oid(hex=tree), [pygit2.Oid(hex=tip)] if tip else []))
@@ -542,7 +552,8 @@ class GitRepo:
             self._index_cache = (key, data)
         return data
 
-    def _new_index(self, index: bytes | None, rel: str, blob: str | None, st: os.stat_result | None) -> bytes:
+    def _new_index(self, index: bytes | bytearray | None, rel: str, blob: str | None,
+                   st: os.stat_result | None) -> bytes | bytearray:
         """The index with `rel`'s entry as just committed: patched, or by libgit2 for formats
         memstore does not patch, or when there was no index."""
         if index is not None:
@@ -615,13 +626,14 @@ class GitRepo:
 
     # -- git's own commit, for hooks and signing ------------------------------------------
 
-    def _commit_with_git(self, rel: str, blob: str | None, author: Ident, message: str, committer: Ident,
-                         claim: int | None = None) -> str:
-        """`git commit` of the branch tip with `rel` set to `blob`: hooks run and signing applies, as for the person.
+    def _commit_with_git(self, changes: Sequence[tuple[str, str | None]], author: Ident, message: str,
+                         committer: Ident, claim: int | None = None) -> str:
+        """`git commit` of the branch tip with each path set to its blob: hooks run and signing applies, as for
+        the person.
 
-        What git's own `commit --only` does, with the blob instead of the file: the commit is
-        built from a temporary index (the tip's tree plus this one change), so it holds this
-        entry's content whatever the file holds now (a later edit, a person's change). The
+        What git's own `commit --only` does, with the blobs instead of the files: the commit is
+        built from a temporary index (the tip's tree plus these changes), so it holds these
+        entries' content whatever the files hold now (a later edit, a person's change). The
         temporary index starts as a copy of the real one, whose file stats libgit2 keeps for
         unchanged entries, so `git commit` does not re-read every file. The caller holds the
         real `index.lock`, as `git commit` would, hooks included.
@@ -632,7 +644,8 @@ class GitRepo:
                 staged.read_tree(self.repo[tip].peel(pygit2.Tree))
             else:
                 staged.clear()
-            _set_entry(staged, rel, blob)
+            for rel, blob in changes:
+                _set_entry(staged, rel, blob)
             staged.write()
             env = {**os.environ, "GIT_INDEX_FILE": str(tmp), "GIT_COMMITTER_NAME": committer.name,
                    "GIT_COMMITTER_EMAIL": committer.email}
@@ -646,13 +659,14 @@ class GitRepo:
             text = (proc.stderr or proc.stdout).decode("utf-8", "replace").strip()
             # git exits 1 when a hook refuses, 128 when it dies: signing refused, or a lock or the disk
             if proc.returncode == 1 or (proc.returncode == 128 and "sign" in text):
-                raise HookRefused(f"git commit refused the edit of {rel}: {text[-2000:] or 'exit 1'}")
+                raise HookRefused(f"git commit refused the edit of {', '.join(r for r, _ in changes)}: "
+                                  f"{text[-2000:] or 'exit 1'}")
             raise CommitPending(text.splitlines()[-1] if text else f"git commit ended with {proc.returncode}")
         made = self.tip()
         assert made is not None
         try:  # the commit is made: nothing past this point may undo the index or say it failed
             ours = self._first_after(made, tip)
-            self._index_follows(tip, made, rel, blob)
+            self._index_follows(tip, made, changes)
         except (OSError, pygit2.GitError, KeyError, ValueError) as exc:
             log.warning("commit %s made, but the index may not show what its hooks added: %s", made[:12], exc)
             return made
@@ -669,16 +683,16 @@ class GitRepo:
             commit = parents[0]
         return made
 
-    def _index_follows(self, tip: str | None, made: str, rel: str, blob: str | None) -> None:
+    def _index_follows(self, tip: str | None, made: str, changes: Sequence[tuple[str, str | None]]) -> None:
         """Make the real index agree with the branch for every path git's commit (and its hooks)
-        changed beyond the one memstore asked for: a pre-commit formatter's `git add`, a
+        changed beyond the ones memstore asked for: a pre-commit formatter's `git add`, a
         post-commit hook's own commit. A person's later commit then never undoes them."""
         old = self.repo[tip].peel(pygit2.Tree) if tip else None
         new = self.repo[made].peel(pygit2.Tree)
         deltas = self.repo.diff(old, new).deltas if old is not None else new.diff_to_tree(swap=True).deltas
-        asked = (rel, blob)  # the change memstore placed in the index already
+        asked = set(changes)  # the changes memstore placed in the index already
         changed = [d for d in deltas if (d.new_file.path, None if d.status == DeltaStatus.DELETED
-                                         else str(d.new_file.id)) != asked]
+                                         else str(d.new_file.id)) not in asked]
         index = self._read_index()
         if not changed or index is None:
             return

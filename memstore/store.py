@@ -66,6 +66,7 @@ from .workspace import Workspace, init_workspace, open_workspace
 DEFAULT_SYSTEM = "You are a helpful assistant with a persistent, shared memory."
 _UNREAD = object()  # `_read_block`'s default: read the file itself
 _MAINTAIN_EVERY = 250
+_NAME_TRIES = 10  # a writer racing others for free file names (or for an agent list) tries again
 _MAINTAIN_GAP = 10.0  # seconds: housekeeping starts at most this often, however fast commits come
 _PARSED_CACHE = 512  # parsed block (and agent) files kept, by content
 
@@ -276,22 +277,34 @@ class Store:
                                             metadata=metadata), actor or self.person)
 
     def _create_block(self, block: Block, actor: Actor) -> Block:
-        label = block.label
-        taken = {p.name[:-3].lower() for p in self.ws.blocks_dir.glob("*.md")}
-        for n in range(1, 10_000):
-            name = file_name_for(label, n)
-            rel = f"blocks/{name}.md"
-            if not file_name_free(name, taken):  # a case twin or a name Windows reserves
-                continue
+        for _ in range(_NAME_TRIES):  # the name chosen may be taken before its lock is held: chosen again
+            ((rel, block),) = self._new_block_files([block]).items()
             with self.commits.locked(rel) as current:
                 if current is not None or self.commits.head_blob(rel) is not None:
                     continue
-                block = block.model_copy(update={"name": name})
                 saved = self.commits.write(rel, render_block(block), None, _ident(actor),
                                            self._message("create_block", block, actor))
             self.catalog.bump()
             return block.model_copy(update={"version": saved.version})
-        raise ConflictError(f"Too many blocks are labelled '{label}'.")
+        raise ConflictError(f"Other writers kept taking the file names for '{block.label}'; try again.")
+
+    def _new_block_files(self, blocks: list[Block]) -> dict[str, Block]:
+        """A free file for each new block (no file, nor one on the branch), the block named after it.
+
+        Free when chosen: the caller checks again once it holds the files' locks.
+        """
+        taken = {p.name[:-3].lower() for p in self.ws.blocks_dir.glob("*.md")}
+        chosen: dict[str, Block] = {}
+        for block in blocks:
+            for n in range(1, 10_000):
+                name = file_name_for(block.label, n)  # skipping a case twin or a name Windows reserves
+                if file_name_free(name, taken) and self.commits.head_blob(f"blocks/{name}.md") is None:
+                    break
+            else:
+                raise ConflictError(f"Too many blocks are labelled '{block.label}'.")
+            taken.add(name.lower())
+            chosen[f"blocks/{name}.md"] = block.model_copy(update={"name": name})
+        return chosen
 
     def update_block(
         self, ref: str, *, label: str | None = None, description: str | None = None, limit: int | None = None,
@@ -352,27 +365,38 @@ class Store:
                     )
 
     def delete_block(self, ref: str, *, actor: Actor | None = None, expected_version: str | None = None) -> Block:
-        """Delete a block (its history stays in git) and detach it from every agent."""
+        """Delete a block (its history stays in git) and detach it from every agent, in one commit."""
         actor = actor or self.person
         name = self.resolve_block(ref, actor)
         rel = f"blocks/{name}.md"
-        with self.commits.locked(rel) as current:
-            if current is None:
+        for _ in range(_NAME_TRIES):  # an agent that attached the block meanwhile is held too, on the next try
+            seen = self._read_block(name)
+            if seen is None:
                 raise NotFoundError(f"Block file {rel} no longer exists.")
-            block = block_from_file(current, rel, name)
-            if actor.is_agent and block.read_only:
-                raise ReadOnlyError(block.label)
-            if expected_version is not None:
-                self._check_version(rel, current, block, expected_version)
-            if self._check_hand_edit(rel, current, block):
-                self._adopt_hand_edit(rel, current, block)
-            self.commits.write(rel, None, current, _ident(actor), self._message("delete_block", block, actor))
-        self.catalog.bump()
-        for agent in self.block_agents(block.id):
-            self._change_agent(agent.name, actor, "detach_block",
-                               lambda a, _: a.model_copy(update={"blocks": [i for i in a.blocks if i != block.id]}),
-                               subject=f"detach_block {agent.name} {block.label}", as_consequence=True)
-        return block
+            agents = [a.path for a in self.block_agents(seen.id)]
+            with self.commits.locked_files([rel, *agents]) as now:  # the agents' files first, as every writer
+                current = now[rel]
+                if current is None:
+                    raise NotFoundError(f"Block file {rel} no longer exists.")
+                block = block_from_file(current, rel, name)
+                if {a.path for a in self.block_agents(block.id)} - set(agents):
+                    continue
+                if actor.is_agent and block.read_only:
+                    raise ReadOnlyError(block.label)
+                if expected_version is not None:
+                    self._check_version(rel, current, block, expected_version)
+                if self._check_hand_edit(rel, current, block):
+                    self._adopt_hand_edit(rel, current, block)
+                files: dict[str, tuple[bytes | None, bytes | None]] = {rel: (None, current)}
+                for path in agents:
+                    agent = self._agent_as_held(path, now[path])
+                    if agent is not None and block.id in agent.blocks:
+                        detached = agent.model_copy(update={"blocks": [i for i in agent.blocks if i != block.id]})
+                        files[path] = (render_agent(detached), now[path])
+                self.commits.write_files(files, _ident(actor), self._message("delete_block", block, actor))
+            self.catalog.bump()
+            return block
+        raise ConflictError(f"Agents kept attaching block '{name}' while it was being deleted; try again.")
 
     # -- the memory edits ----------------------------------------------------------------
 
@@ -667,24 +691,28 @@ class Store:
             system=check_text(DEFAULT_SYSTEM if system is None else system, "system"),
             api_base=check_optional_text(api_base),
         )
-        made: list[Block] = []
-        try:  # the agent's file, then its blocks' files, are held (the order every writer of agents keeps)
-            with self.commits.locked(agent.path) as current, self._holding_blocks(existing) as existing:
-                if current is not None:
+        log_rel = _log_rel(agent)
+        for _ in range(_NAME_TRIES):  # a name chosen for a new block may be taken before its lock is held
+            made = self._new_block_files(new_blocks or [])
+            rels = [agent.path, log_rel, *made, *(b.path for b in existing)]
+            with self.commits.locked_files(rels) as now:  # the agent's file first, then its blocks'
+                if now[agent.path] is not None:
                     raise ConflictError(f"An agent named '{name}' already exists.")
-                check_unique_labels(name, [*(new_blocks or []), *existing])  # as the blocks are now
-                self._remove_log(agent, actor, "create_agent", "the conversation log of an earlier agent of this name")
-                for planned in new_blocks or []:
-                    made.append(self._create_block(planned, actor))
-                agent = agent.model_copy(update={"blocks": list(dict.fromkeys(b.id for b in [*made, *existing]))})
-                self.commits.write(agent.path, render_agent(agent), None, _ident(actor),
-                                   self._message("create_agent", agent, actor))
-        except (MemstoreError, OSError):
-            for block in made:  # the agent was not made (a refusing hook, a full disk): nor are they
-                with contextlib.suppress(MemstoreError, OSError):
-                    self.delete_block(block.id, actor=actor)
-            raise
-        return agent
+                if any(now[rel] is not None or self.commits.head_blob(rel) is not None for rel in made):
+                    continue
+                held = self._fresh_blocks(existing)
+                check_unique_labels(name, [*made.values(), *held])  # as the blocks are now
+                agent = agent.model_copy(update={"blocks": list(dict.fromkeys(b.id for b in [*made.values(),
+                                                                                               *held]))})
+                files: dict[str, tuple[bytes | None, bytes | None]] = {
+                    rel: (render_block(block), None) for rel, block in made.items()}
+                files[log_rel] = (None, now[log_rel])  # an earlier agent's of this name: a new agent starts empty
+                files[agent.path] = (render_agent(agent), None)
+                self.commits.write_files(files, _ident(actor), self._message("create_agent", agent, actor))
+            if made:
+                self.catalog.bump()
+            return agent
+        raise ConflictError(f"Other writers kept taking the file names for agent '{name}'s new blocks; try again.")
 
     @contextlib.contextmanager
     def _holding_blocks(self, blocks: list[Block]) -> Iterator[list[Block]]:
@@ -692,13 +720,17 @@ class Store:
         now. A writer of an agent's block list holds the agent's file first, then these, until it has
         written: a block deleted or relabelled meanwhile is seen, never listed stale."""
         with self.commits.locks.files(b.path for b in blocks):
-            now = []
-            for block in blocks:
-                fresh = self._block_by_id(block.id)
-                if fresh is None:
-                    raise NotFoundError(f"No block with id {block.id} (it was deleted).")
-                now.append(fresh)
-            yield now
+            yield self._fresh_blocks(blocks)
+
+    def _fresh_blocks(self, blocks: list[Block]) -> list[Block]:
+        """`blocks` as they are now (their files held by the caller); NotFoundError for one deleted since."""
+        now = []
+        for block in blocks:
+            fresh = self._block_by_id(block.id)
+            if fresh is None:
+                raise NotFoundError(f"No block with id {block.id} (it was deleted).")
+            now.append(fresh)
+        return now
 
     def update_agent(
         self, ref: str, *, model: str | None = None, system: str | None = None, description: str | None = None,
@@ -739,27 +771,18 @@ class Store:
         return self.get_block(entry.name)  # its version as get_block gives it: none while a commit is pending
 
     def delete_agent(self, ref: str, *, actor: Actor | None = None) -> Agent:
+        """Delete an agent and its conversation log (git's history keeps both), in one commit: a new agent of
+        that name starts with no conversation, as in Letta, never with a deleted agent's."""
         actor = actor or self.person
         check_agent_admin(actor, "delete_agent")
         agent = self.get_agent(ref)
-        with self.commits.locked(agent.path) as current:
-            if current is None:
+        log_rel = _log_rel(agent)
+        with self.commits.locked_files([agent.path, log_rel]) as now:
+            if now[agent.path] is None:
                 raise NotFoundError(f"No agent named '{agent.name}'.")
-            self.commits.write(agent.path, None, current, _ident(actor), self._message("delete_agent", agent, actor))
-        self._remove_log(agent, actor, "delete_agent", "its conversation log")
+            self.commits.write_files({agent.path: (None, now[agent.path]), log_rel: (None, now[log_rel])},
+                                     _ident(actor), self._message("delete_agent", agent, actor))
         return agent
-
-    def _remove_log(self, agent: Agent, actor: Actor, op: str, what: str) -> None:
-        """Remove the conversation log of `agent`'s name (it stays in git's history): a new agent of
-        that name starts with no conversation, as in Letta, never with a deleted agent's."""
-        from .agents.log import log_path
-
-        rel = log_path(agent)
-        with self.commits.locked(rel) as current:
-            if current is not None:
-                self.commits.write(rel, None, current, _ident(actor), commit_message(
-                    f"{op} {agent.name}: {what}",
-                    {"Memstore-Op": op, "Memstore-Agent": agent.id, "Memstore-Author-Kind": actor.kind}))
 
     def attach_block(self, agent_ref: str, block_ref: str, *, actor: Actor | None = None) -> Agent:
         """Attach a block to an agent; its label must be new among the agent's blocks."""
@@ -830,24 +853,39 @@ class Store:
         return [a for a in self.list_agents() if block_id in a.blocks]
 
     def _change_agent(self, name: str, actor: Actor, op: str, change: Callable[[Agent, list[Block]], Agent], *,
-                      subject: str, as_consequence: bool = False, hold: list[Block] | None = None) -> Agent:
+                      subject: str, hold: list[Block] | None = None) -> Agent:
         """One commit of agent `name`'s file; `hold`: blocks it comes to list, held meanwhile (`_holding_blocks`)."""
-        if not as_consequence:
-            check_agent_admin(actor, op)
+        check_agent_admin(actor, op)
         rel = f"agents/{name}.md"
         with self.commits.locked(rel) as current, self._holding_blocks(hold or []) as held:
             if current is None:
                 raise NotFoundError(f"No agent named '{name}'.")
-            agent = agent_from_file(current, rel)
+            agent = self._agent_as_held(rel, current)
+            assert agent is not None
             new = change(agent, held)
-            if self.commits.hand_edited(rel, current):
-                handedits.require_valid(self, rel, current)
-                self.commits.adopt_hand_edit(rel, current, f"Hand edit {rel}",
-                                             {"Memstore-Op": "hand_edit", "Memstore-Author-Kind": "person"})
             message = commit_message(subject, {"Memstore-Op": op, "Memstore-Agent": actor.agent_id or agent.id,
                                                "Memstore-Author-Kind": actor.kind})
             self.commits.write(rel, render_agent(new), current, _ident(actor), message)
         return new
+
+
+    def _agent_as_held(self, rel: str, current: bytes | None) -> Agent | None:
+        """The agent in file `rel`, which the caller holds (None: no file); a person's uncommitted edit of it
+        is committed first, under their name, so the change lands on top of it."""
+        if current is None:
+            return None
+        agent = agent_from_file(current, rel)
+        if self.commits.hand_edited(rel, current):
+            handedits.require_valid(self, rel, current)
+            self.commits.adopt_hand_edit(rel, current, f"Hand edit {rel}",
+                                         {"Memstore-Op": "hand_edit", "Memstore-Author-Kind": "person"})
+        return agent
+
+
+def _log_rel(agent: Agent) -> str:
+    from .agents.log import log_path  # the agents package imports this module
+
+    return log_path(agent)
 
 
 def check_agent_admin(actor: Actor, op: str) -> None:

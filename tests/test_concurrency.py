@@ -152,7 +152,8 @@ def test_a_person_committing_with_git_meanwhile_neither_reverts_nor_loses_an_edi
         assert set(removed) <= {"-"}, (f"a commit by {author} took lines out: {removed}",
                                        git(ws, "log", "--format=%h %an %s", "--stat", "-n", "30"))
         if added and added[0].startswith("p"):
-            assert author == f"ag{added[0][1]}" and len(added) == 1, (author, added, patch)
+            assert author == f"ag{added[0][1]}" and len(added) == 1, (
+                author, added, patch, git(ws, "log", "--format=%h %an %s", "--stat", "-n", "40"))
     assert "notes/0.txt" in git(ws, "ls-files")
     assert git(ws, "diff", "--cached", "--name-only") == ""
     assert_clean_repo(ws)

@@ -292,6 +292,50 @@ def test_a_full_disk_is_one_clear_error_with_nothing_half_applied(store: Store, 
     assert_clean_repo(ws_path)
 
 
+def test_a_disk_that_fills_in_the_middle_of_a_several_file_edit_puts_every_file_back(
+        store: Store, ws_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An agent made with new blocks is one commit of three files: the third write failing leaves none."""
+    import memstore.commits as commits
+    from memstore.store import new_block
+
+    real, calls = commits.write_atomic, []
+
+    def fills_at_the_third(*args: object, **kwargs: object) -> os.stat_result:
+        calls.append(args[0])
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(commits, "write_atomic", fills_at_the_third)
+    with pytest.raises(WorkspaceError, match="the disk is full. Nothing was changed"):
+        store.create_agent("agent1", "openai/gpt-4o-mini",
+                           new_blocks=[new_block("persona", "I help."), new_block("human", "A person.")])
+    monkeypatch.undo()
+    assert len(calls) == 3  # the two new blocks were written, then removed again
+    assert store.list_blocks() == [] and store.list_agents() == []
+    assert store.commits.pending_files() == []
+    assert_clean_repo(ws_path)
+
+
+def test_a_several_file_edit_that_waits_for_git_is_pending_in_every_file(store: Store, ws_path: Path) -> None:
+    """Deleting a block attached to an agent changes two files. While git holds the index they wait, both
+    on disk and both pending; the next operation commits them under the caller's name."""
+    store, _ = agent_store(store)
+    lock = ws_path / ".git/index.lock"
+    lock.write_bytes(b"")
+    head = git(ws_path, "rev-parse", "HEAD")
+    store.delete_block("org")
+    assert git(ws_path, "rev-parse", "HEAD") == head
+    assert sorted(store.commits.pending_files()) == ["agents/agent1.md", "blocks/org.md"]
+    assert not (ws_path / "blocks/org.md").exists() and store.get_agent("agent1").blocks == []
+    lock.unlink()
+    reopened = Store.open(ws_path)
+    assert reopened.commits.pending_files() == []
+    assert git(ws_path, "log", "--format=%an %s", f"{head.strip()}..").splitlines() == [
+        f"{PERSON_NAME} delete_block org", f"{PERSON_NAME} delete_block org"]  # one commit per file once it waited
+    assert_clean_repo(ws_path)
+
+
 def test_a_disk_that_fills_while_a_big_object_is_written_leaves_no_part_of_it(
         store: Store, ws_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Objects of 64 KiB and more are written by memstore itself: a failed one is removed."""

@@ -26,6 +26,7 @@ from memstore import (
     Store,
     WorkspaceError,
 )
+from memstore.store import new_block
 
 from .conftest import PERSON_EMAIL, PERSON_NAME, assert_clean_repo, commit_count, git, wait_for_maintenance
 
@@ -151,13 +152,47 @@ def test_lowering_the_limit_below_the_value_is_refused(store: Store) -> None:
         store.update_block("org", limit=5)
 
 
-def test_delete_block_commits_the_deletion_and_detaches_it(store: Store) -> None:
+def test_delete_block_detaches_it_in_the_same_commit(store: Store) -> None:
     block = store.create_block("org", "v")
-    store.create_agent("a1", "openai/gpt-4o-mini", block_ids=[block.id])
+    keep = store.create_block("keep", "k")
+    for name in ("a1", "a2"):
+        store.create_agent(name, "openai/gpt-4o-mini", block_ids=[block.id, keep.id])
+    before = commit_count(store.ws.root)
     store.delete_block("org")
     assert not (store.ws.root / "blocks/org.md").exists()
-    assert store.get_agent("a1").blocks == []
-    assert git(store.ws.root, "log", "-1", "--format=%s").strip() == "detach_block a1 org"
+    assert [store.get_agent(n).blocks for n in ("a1", "a2")] == [[keep.id], [keep.id]]
+    assert commit_count(store.ws.root) == before + 1  # one edit, one commit: no agent ever lists a deleted block
+    assert git(store.ws.root, "log", "-1", "--format=%s").strip() == "delete_block org"
+    assert sorted(git(store.ws.root, "show", "--name-status", "--format=", "HEAD").splitlines()) == [
+        "D\tblocks/org.md", "M\tagents/a1.md", "M\tagents/a2.md"]
+    assert_clean_repo(store.ws.root)
+
+
+def test_create_and_delete_agent_are_one_commit_each(store: Store) -> None:
+    """An agent with blocks made inline, and the log an earlier agent of its name left, is one commit; so
+    is deleting it with its conversation log."""
+    (store.ws.root / "agents/a1").mkdir(parents=True)
+    (store.ws.root / "agents/a1/messages.jsonl").write_text("")
+    git(store.ws.root, "add", "agents/a1/messages.jsonl")
+    git(store.ws.root, "commit", "-q", "-m", "an old log")
+    before = commit_count(store.ws.root)
+    agent = store.create_agent("a1", "openai/gpt-4o-mini",
+                               new_blocks=[new_block("persona", "I help."), new_block("human", "A person.")])
+    assert commit_count(store.ws.root) == before + 1
+    assert git(store.ws.root, "log", "-1", "--format=%s%n%an").splitlines() == ["create_agent a1", store.person.name]
+    assert sorted(git(store.ws.root, "show", "--name-status", "--format=", "HEAD").splitlines()) == [
+        "A\tagents/a1.md", "A\tblocks/human.md", "A\tblocks/persona.md", "D\tagents/a1/messages.jsonl"]
+    assert [b.label for b in store.agent_blocks(agent.id)] == ["persona", "human"]
+    assert store.get_block("persona").version == git(store.ws.root, "rev-parse", "HEAD").strip()
+
+    (store.ws.root / "agents/a1/messages.jsonl").write_text("")  # as a turn leaves it (committed)
+    git(store.ws.root, "add", "agents/a1/messages.jsonl")
+    git(store.ws.root, "commit", "-q", "-m", "a log")
+    store.delete_agent("a1")
+    assert commit_count(store.ws.root) == before + 3
+    assert sorted(git(store.ws.root, "show", "--name-status", "--format=", "HEAD").splitlines()) == [
+        "D\tagents/a1.md", "D\tagents/a1/messages.jsonl"]
+    assert store.list_agents() == [] and [b.label for b in store.list_blocks()] == ["human", "persona"]
     assert_clean_repo(store.ws.root)
 
 
