@@ -191,13 +191,17 @@ class Committer:
         """Commit the person's change of `rel` (see `hand_edited`) under their name.
 
         Its commit id; None when a git command holds a lock: then it waits in the journal,
-        under the person's name, like any pending edit.
+        under the person's name, like any pending edit. A change that only puts back what a
+        racing `git commit` undid (see `repair_index`) is committed as a restore under the
+        author of what it puts back.
         """
         blob = self._store_blob(current)
         earlier = self._journal(rel)  # edits still waiting for a git command: theirs come first, under their authors
-        journal = [*earlier, _Entry(earlier[-1].new if earlier else self.head_blob(rel), blob, self.ws.person.name,
-                                    self.ws.person.email,
-                                    commit_message(subject, {**trailers, "Memstore-Author-Kind": "person"}), rel)]
+        author, message = (None, None) if earlier else self._restore_of(rel, blob)
+        author = author or self.ws.person
+        message = message or commit_message(subject, {**trailers, "Memstore-Author-Kind": "person"})
+        journal = [*earlier, _Entry(earlier[-1].new if earlier else self.head_blob(rel), blob, author.name,
+                                    author.email, message, rel)]
         try:
             self._save_journal(rel, journal)
             return None if earlier else self._commit_journal({rel: journal}, wait=None)
@@ -209,6 +213,70 @@ class Committer:
         except MemstoreError:
             self._save_journal(rel, earlier)  # refused (unmerged, a hook): it stays an uncommitted hand edit
             raise
+
+    def _restore_of(self, rel: str, blob: str | None) -> tuple[Ident | None, str | None]:
+        """If the file's content `blob` is what a memstore commit made and the next change of `rel` on the
+        branch, by a git command, undid exactly that commit: (its author, a restore message); else Nones.
+
+        That is the trace of git's stale-index race (see `repair_index`) once the person committed
+        before the index was repaired: the file still holds the agent's content, the branch not.
+        """
+        changes = self.git.changes_of(rel, limit=2)
+        if len(changes) < 2:
+            return None, None
+        (undone_by, before, after), (made, made_before, made_after) = changes
+        if not (blob == before == made_after and after == made_before) or blob is None:
+            return None, None
+        author, committer, original = self.git.commit_info(made)
+        if committer != COMMITTER or self.git.commit_info(undone_by)[1] == COMMITTER:
+            return None, None
+        subject, _, body = original.partition("\n")
+        trailers = {key: value for key, _, value in (line.partition(": ") for line in body.splitlines())
+                    if key.startswith("Memstore-")}
+        message = commit_message(f"Restore {subject} (commit {undone_by[:12]} took it out, the file kept it)",
+                                 {**trailers, "Memstore-Op": "restore", "Memstore-Restores": made})
+        return author, message
+
+    def repair_index(self) -> list[str]:
+        """Put back index entries that a racing `git commit` took back to before memstore's commit; the paths.
+
+        `git commit` reads the index before it takes `index.lock`. When a memstore commit
+        falls in between, that git commit writes its stale copy back and then fails (the
+        branch moved): git's own behaviour between any two committers. The entry then holds
+        the content from before memstore's commit while the branch and the file hold
+        memstore's, and the person's next commit would undo the agent's edit. Only such an
+        entry is put back: the branch's last change of the path was memstore's, the index
+        holds exactly what was there before it, and the file still holds what it committed.
+        """
+        if self.git.index_is_own() or not self._stale_entries():  # looked at without the lock: most often no
+            return []
+        with self.locks.hold(REPO_LOCK, "the repository"):
+            stale = self._stale_entries()
+            try:
+                repaired = self.git.set_entries(stale) if stale else []
+            except CommitPending:  # a git command holds the index: tried again next time
+                return []
+        for rel in repaired:
+            log.warning("%s: a git commit that raced memstore's put back the index entry from before memstore's "
+                        "commit; the entry is set to the branch's again, so no later commit undoes that edit", rel)
+        return repaired
+
+    def _stale_entries(self) -> dict[str, tuple[str | None, str | None]]:
+        """The index entries `repair_index` puts back: path -> (the stale blob, the branch's)."""
+        stale: dict[str, tuple[str | None, str | None]] = {}
+        for rel, head, staged in self.git.staged():
+            if head is None or not rel.startswith(("blocks/", "agents/")) or self._journal(rel):
+                continue
+            last = self.git.changes_of(rel, limit=1)
+            if not last or last[0][1:] != (staged, head) or self.git.commit_info(last[0][0])[1] != COMMITTER:
+                continue
+            try:
+                data = self.read(rel)
+            except FileFormatError:
+                continue
+            if data is not None and blob_id(data) == head:
+                stale[rel] = (staged, head)
+        return stale
 
     def _store_blob(self, content: bytes | None) -> str | None:
         if content is None:
@@ -383,8 +451,11 @@ class Committer:
         return sorted(found)
 
     def finish_all(self, wait: float | None = 0.0) -> list[str]:
-        """Commit every pending edit whose obstacle has cleared; the files still pending."""
+        """Commit every pending edit whose obstacle has cleared, and repair the index (`repair_index`); the
+        files still pending."""
         self._remove_empty_journals()
+        with contextlib.suppress(MemstoreError, OSError):  # a busy lock or repository: tried again next time
+            self.repair_index()
         waiting = []
         for rel in sorted({*self.pending_files(), *self._files_with(".dropped")}):  # dropped ones may be back
             try:

@@ -5,8 +5,9 @@ index in place, builds the commit on the branch tip, moves the branch with a
 compare-and-swap under git's ref lock, and lets go. The index goes in before the branch
 moves (git itself does it the other way round) because `git commit` reads the index
 before it takes the lock: see `_place_index`. A git command the person runs meanwhile
-either waits for memstore or makes memstore wait; neither reverts the other. A lock file
-that git holds is never removed.
+either waits for memstore or makes memstore wait. One git race remains, and memstore repairs
+it: `git commit` writes back the index it read even when it then fails (see `_place_index`
+and `commits.Committer.repair_index`). A lock file that git holds is never removed.
 
 Two pieces of git's formats are written by hand, for the goal "an edit among 10,000
 blocks costs at most 2x one among 10", where libgit2 rewrites the whole blocks tree and
@@ -21,6 +22,7 @@ import errno
 import logging
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -133,6 +135,7 @@ class GitRepo:
         self._blobs: LRU[tuple[str, str], str | None] = LRU(1024)  # (commit, path) -> blob: commits never change
         self._links = not PORTABLE  # git's locks made as hard links of a marker (see `git_lock`)
         self._tidied = False  # the temp files killed writers left are removed at this process's first commit
+        self._libgit2_index = threading.Lock()  # for `staged`, which uses the repository's own index object
         self.repo.set_ident("memstore", "memstore@agents.memstore")  # reflog lines of branch moves
         self.flush = _fsync_components(cfg.get("core.fsync"))
         self.objects = gittree.Objects(self.repo, str(self.common_dir / "objects"), self.flush)
@@ -259,6 +262,58 @@ class GitRepo:
             return commit in (self.common_dir / "shallow").read_text().split()
         except FileNotFoundError:
             return False
+
+    def changes_of(self, rel: str, limit: int, walk: int = 256) -> list[tuple[str, str | None, str | None]]:
+        """The last `limit` commits that changed `rel` on the branch (first parents, at most `walk` back),
+        newest first: (commit, the blob before it, the blob after it)."""
+        found: list[tuple[str, str | None, str | None]] = []
+        commit = self.tip()
+        for _ in range(walk):
+            if commit is None or len(found) >= limit:
+                break
+            parent = next(iter(self.parents(commit)), None)
+            before, after = (self.blob_at(parent, rel) if parent else None), self.blob_at(commit, rel)
+            if before != after:
+                found.append((commit, before, after))
+            commit = parent
+        return found
+
+    def commit_info(self, commit: str) -> tuple[Ident, Ident, str]:
+        """A commit's (author, committer, message)."""
+        made = self.repo[commit].peel(pygit2.Commit)
+        return (Ident(made.author.name, made.author.email), Ident(made.committer.name, made.committer.email),
+                made.message)
+
+    def staged(self) -> list[tuple[str, str | None, str | None]]:
+        """The index entries that differ from the branch tip: (path, blob on the branch, blob in the index)."""
+        tip = self.tip()
+        if tip is None or self._index_key() is None:
+            return []
+        with self._libgit2_index:  # one object per repository: one thread at a time
+            try:
+                index = self.repo.index
+                index.read(force=True)
+                deltas = self.repo[tip].peel(pygit2.Tree).diff_to_index(index).deltas
+            except (pygit2.GitError, OSError):  # an index being replaced, or one git itself would refuse
+                return []
+        return [(d.old_file.path if d.status == DeltaStatus.DELETED else d.new_file.path,
+                 None if d.status == DeltaStatus.ADDED else str(d.old_file.id),
+                 None if d.status == DeltaStatus.DELETED else str(d.new_file.id))
+                for d in deltas if d.status in (DeltaStatus.MODIFIED, DeltaStatus.ADDED, DeltaStatus.DELETED)]
+
+    def set_entries(self, entries: dict[str, tuple[str | None, str | None]]) -> list[str]:
+        """Set each path's index entry from the first blob to the second (None: no entry), if it still holds
+        the first; the paths set. Without file stats: git re-reads those files once. Under git's
+        `index.lock`, not waited for: CommitPending if a git command holds it."""
+        with self.git_lock(self.git_dir / "index.lock", "a git command", 0.0):
+            index = self._read_index()
+            now = {rel: staged for rel, _, staged in self.staged()}
+            done = [rel for rel, (was, _) in entries.items() if now.get(rel, "unchanged") == was]
+            for rel in done:
+                index = self._new_index(index, rel, entries[rel][1], None)
+            if done and index is not None:
+                self._place_index(index)
+        return done
 
     # -- committing ----------------------------------------------------------------------
 
@@ -533,6 +588,10 @@ class GitRepo:
         finally:
             os.close(fd)
 
+    def index_is_own(self) -> bool:
+        """Whether the index in place is the one this process placed last (so nobody has written it since)."""
+        return self._index_cache is not None and self._index_key() == self._index_cache[0]
+
     def _read_index(self) -> bytes | None:
         """The index's bytes; the last ones read or written are kept while that version is in place.
 
@@ -594,7 +653,9 @@ class GitRepo:
         branch moved first (git's own order), a person's commit that read the new HEAD and
         the old index would commit the old entry back over the agent's edit. With the index
         placed first, a commit that read the old index read the old HEAD too, and its
-        compare-and-swap of the branch fails (tests/test_concurrency.py).
+        compare-and-swap of the branch fails (tests/test_concurrency.py). Before it fails, such
+        a commit has already written back the index it read: `Committer.repair_index` puts
+        that entry right again.
         """
         st = write_atomic(self.git_dir / "index", data, self.git_dir, flush="index" in self.flush,
                           tmp_name="memstore-index")

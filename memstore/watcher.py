@@ -3,7 +3,9 @@
 Events are collected per file and handled once the file has been quiet for a moment
 (editors save with several events: write a temp file, rename it over, touch a backup).
 Only `blocks/<name>.md` and `agents/<name>.md` count; swap, backup and temp files never
-match a block or agent name. Each settled file goes through `handedits.pick_up`, which
+match a block or agent name. git's index is watched too: an entry a racing `git commit` put
+back to before memstore's commit is set to the branch's again within a moment
+(`Committer.repair_index`), before the person's next commit could undo an agent's edit. Each settled file goes through `handedits.pick_up`, which
 commits a valid hand edit once however many watchers see it. Every settled change, from
 any writer, is also reported to `on_change`, which the MCP server turns into resource
 notifications.
@@ -34,6 +36,7 @@ log = logging.getLogger("memstore.watcher")
 DEBOUNCE = 0.15  # seconds a file must stay quiet before it is handled
 DELETE_GRACE = 1.5  # seconds a file must stay gone before its deletion is committed
 RETRY_PENDING = 0.5  # seconds between tries to commit edits a git command held up
+INDEX_SETTLE = 0.1  # seconds after git's index changes before it is looked at (changes meanwhile: one look)
 ChangeKind = str  # "updated" | "created" | "deleted"
 
 
@@ -50,6 +53,7 @@ class Watcher:
         self._seen: dict[str, str | None] = {}  # rel -> blob last reported
         self._grace: dict[str, float] = {}  # missing files -> when their deletion may be committed
         self._next_retry = 0.0  # when pending edits are next tried
+        self._index_due: float | None = None  # when git's index, changed since, is next looked at
         self.ready = threading.Event()  # set once the start-up scan is done
         self._cond = threading.Condition()
         self._stopping = False
@@ -62,6 +66,9 @@ class Watcher:
         for folder in (self.store.ws.blocks_dir, self.store.ws.agents_dir):
             folder.mkdir(exist_ok=True)
             self._observer.schedule(handler, str(folder), recursive=False)
+        git_dir = self.store.ws.git.git_dir
+        self._observer.schedule(_IndexHandler(git_dir / "index", self._index_touched), str(git_dir),
+                                recursive=False)
         self._remember_current()
         self._observer.start()
         self._worker.start()  # it first looks for waiting hand edits, so a server's start is not delayed
@@ -86,6 +93,25 @@ class Watcher:
             self._due[rel] = time.monotonic() + self.debounce
             self._cond.notify_all()
 
+    def _index_touched(self) -> None:
+        with self._cond:
+            if self._index_due is None:
+                self._index_due = time.monotonic() + INDEX_SETTLE
+                self._cond.notify_all()
+
+    def _index_ready(self) -> bool:
+        with self._cond:
+            due = self._index_due is not None and self._index_due <= time.monotonic()
+            if due:
+                self._index_due = None
+            return due
+
+    def _repair_index(self) -> None:
+        try:
+            self.store.commits.repair_index()
+        except (MemstoreError, OSError) as exc:  # a lock held long: the next change of the index tries again
+            self._record_error("(git's index)", exc)
+
     def _run(self) -> None:
         try:
             for rel in self._pending_at_start():
@@ -106,6 +132,8 @@ class Watcher:
                     del self._due[rel]
             for rel in ready:
                 self._handle(rel)
+            if self._index_ready():
+                self._repair_index()
             if self._retry_due():
                 self._retry_pending()
 
@@ -128,10 +156,11 @@ class Watcher:
 
     def _ready(self) -> bool:
         now = time.monotonic()
-        return any(due <= now for due in self._due.values())
+        return any(due <= now for due in (*self._due.values(), self._index_due or now + 1))
 
     def _wait_time(self) -> float | None:
-        due = max(0.0, min(self._due.values()) - time.monotonic()) if self._due else None
+        times = [*self._due.values(), *([self._index_due] if self._index_due is not None else [])]
+        due = max(0.0, min(times) - time.monotonic()) if times else None
         if self.store.commits.pending_files():
             retry = max(0.0, self._next_retry - time.monotonic())
             due = retry if due is None else min(due, retry)
@@ -216,6 +245,18 @@ def _log_pick_up(result: PickUp) -> None:
     log.info("%s: %s by hand, commit %s", result.path, result.action, (result.version or "?")[:12])
     if result.notice:
         log.warning("%s", result.notice)
+
+
+class _IndexHandler(FileSystemEventHandler):
+    """Calls `touched` when git's index is written (git renames `index.lock` over it)."""
+
+    def __init__(self, index: Path, touched: Callable[[], None]) -> None:
+        self.index = str(index)
+        self.touched = touched
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if not event.is_directory and self.index in (str(event.src_path), str(getattr(event, "dest_path", ""))):
+            self.touched()
 
 
 class _Handler(FileSystemEventHandler):

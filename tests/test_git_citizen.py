@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -1152,6 +1154,99 @@ def test_a_git_commit_that_read_the_index_during_an_edit_never_reverts_it(
     assert "agent line" in git(ws_path, "show", "HEAD:blocks/org.md")  # whether or not the person's commit won
     if moved.returncode == 0:
         assert "notes.txt" in git(ws_path, "ls-tree", "--name-only", "HEAD")
+
+
+def _race_a_git_commit(ws: Path, edit: Callable[[], object]) -> None:
+    """What a `git commit` that read the index just before memstore's commit does once memstore lets go
+    of `index.lock`: it writes back the index it read, then fails (the branch moved)."""
+    stale = (ws / ".git/index").read_bytes()
+    edit()
+    (ws / ".git/index.lock").write_bytes(stale)
+    os.replace(ws / ".git/index.lock", ws / ".git/index")
+    assert git(ws, "diff", "--cached", "--name-only").strip() == "blocks/org.md"  # the agent's line unstaged
+
+
+def test_an_index_a_racing_git_commit_wrote_back_is_repaired_before_the_persons_next_commit(
+        store: Store, ws_path: Path) -> None:
+    from memstore.watcher import Watcher
+
+    store, actor = agent_store(store)
+    with Watcher(store) as watcher:
+        watcher.ready.wait(10)
+        _race_a_git_commit(ws_path, lambda: store.memory_insert("org", "agent line", actor=actor))
+        deadline = time.monotonic() + 10
+        while git(ws_path, "diff", "--cached", "--name-only").strip() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    (ws_path / "notes.txt").write_text("mine\n")
+    git(ws_path, "add", "notes.txt")
+    git(ws_path, "commit", "-qm", "person's own commit")
+    assert "agent line" in git(ws_path, "show", "HEAD:blocks/org.md")  # the person's commit undid nothing
+    # without a watcher, the next memstore operation repairs it
+    _race_a_git_commit(ws_path, lambda: store.memory_insert("org", "second line", actor=actor))
+    Store.open(ws_path)
+    assert git(ws_path, "diff", "--cached", "--name-only").strip() == ""
+    assert_clean_repo(ws_path)
+
+
+@pytest.mark.skipif(not shutil.which("strace") or sys.platform != "linux", reason="strace delays git (Linux)")
+def test_a_real_git_commit_that_loses_the_race_to_an_agent_never_undoes_its_edit(store: Store, ws_path: Path) -> None:
+    """The race with real git: the person's `git commit` is held (by strace) between reading the index and
+    taking `index.lock` while an agent commits; it writes its stale index back and fails. The watcher sets
+    the entry right again, so the person's next commit keeps the agent's line."""
+    from memstore.watcher import Watcher
+
+    store, actor = agent_store(store)
+    (ws_path / "notes.txt").write_text("mine\n")
+    git(ws_path, "add", "notes.txt")
+    with Watcher(store) as watcher:
+        watcher.ready.wait(10)
+        person = subprocess.Popen(
+            ["strace", "-f", "-qq", "-o", os.devnull, "-P", str(ws_path / ".git/index.lock"), "-e", "trace=openat",
+             "-e", "inject=openat:delay_enter=1500000:when=1", "git", "commit", "-qm", "person's commit"],
+            cwd=ws_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.7)  # git has read HEAD and the index, and waits to create index.lock
+        store.memory_insert("org", "agent line", actor=actor)
+        _, err = person.communicate(timeout=30)
+        if person.returncode == 0 or "cannot lock ref" not in err:
+            pytest.skip(f"the race did not happen here (strace: {err.strip()[:200]})")
+        deadline = time.monotonic() + 10
+        while git(ws_path, "diff", "--cached", "--name-only").strip() != "notes.txt" and time.monotonic() < deadline:
+            time.sleep(0.02)
+    git(ws_path, "commit", "-qm", "person's commit, again")
+    assert "agent line" in git(ws_path, "show", "HEAD:blocks/org.md")
+    assert git(ws_path, "log", "-1", "--format=%s", "--", "blocks/org.md").strip() == "memory_insert org"
+    assert_clean_repo(ws_path)
+
+
+def test_an_edit_a_racing_git_commit_undid_is_restored_under_its_agent(store: Store, ws_path: Path) -> None:
+    """The person committed before the index was repaired: the branch lost the line, the file kept it.
+    memstore commits it back as a restore by the agent, not as the person's hand edit."""
+    store, actor = agent_store(store)
+    _race_a_git_commit(ws_path, lambda: store.memory_insert("org", "agent line", actor=actor))
+    (ws_path / "notes.txt").write_text("mine\n")
+    git(ws_path, "add", "notes.txt")
+    git(ws_path, "commit", "-qm", "person's own commit")
+    assert "agent line" not in git(ws_path, "show", "HEAD:blocks/org.md")
+    store = Store.open(ws_path)
+    store.memory_insert("org", "next line", actor=actor)
+    subjects = git(ws_path, "log", "-3", "--format=%an|%s").splitlines()
+    assert subjects[0] == "agent1|memory_insert org"
+    assert subjects[1].startswith("agent1|Restore memory_insert org (commit ")
+    assert subjects[2] == f"{PERSON_NAME}|person's own commit"
+    authors, author = {}, ""
+    for line in git(ws_path, "blame", "--line-porcelain", "blocks/org.md").splitlines():
+        if line.startswith("author "):
+            author = line.removeprefix("author ")
+        elif line.startswith("\t"):
+            authors[line[1:]] = author
+    assert authors["agent line"] == "agent1"  # git blame names the agent, not the person
+    assert "Memstore-Op: restore" in git(ws_path, "log", "-1", "--skip=1", "--format=%B")
+    # a person's own revert (the file changed with the branch) stays the person's
+    path = ws_path / "blocks/org.md"
+    path.write_text(path.read_text().replace("next line\n", ""))
+    git(ws_path, "commit", "-qam", "person drops a line")
+    assert Store.open(ws_path).commits.hand_edited("blocks/org.md", store.commits.read("blocks/org.md")) is False
+    assert_clean_repo(ws_path)
 
 
 def test_a_reflog_line_that_cannot_be_written_does_not_undo_a_made_commit(store: Store, ws_path: Path) -> None:
