@@ -32,6 +32,10 @@ from .workspace import COMMITTER, Workspace
 
 log = logging.getLogger(__name__)
 REPO_LOCK = "repo.lock"
+# git's stale-index race (`Committer.repair_index`): a racing `git commit` writes its stale index within a
+# moment of memstore's commit; memstore's commit is looked for this many commits back
+_RACE_SECONDS = 2
+_RACE_WALK = 64
 MAX_MD = 8 * 1024 * 1024  # bytes of a block or agent file: a value of 1,000,000 characters and its front matter
 
 
@@ -59,6 +63,7 @@ class _Entry:
     email: str
     message: str
     rel: str | None = None  # the file's path (a journal's name cannot always be read back: `a__b.md`)
+    group: list[str] | None = None  # the files one write changed together (`write_files`), committed as one
 
 
 class Committer:
@@ -128,14 +133,22 @@ class Committer:
     def locked_files(self, rels: Iterable[str]) -> Iterator[dict[str, bytes | None]]:
         """Hold several files' locks, in sorted order (so no two holders wait for each other: an agent's
         file comes before its blocks'); yield each one's current content (None: no such file)."""
-        rels = sorted(set(rels))
+        rels = sorted(set(rels) | self._groups_of(rels))  # a write of several files left waiting: all its files
         with self._holding(rels):
             self.ws.check_state()
             for rel in rels:
-                self._finish(rel, wait=0.0)
+                self._finish(rel, wait=0.0, held=rels)
                 if self.git.unmerged(rel):
                     raise unmerged_error(rel)
             yield {rel: self.read(rel) for rel in rels}
+
+    def _groups_of(self, rels: Iterable[str]) -> set[str]:
+        """The files of the several-file writes waiting in these files' journals."""
+        found: set[str] = set()
+        for rel in rels:
+            for entry in self._journal(rel):
+                found |= set(entry.group or ())
+        return found
 
     def write(self, rel: str, content: bytes | None, current: bytes | None, author: Ident, message: str) -> Saved:
         """Write `content` (None: delete) and commit it. Callers hold `locked(rel)`."""
@@ -154,9 +167,11 @@ class Committer:
         blobs = {rel: self._store_blob(new) for rel, (new, _) in changed.items()}
         journals = {rel: self._journal(rel) for rel in changed}
         earlier = [rel for rel, journal in journals.items() if journal]
+        # one commit of them all, also if it waits; behind earlier waiting edits, each file's part is its own
+        group = sorted(changed) if len(changed) > 1 and not earlier else None
         for rel, (_, cur) in changed.items():
             journals[rel].append(_Entry(blob_id(cur) if cur is not None else None, blobs[rel], author.name,
-                                        author.email, message, rel))
+                                        author.email, message, rel, group))
         written: dict[str, os.stat_result | None] = {}
         journaled: list[str] = []
         try:
@@ -215,20 +230,27 @@ class Committer:
             raise
 
     def _restore_of(self, rel: str, blob: str | None) -> tuple[Ident | None, str | None]:
-        """If the file's content `blob` is what a memstore commit made and the next change of `rel` on the
+        """If `rel` holds what a memstore commit made, untouched since, and the next change of `rel` on the
         branch, by a git command, undid exactly that commit: (its author, a restore message); else Nones.
 
         That is the trace of git's stale-index race (see `repair_index`) once the person committed
-        before the index was repaired: the file still holds the agent's content, the branch not.
+        before the index was repaired: the file still holds the agent's content, the branch and the
+        index do not. A file written since that commit (a person bringing the text back) is theirs.
         """
-        changes = self.git.changes_of(rel, limit=2)
-        if len(changes) < 2:
+        changes = self.git.changes_of(rel, limit=2, walk=_RACE_WALK)
+        if blob is None or len(changes) < 2:
             return None, None
         (undone_by, before, after), (made, made_before, made_after) = changes
-        if not (blob == before == made_after and after == made_before) or blob is None:
+        if not (blob == before == made_after and after == made_before):
             return None, None
-        author, committer, original = self.git.commit_info(made)
+        author, committer, original, when = self.git.commit_info(made)
         if committer != COMMITTER or self.git.commit_info(undone_by)[1] == COMMITTER:
+            return None, None
+        try:
+            untouched = os.stat(self.ws.root / rel).st_mtime <= when + _RACE_SECONDS
+        except OSError:
+            return None, None
+        if not untouched or any(path == rel for path, _, _ in self.git.staged()):
             return None, None
         subject, _, body = original.partition("\n")
         trailers = {key: value for key, _, value in (line.partition(": ") for line in body.splitlines())
@@ -245,16 +267,19 @@ class Committer:
         branch moved): git's own behaviour between any two committers. The entry then holds
         the content from before memstore's commit while the branch and the file hold
         memstore's, and the person's next commit would undo the agent's edit. Only such an
-        entry is put back: the branch's last change of the path was memstore's, the index
-        holds exactly what was there before it, and the file still holds what it committed.
+        entry is put back, and only while the index was written within seconds of that commit:
+        the branch's last change of the path was memstore's, the index holds exactly what was
+        there before it, and the file still holds what it committed. (A person who stages the
+        old content on purpose, `git reset HEAD~ -- path`, seconds after an agent's commit, sees
+        it put back; later, never.)
         """
-        if self.git.index_is_own() or not self._stale_entries():  # looked at without the lock: most often no
+        if not self._stale_entries():  # looked at without the lock first: most often nothing
             return []
         with self.locks.hold(REPO_LOCK, "the repository"):
             stale = self._stale_entries()
             try:
                 repaired = self.git.set_entries(stale) if stale else []
-            except CommitPending:  # a git command holds the index: tried again next time
+            except CommitPending:  # a git command holds the index: tried again at its next change
                 return []
         for rel in repaired:
             log.warning("%s: a git commit that raced memstore's put back the index entry from before memstore's "
@@ -264,17 +289,21 @@ class Committer:
     def _stale_entries(self) -> dict[str, tuple[str | None, str | None]]:
         """The index entries `repair_index` puts back: path -> (the stale blob, the branch's)."""
         stale: dict[str, tuple[str | None, str | None]] = {}
+        written = self.git.index_mtime()
         for rel, head, staged in self.git.staged():
-            if head is None or not rel.startswith(("blocks/", "agents/")) or self._journal(rel):
+            if head is None or written is None or not rel.startswith(("blocks/", "agents/")):
                 continue
-            last = self.git.changes_of(rel, limit=1)
-            if not last or last[0][1:] != (staged, head) or self.git.commit_info(last[0][0])[1] != COMMITTER:
-                continue
-            try:
+            try:  # the cheap tests first: a person's staged edit of a file fails them
                 data = self.read(rel)
             except FileFormatError:
                 continue
-            if data is not None and blob_id(data) == head:
+            if data is None or blob_id(data) != head or self._journal(rel):
+                continue
+            last = self.git.changes_of(rel, limit=1, walk=_RACE_WALK)
+            if not last or last[0][1:] != (staged, head):
+                continue
+            _, committer, _, when = self.git.commit_info(last[0][0])
+            if committer == COMMITTER and when - 1 <= written <= when + _RACE_SECONDS:
                 stale[rel] = (staged, head)
         return stale
 
@@ -312,18 +341,19 @@ class Committer:
     # -- committing the journal --------------------------------------------------------------
 
     def _commit_journal(self, journals: dict[str, list[_Entry]], wait: float | None,
-                        written: Mapping[str, os.stat_result | None] | None = None) -> str:
+                        written: Mapping[str, os.stat_result | None] | None = None, steps: int | None = None) -> str:
         """Commit journal entries in order, clearing each once its commit exists; the last commit.
 
         One file's journal: each entry, one commit each. Several files' journals (one write of
         several files, `write_files`, one entry each): one commit of them all. Each commit holds
         its entries' blobs, whatever the files hold now (a later entry, or a person's change on
         top, which stays in the file for the watcher or the next edit). `written`: the stat of
-        each file as its last entry wrote it, when known.
+        each file as its last entry wrote it, when known. `steps`: at most this many commits.
         """
         version = ""
         with self.locks.hold(REPO_LOCK, "the repository"):
-            while all(journals.values()):
+            while all(journals.values()) and steps != 0:
+                steps = None if steps is None else steps - 1
                 step = [(rel, journal[0].new) for rel, journal in journals.items()]
                 entry = next(iter(journals.values()))[0]
                 last = all(len(journal) == 1 for journal in journals.values())
@@ -339,9 +369,17 @@ class Committer:
                 self._made.commits = getattr(self._made, "commits", 0) + 1
         return version
 
-    def _finish(self, rel: str, wait: float | None) -> str | None:
-        """Commit the edits of `rel` a blocked or killed writer left in its journal (under the file lock)."""
+    def _finish(self, rel: str, wait: float | None, held: Iterable[str] = ()) -> str | None:
+        """Commit the edits of `rel` a blocked or killed writer left in its journal (under the file lock;
+        `held`: the files whose locks the caller holds besides)."""
         journal = self._journal(rel)
+        if journal and journal[0].group:
+            if not set(journal[0].group) <= {rel, *held}:
+                return None  # committed whole by a caller that holds all its files
+            self._finish_group(journal[0].group, wait)
+            journal = self._journal(rel)
+            if journal and journal[0].group:  # still waiting, whole
+                return None
         if not journal:
             journal = self._revived(rel)
             if not journal:
@@ -375,6 +413,57 @@ class Committer:
         except OSError as exc:
             log.warning("%s: waiting edits not committed yet: %s", rel, os_error_text(exc))
             return None
+
+    def _finish_group(self, group: list[str], wait: float | None) -> None:
+        """Finish a write of several files that a blocked or killed writer left (the caller holds them all):
+        as one commit, its files that were not written yet written from the blobs stored before it began.
+
+        When its files no longer all stand where it left them (a person's change since, a reset, a
+        later edit queued behind it), each file's part is finished on its own, as a one-file edit is.
+        """
+        journals = {rel: self._journal(rel) for rel in group}
+        entries = {rel: journal[0] if journal else None for rel, journal in journals.items()}
+        first = entries[group[0]]
+        heads = {rel: self.head_blob(rel) for rel in group}
+        disks = {rel: self._disk_blob(rel) for rel in group}
+        whole = first is not None and all(
+            e is not None and e.group == group and (e.message, e.name, e.email) == (first.message, first.name,
+                                                                                   first.email)
+            # written (a later edit of the file was made on top of it), or the file holds it or what was before
+            and (journals[rel][1].base == e.new if len(journals[rel]) > 1 else disks[rel] in (e.base, e.new))
+            for rel, e in entries.items())
+        if whole and all(heads[rel] == e.new for rel, e in entries.items() if e is not None):
+            for rel, journal in journals.items():  # committed; its writer died before clearing the journals
+                self._save_journal(rel, journal[1:])
+            return
+        if not whole or any(heads[rel] != e.base for rel, e in entries.items() if e is not None):
+            for rel, journal in journals.items():  # from here on, each file's part is its own edit
+                for entry in journal:
+                    if entry.group == group:
+                        entry.group = None
+                self._save_journal(rel, journal)
+            return
+        try:
+            for rel, entry in entries.items():
+                if entry is not None and len(journals[rel]) == 1 and disks[rel] != entry.new:
+                    self._put(rel, self.git.read_blob(entry.new) if entry.new else None)  # its writer died first
+            self._commit_journal(journals, wait=wait, steps=1)
+        except HookRefused as exc:  # refused as a waiting one-file edit is: dropped, its files put back
+            for rel, journal in journals.items():
+                self._drop_refused(rel, journal[:1], self._disk_blob(rel), exc)
+                self._save_journal(rel, journal[1:])
+        except (CommitPending, ConflictError):  # a git command's lock, or unmerged now: waits, whole
+            return
+        except OSError as exc:
+            log.warning("%s: a waiting edit of several files is not committed yet: %s", ", ".join(group),
+                        os_error_text(exc))
+
+    def _disk_blob(self, rel: str) -> str | None:
+        try:
+            data = self.read(rel)
+        except FileFormatError:
+            return "unreadable"
+        return blob_id(data) if data is not None else None
 
     def _keep_dropped(self, rel: str, journal: list[_Entry]) -> None:
         """Remember edits a git command took out of the file, in case they come back (`git stash pop`)."""
@@ -459,8 +548,9 @@ class Committer:
         waiting = []
         for rel in sorted({*self.pending_files(), *self._files_with(".dropped")}):  # dropped ones may be back
             try:
-                with self._holding([rel]):
-                    self._finish(rel, wait=wait)
+                held = sorted({rel} | self._groups_of([rel]))
+                with self._holding(held):
+                    self._finish(rel, wait=wait, held=held)
             except (MemstoreError, OSError) as exc:  # one file's trouble never stops the others, or an open
                 log.warning("%s: waiting edits not committed yet: %s", rel, exc)
             if self._journal(rel):

@@ -278,11 +278,17 @@ class GitRepo:
             commit = parent
         return found
 
-    def commit_info(self, commit: str) -> tuple[Ident, Ident, str]:
-        """A commit's (author, committer, message)."""
+    def commit_info(self, commit: str) -> tuple[Ident, Ident, str, int]:
+        """A commit's (author, committer, message, commit time)."""
         made = self.repo[commit].peel(pygit2.Commit)
         return (Ident(made.author.name, made.author.email), Ident(made.committer.name, made.committer.email),
-                made.message)
+                made.message, made.commit_time)
+
+    def index_mtime(self) -> float | None:
+        try:
+            return os.stat(self.git_dir / "index").st_mtime
+        except FileNotFoundError:
+            return None
 
     def staged(self) -> list[tuple[str, str | None, str | None]]:
         """The index entries that differ from the branch tip: (path, blob on the branch, blob in the index)."""
@@ -587,10 +593,6 @@ class GitRepo:
             return st.st_ino, st.st_size, st.st_mtime_ns, os.read(fd, 20)
         finally:
             os.close(fd)
-
-    def index_is_own(self) -> bool:
-        """Whether the index in place is the one this process placed last (so nobody has written it since)."""
-        return self._index_cache is not None and self._index_key() == self._index_cache[0]
 
     def _read_index(self) -> bytes | None:
         """The index's bytes; the last ones read or written are kept while that version is in place.

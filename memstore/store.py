@@ -868,7 +868,6 @@ class Store:
             self.commits.write(rel, render_agent(new), current, _ident(actor), message)
         return new
 
-
     def _agent_as_held(self, rel: str, current: bytes | None) -> Agent | None:
         """The agent in file `rel`, which the caller holds (None: no file); a person's uncommitted edit of it
         is committed first, under their name, so the change lands on top of it."""

@@ -111,6 +111,8 @@ class Watcher:
             self.store.commits.repair_index()
         except (MemstoreError, OSError) as exc:  # a lock held long: the next change of the index tries again
             self._record_error("(git's index)", exc)
+        except Exception as exc:  # the watcher must outlive any one look at the index  # noqa: BLE001
+            self._record_error("(git's index)", exc, detail=traceback.format_exc())
 
     def _run(self) -> None:
         try:

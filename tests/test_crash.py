@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from memstore import Store, fsutil
 
 from .conftest import assert_clean_repo, git
@@ -50,3 +52,29 @@ def test_killing_writers_loses_no_committed_edit_and_blocks_no_one(store: Store)
     authors = set(git(store.ws.root, "log", "--format=%an", "--", "blocks/crash.md").split("\n")) - {""}
     assert authors <= {"victim", "Pat Person"}  # never a killed agent's write passed off as a hand edit
     assert "Hand edit" not in git(store.ws.root, "log", "--format=%s")
+
+
+@pytest.mark.parametrize("where", ["second-write", "before-commit"])
+@pytest.mark.parametrize("op", ["delete_block", "create_agent"])
+def test_a_writer_killed_amid_an_edit_of_several_files_leaves_it_whole_in_one_commit(
+        store: Store, op: str, where: str) -> None:
+    """Killed after writing one of an edit's files (or all, before the commit), the edit is finished by
+    the next operation: every file written, and one commit, as if the writer had lived."""
+    org = store.create_block("org", "Org")
+    store.create_agent("agent1", "openai/gpt-4o-mini", block_ids=[org.id])
+    before = int(git(store.ws.root, "rev-list", "--count", "HEAD"))
+    proc = subprocess.run([sys.executable, "-m", "tests.workers", "die_amid", str(store.ws.root), op, where],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 9, proc.stderr
+    reopened = Store.open(store.ws.root)
+    assert reopened.commits.pending_files() == []
+    assert int(git(store.ws.root, "rev-list", "--count", "HEAD")) == before + 1
+    changed = sorted(git(store.ws.root, "show", "--name-status", "--format=", "HEAD").splitlines())
+    if op == "delete_block":
+        assert changed == ["D\tblocks/org.md", "M\tagents/agent1.md"]
+        assert reopened.get_agent("agent1").blocks == [] and not (store.ws.root / "blocks/org.md").exists()
+    else:
+        assert changed == ["A\tagents/agent2.md", "A\tblocks/persona.md"]
+        assert [b.label for b in reopened.agent_blocks("agent2")] == ["persona"]
+    assert git(store.ws.root, "log", "-1", "--format=%s").strip().startswith(op)
+    assert_clean_repo(store.ws.root)

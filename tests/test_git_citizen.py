@@ -321,7 +321,7 @@ def test_a_disk_that_fills_in_the_middle_of_a_several_file_edit_puts_every_file_
 
 def test_a_several_file_edit_that_waits_for_git_is_pending_in_every_file(store: Store, ws_path: Path) -> None:
     """Deleting a block attached to an agent changes two files. While git holds the index they wait, both
-    on disk and both pending; the next operation commits them under the caller's name."""
+    on disk and both pending; the next operation commits them, as one commit, under the caller's name."""
     store, _ = agent_store(store)
     lock = ws_path / ".git/index.lock"
     lock.write_bytes(b"")
@@ -334,7 +334,9 @@ def test_a_several_file_edit_that_waits_for_git_is_pending_in_every_file(store: 
     reopened = Store.open(ws_path)
     assert reopened.commits.pending_files() == []
     assert git(ws_path, "log", "--format=%an %s", f"{head.strip()}..").splitlines() == [
-        f"{PERSON_NAME} delete_block org", f"{PERSON_NAME} delete_block org"]  # one commit per file once it waited
+        f"{PERSON_NAME} delete_block org"]
+    assert sorted(git(ws_path, "show", "--name-status", "--format=", "HEAD").splitlines()) == [
+        "D\tblocks/org.md", "M\tagents/agent1.md"]
     assert_clean_repo(ws_path)
 
 

@@ -5,6 +5,9 @@
 `forever WS AGENT LABEL PREFIX`: insert lines until killed, printing each index once committed.
 `die WS AGENT LABEL TEXT WHERE`: insert TEXT but exit abruptly at WHERE (`before-write`: the edit
 is recorded, the file not written; `before-commit`: the file is written, no commit asked for).
+`die_amid WS OP WHERE`: make an edit of several files (OP: `delete_block` of `org`, `create_agent`
+`agent2` with a new block) but exit abruptly at WHERE (`second-write`: one file written, the other
+not; `before-commit`: both written, no commit asked for).
 """
 
 from __future__ import annotations
@@ -68,5 +71,31 @@ def die(ws: str, agent: str, label: str, text: str, where: str) -> None:
     store.memory_insert(label, text, actor=store.get_agent(agent).actor())
 
 
+def die_amid(ws: str, op: str, where: str) -> None:
+    import os
+
+    from memstore.commits import Committer
+    from memstore.store import new_block
+
+    if where == "second-write":
+        put, calls = Committer._put, []
+
+        def put_once(self: Committer, *args: object, **kwargs: object) -> object:
+            calls.append(args[0])
+            if len(calls) == 2:
+                os._exit(9)
+            return put(self, *args, **kwargs)  # type: ignore[arg-type]
+
+        Committer._put = put_once  # type: ignore[method-assign,assignment]
+    elif where == "before-commit":
+        Committer._commit_journal = lambda *args, **kwargs: os._exit(9)  # type: ignore[method-assign]
+    store = Store.open(ws)
+    if op == "delete_block":
+        store.delete_block("org")
+    else:
+        store.create_agent("agent2", "openai/gpt-4o-mini", new_blocks=[new_block("persona", "I help.")])
+
+
 if __name__ == "__main__":
-    {"insert": insert, "serve": serve, "forever": forever, "die": die}[sys.argv[1]](*sys.argv[2:])
+    {"insert": insert, "serve": serve, "forever": forever, "die": die, "die_amid": die_amid}[sys.argv[1]](
+        *sys.argv[2:])
