@@ -778,8 +778,9 @@ class Store:
         agent = self.get_agent(ref)
         log_rel = _log_rel(agent)
         with self.commits.locked_files([agent.path, log_rel]) as now:
-            if now[agent.path] is None:
-                raise NotFoundError(f"No agent named '{agent.name}'.")
+            current = now[agent.path]
+            if current is None or agent_from_file(current, agent.path).id != agent.id:
+                raise NotFoundError(f"Agent '{agent.name}' ({agent.id}) was deleted meanwhile.")
             self.commits.write_files({agent.path: (None, now[agent.path]), log_rel: (None, now[log_rel])},
                                      _ident(actor), self._message("delete_agent", agent, actor))
         return agent

@@ -703,3 +703,15 @@ def test_a_store_let_go_of_closes_its_lock_files(store: Store, ws_path: Path) ->
         Store.open(ws_path).memory_insert("notes", f"line {i}")
     gc.collect()
     assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def test_deleting_an_agent_never_deletes_a_new_one_of_its_name(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent is found before its file is locked; one deleted and made again meanwhile is not the one asked for."""
+    old = store.create_agent("a1", "openai/gpt-4o-mini")
+    store.delete_agent("a1")
+    new = store.create_agent("a1", "openai/gpt-4o-mini")
+    monkeypatch.setattr(store, "get_agent", lambda ref: old)  # as read just before the other writer's changes
+    with pytest.raises(NotFoundError, match="deleted meanwhile"):
+        store.delete_agent("a1")
+    monkeypatch.undo()
+    assert store.get_agent("a1").id == new.id
