@@ -167,7 +167,8 @@ def test_a_person_committing_with_git_meanwhile_neither_reverts_nor_loses_an_edi
                 assert set(added) <= taken_out, (added, taken_out)
                 taken_out -= set(added)
             else:
-                assert len(added) == 1, (author, added, patch)
+                assert len(added) == 1, (author, subject, added, patch,
+                                         git(ws, "log", "--format=%h %an %s", "--stat", "-n", "40"))
     assert not taken_out, f"taken out by a person's commit and never restored: {taken_out}"
     assert "notes/0.txt" in git(ws, "ls-files")
     assert git(ws, "diff", "--cached", "--name-only") == ""
