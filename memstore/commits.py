@@ -20,11 +20,12 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import ConflictError, FileFormatError, MemstoreError, WorkspaceError, os_error_text
+from .errors import (ConflictError, FileFormatError, LockTimeoutError, MemstoreError, WorkspaceError,
+                     os_error_text)
 from .fsutil import MAX_FILE, RefusedFile, read_regular, write_all, write_atomic
 from .gitrepo import CommitPending, GitRepo, HookRefused, Ident, blob_id, unmerged_error
 from .locks import Locks
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 REPO_LOCK = "repo.lock"
 # git's stale-index race (`Committer.repair_index`): a racing `git commit` writes its stale index within a
 # moment of memstore's commit; memstore's commit is looked for this many commits back
-_RACE_SECONDS = 2
+_RACE_SECONDS = 3
 _RACE_WALK = 64
 MAX_MD = 8 * 1024 * 1024  # bytes of a block or agent file: a value of 1,000,000 characters and its front matter
 
@@ -133,7 +134,7 @@ class Committer:
     def locked_files(self, rels: Iterable[str]) -> Iterator[dict[str, bytes | None]]:
         """Hold several files' locks, in sorted order (so no two holders wait for each other: an agent's
         file comes before its blocks'); yield each one's current content (None: no such file)."""
-        rels = sorted(set(rels) | self._groups_of(rels))  # a write of several files left waiting: all its files
+        rels = sorted(set(rels))
         with self._holding(rels):
             self.ws.check_state()
             for rel in rels:
@@ -168,7 +169,7 @@ class Committer:
         journals = {rel: self._journal(rel) for rel in changed}
         earlier = [rel for rel, journal in journals.items() if journal]
         # one commit of them all, also if it waits; behind earlier waiting edits, each file's part is its own
-        group = sorted(changed) if len(changed) > 1 and not earlier else None
+        group = list(changed) if len(changed) > 1 and not earlier else None  # in the order they are written
         for rel, (_, cur) in changed.items():
             journals[rel].append(_Entry(blob_id(cur) if cur is not None else None, blobs[rel], author.name,
                                         author.email, message, rel, group))
@@ -230,34 +231,42 @@ class Committer:
             raise
 
     def _restore_of(self, rel: str, blob: str | None) -> tuple[Ident | None, str | None]:
-        """If `rel` holds what a memstore commit made, untouched since, and the next change of `rel` on the
-        branch, by a git command, undid exactly that commit: (its author, a restore message); else Nones.
+        """If `rel` holds `blob`, what a memstore commit made, untouched since, and the next change of `rel`
+        on the branch, by a git command, undid exactly that commit: (its author, a restore message).
 
         That is the trace of git's stale-index race (see `repair_index`) once the person committed
         before the index was repaired: the file still holds the agent's content, the branch and the
         index do not. A file written since that commit (a person bringing the text back) is theirs.
         """
-        changes = self.git.changes_of(rel, limit=2, walk=_RACE_WALK)
-        if blob is None or len(changes) < 2:
-            return None, None
-        (undone_by, before, after), (made, made_before, made_after) = changes
-        if not (blob == before == made_after and after == made_before):
-            return None, None
-        author, committer, original, when = self.git.commit_info(made)
-        if committer != COMMITTER or self.git.commit_info(undone_by)[1] == COMMITTER:
+        undone = self._undone(rel, blob)
+        if undone is None:
             return None, None
         try:
-            untouched = os.stat(self.ws.root / rel).st_mtime <= when + _RACE_SECONDS
+            untouched = os.stat(self.ws.root / rel).st_mtime <= undone[2] + _RACE_SECONDS
         except OSError:
             return None, None
         if not untouched or any(path == rel for path, _, _ in self.git.staged()):
             return None, None
+        return undone[0], undone[1]
+
+    def _undone(self, rel: str, blob: str | None) -> tuple[Ident, str, int] | None:
+        """If the branch's last change of `rel`, by a git command, undid exactly a memstore commit that made
+        `blob`: (that commit's author, a message restoring it, that commit's time)."""
+        changes = self.git.changes_of(rel, limit=2, walk=_RACE_WALK)
+        if blob is None or len(changes) < 2:
+            return None
+        (undone_by, before, after), (made, made_before, made_after) = changes
+        if not (blob == before == made_after and after == made_before):
+            return None
+        author, committer, original, when = self.git.commit_info(made)
+        if committer != COMMITTER or self.git.commit_info(undone_by)[1] == COMMITTER:
+            return None
         subject, _, body = original.partition("\n")
         trailers = {key: value for key, _, value in (line.partition(": ") for line in body.splitlines())
                     if key.startswith("Memstore-")}
         message = commit_message(f"Restore {subject} (commit {undone_by[:12]} took it out, the file kept it)",
                                  {**trailers, "Memstore-Op": "restore", "Memstore-Restores": made})
-        return author, message
+        return author, message, when
 
     def repair_index(self) -> list[str]:
         """Put back index entries that a racing `git commit` took back to before memstore's commit; the paths.
@@ -354,6 +363,8 @@ class Committer:
         with self.locks.hold(REPO_LOCK, "the repository"):
             while all(journals.values()) and steps != 0:
                 steps = None if steps is None else steps - 1
+                for rel, journal in journals.items():
+                    self._restore_undone(rel, journal[0].base, wait)
                 step = [(rel, journal[0].new) for rel, journal in journals.items()]
                 entry = next(iter(journals.values()))[0]
                 last = all(len(journal) == 1 for journal in journals.values())
@@ -369,14 +380,29 @@ class Committer:
                 self._made.commits = getattr(self._made, "commits", 0) + 1
         return version
 
+    def _restore_undone(self, rel: str, base: str | None, wait: float | None) -> None:
+        """Before an edit of `rel` made on `base` is committed: if a git command took `base` out of the branch
+        since, undoing a memstore commit (git's stale-index race, `repair_index`), commit it back first as a
+        restore by its author, so the edit's commit holds only the edit. The caller holds the repository lock."""
+        if self.head_blob(rel) == base:
+            return
+        undone = self._undone(rel, base)
+        if undone is not None:
+            self.git.commit([(rel, base)], undone[0], undone[1], COMMITTER, wait=wait)
+
     def _finish(self, rel: str, wait: float | None, held: Iterable[str] = ()) -> str | None:
         """Commit the edits of `rel` a blocked or killed writer left in its journal (under the file lock;
         `held`: the files whose locks the caller holds besides)."""
         journal = self._journal(rel)
         if journal and journal[0].group:
-            if not set(journal[0].group) <= {rel, *held}:
-                return None  # committed whole by a caller that holds all its files
-            self._finish_group(journal[0].group, wait)
+            group = journal[0].group
+            with ExitStack() as stack:  # the group's other files, if free now: never waited for while holding
+                try:  # locks (so no order of taking them can deadlock), and never this thread's own again
+                    for other in sorted(set(group) - {rel, *held}):
+                        stack.enter_context(self.locks.hold(self.locks.file(other), other, timeout=0))
+                except LockTimeoutError:
+                    return None  # left waiting, whole, for whoever holds them all (`finish_all`)
+                self._finish_group(group, wait)
             journal = self._journal(rel)
             if journal and journal[0].group:  # still waiting, whole
                 return None
@@ -391,6 +417,8 @@ class Committer:
             # its writer died before the file changed, or (one edit) a `git stash` took it out
             unwritten.append(journal.pop())
         head = self.head_blob(rel)
+        if journal and journal[0].base != head and self._undone(rel, journal[0].base) is not None:
+            head = journal[0].base  # a racing git commit took it out: restored before the journal is committed
         while journal and journal[0].base != head and any(e.new == head for e in journal):
             journal.pop(0)  # committed; its writer died before clearing it
         if not journal or journal[0].base != head or (disk_blob == head and disk_blob != journal[-1].new):
@@ -426,12 +454,15 @@ class Committer:
         first = entries[group[0]]
         heads = {rel: self.head_blob(rel) for rel in group}
         disks = {rel: self._disk_blob(rel) for rel in group}
+        written = [journals[rel][1].base == e.new if len(journals[rel]) > 1 else disks[rel] == e.new
+                   for rel, e in entries.items() if e is not None]  # (a later edit made on top of it: written)
         whole = first is not None and all(
             e is not None and e.group == group and (e.message, e.name, e.email) == (first.message, first.name,
                                                                                    first.email)
-            # written (a later edit of the file was made on top of it), or the file holds it or what was before
-            and (journals[rel][1].base == e.new if len(journals[rel]) > 1 else disks[rel] in (e.base, e.new))
-            for rel, e in entries.items())
+            and (len(journals[rel]) > 1 or disks[rel] in (e.base, e.new)) for rel, e in entries.items())
+        # a writer killed while it wrote them leaves the first files new and the rest as they were; all as
+        # they were, or another pattern, is a person's git (stash, reset, checkout): each file on its own
+        whole = whole and any(written) and written == sorted(written, reverse=True)
         if whole and all(heads[rel] == e.new for rel, e in entries.items() if e is not None):
             for rel, journal in journals.items():  # committed; its writer died before clearing the journals
                 self._save_journal(rel, journal[1:])
@@ -448,10 +479,9 @@ class Committer:
                 if entry is not None and len(journals[rel]) == 1 and disks[rel] != entry.new:
                     self._put(rel, self.git.read_blob(entry.new) if entry.new else None)  # its writer died first
             self._commit_journal(journals, wait=wait, steps=1)
-        except HookRefused as exc:  # refused as a waiting one-file edit is: dropped, its files put back
+        except HookRefused as exc:  # refused as waiting one-file edits are: dropped, the files put back
             for rel, journal in journals.items():
-                self._drop_refused(rel, journal[:1], self._disk_blob(rel), exc)
-                self._save_journal(rel, journal[1:])
+                self._drop_refused(rel, journal, self._disk_blob(rel), exc)
         except (CommitPending, ConflictError):  # a git command's lock, or unmerged now: waits, whole
             return
         except OSError as exc:
@@ -548,7 +578,7 @@ class Committer:
         waiting = []
         for rel in sorted({*self.pending_files(), *self._files_with(".dropped")}):  # dropped ones may be back
             try:
-                held = sorted({rel} | self._groups_of([rel]))
+                held = sorted({rel} | self._groups_of([rel]))  # this thread holds no lock yet: waited for in order
                 with self._holding(held):
                     self._finish(rel, wait=wait, held=held)
             except (MemstoreError, OSError) as exc:  # one file's trouble never stops the others, or an open

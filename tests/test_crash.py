@@ -63,9 +63,7 @@ def test_a_writer_killed_amid_an_edit_of_several_files_leaves_it_whole_in_one_co
     org = store.create_block("org", "Org")
     store.create_agent("agent1", "openai/gpt-4o-mini", block_ids=[org.id])
     before = int(git(store.ws.root, "rev-list", "--count", "HEAD"))
-    proc = subprocess.run([sys.executable, "-m", "tests.workers", "die_amid", str(store.ws.root), op, where],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 9, proc.stderr
+    _die_amid(store, op, where)
     reopened = Store.open(store.ws.root)
     assert reopened.commits.pending_files() == []
     assert int(git(store.ws.root, "rev-list", "--count", "HEAD")) == before + 1
@@ -78,3 +76,25 @@ def test_a_writer_killed_amid_an_edit_of_several_files_leaves_it_whole_in_one_co
         assert [b.label for b in reopened.agent_blocks("agent2")] == ["persona"]
     assert git(store.ws.root, "log", "-1", "--format=%s").strip().startswith(op)
     assert_clean_repo(store.ws.root)
+
+
+@pytest.mark.parametrize("how", [("stash", "-u"), ("reset", "--hard"), ("checkout", "--", ".")])
+def test_a_killed_writers_edit_of_several_files_that_the_person_takes_out_with_git_stays_out(
+        store: Store, how: tuple[str, ...]) -> None:
+    """After the kill, the person puts the files back with git: the half-made edit is dropped, never
+    finished over the person's action (as for an edit of one file)."""
+    org = store.create_block("org", "Org")
+    store.create_agent("agent1", "openai/gpt-4o-mini", block_ids=[org.id])
+    head = git(store.ws.root, "rev-parse", "HEAD")
+    _die_amid(store, "delete_block", "second-write")
+    git(store.ws.root, *how)
+    reopened = Store.open(store.ws.root)
+    assert git(store.ws.root, "rev-parse", "HEAD") == head
+    assert (store.ws.root / "blocks/org.md").exists() and reopened.get_agent("agent1").blocks == [org.id]
+    assert reopened.commits.pending_files() == []
+
+
+def _die_amid(store: Store, op: str, where: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "tests.workers", "die_amid", str(store.ws.root), op, where],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 9, proc.stderr

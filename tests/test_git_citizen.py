@@ -1251,6 +1251,105 @@ def test_an_edit_a_racing_git_commit_undid_is_restored_under_its_agent(store: St
     assert_clean_repo(ws_path)
 
 
+def _persons_commit_with(ws: Path, stale: bytes) -> None:
+    """The person's next commit, made with the index a racing `git commit` wrote back."""
+    (ws / ".git/index.lock").write_bytes(stale)
+    os.replace(ws / ".git/index.lock", ws / ".git/index")
+    (ws / "notes.txt").write_text("mine\n")
+    git(ws, "add", "notes.txt")
+    git(ws, "commit", "-qm", "person's own commit")
+
+
+def _log(ws: Path, n: int) -> list[str]:
+    return [line for line in git(ws, "log", f"-{n}", "--format=%an|%s", "--numstat", "--", "blocks/").splitlines()
+            if line]
+
+
+def test_an_edit_whose_line_a_racing_git_commit_takes_out_meanwhile_commits_only_itself(
+        store: Store, ws_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The person's commit with git's stale index lands while an agent's next edit is under way: the edit's
+    commit must not carry the agent's earlier line back in with it (blame would name the wrong edit, or
+    the wrong agent). The line goes back first, as a restore by its author."""
+    store, actor = agent_store(store)
+    stale = (ws_path / ".git/index").read_bytes()
+    store.memory_insert("org", "line 1", actor=actor)
+    commit_journal = store.commits._commit_journal
+
+    def person_first(*args: object, **kwargs: object) -> str:
+        monkeypatch.setattr(store.commits, "_commit_journal", commit_journal)
+        _persons_commit_with(ws_path, stale)
+        return commit_journal(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store.commits, "_commit_journal", person_first)
+    store.memory_insert("org", "line 2", actor=actor)
+    assert _log(ws_path, 3) == ["agent1|memory_insert org", "1\t0\tblocks/org.md",
+                                "agent1|Restore memory_insert org (commit " + git(
+                                    ws_path, "rev-parse", "HEAD~2").strip()[:12] + " took it out, the file kept it)",
+                                "1\t0\tblocks/org.md", f"{PERSON_NAME}|person's own commit", "0\t1\tblocks/org.md"]
+    assert_clean_repo(ws_path)
+
+
+def test_a_waiting_edit_whose_base_a_racing_git_commit_took_out_is_kept_and_its_base_restored(
+        store: Store, ws_path: Path) -> None:
+    store, actor = agent_store(store)
+    stale = (ws_path / ".git/index").read_bytes()
+    store.memory_insert("org", "line 1", actor=actor)
+    (ws_path / ".git/index.lock").write_bytes(b"")
+    assert store.memory_insert("org", "line 2", actor=actor).pending
+    (ws_path / ".git/index.lock").unlink()
+    _persons_commit_with(ws_path, stale)
+    Store.open(ws_path)  # commits what waited
+    log = _log(ws_path, 3)
+    assert log[0] == "agent1|memory_insert org" and log[2].startswith("agent1|Restore memory_insert org")
+    assert log[1] == log[3] == "1\t0\tblocks/org.md" and log[4] == f"{PERSON_NAME}|person's own commit"
+    assert git(ws_path, "show", "HEAD:blocks/org.md").endswith("line 1\nline 2\n")
+    assert_clean_repo(ws_path)
+
+
+def test_edits_of_files_of_a_waiting_several_file_edit_never_wait_for_themselves(
+        store: Store, ws_path: Path) -> None:
+    """A waiting write of several files is finished with its other files' locks only if they are free at
+    once: attaching a block to the waiting agent, or relabelling its new block, never waits for a lock its
+    own thread holds, nor for one another writer holds while it waits for this one."""
+    from memstore.store import new_block
+
+    other = store.create_block("other", "O")
+    (ws_path / ".git/index.lock").write_bytes(b"")
+    store.create_agent("A", "openai/gpt-4o-mini", new_blocks=[new_block("x", "X")])
+    assert sorted(store.commits.pending_files()) == ["agents/A.md", "blocks/x.md"]
+    started = time.monotonic()
+    store.attach_block("A", other.id)
+    store.update_block("x", label="y")
+    assert time.monotonic() - started < 30  # no wait for a lock this thread holds (the lock timeout is 120 s)
+    (ws_path / ".git/index.lock").unlink()
+    reopened = Store.open(ws_path)
+    assert reopened.commits.pending_files() == []
+    assert [b.label for b in reopened.agent_blocks("A")] == ["y", "other"]
+    assert git(ws_path, "log", "--format=%s", "-3").splitlines() == [  # the waiting one whole, then the others
+        "update_block y", "attach_block A other", "create_agent A"]
+    assert git(ws_path, "show", "--name-only", "--format=", "HEAD~2").split() == ["agents/A.md", "blocks/x.md"]
+    assert_clean_repo(ws_path)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="shell hooks")
+def test_a_waiting_several_file_edit_a_hook_refuses_later_is_dropped_whole(store: Store, ws_path: Path) -> None:
+    """As waiting edits of one file are: every file put back, nothing left for the person's name."""
+    from memstore.models import Actor
+
+    org = store.create_block("org", "Org")
+    store.create_agent("agent1", "openai/gpt-4o-mini", block_ids=[org.id])
+    (ws_path / ".git/index.lock").write_bytes(b"")
+    store.delete_block("org")  # two files, waiting
+    store.update_agent("agent1", description="queued behind it", actor=Actor.host("bot"))
+    _hook(ws_path, "pre-commit", "git diff --cached --diff-filter=D --quiet || { echo 'no deletions' >&2; exit 1; }\n")
+    (ws_path / ".git/index.lock").unlink()
+    reopened = Store.open(ws_path)  # retried: refused
+    assert reopened.commits.pending_files() == []
+    assert (ws_path / "blocks/org.md").exists() and reopened.get_agent("agent1").blocks == [org.id]
+    assert "Hand edit" not in git(ws_path, "log", "--format=%s")
+    assert_clean_repo(ws_path)
+
+
 def test_a_reflog_line_that_cannot_be_written_does_not_undo_a_made_commit(store: Store, ws_path: Path) -> None:
     """Once the branch has moved the edit is committed: the result says so and the index agrees."""
     store, actor = agent_store(store)
