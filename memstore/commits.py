@@ -37,6 +37,7 @@ REPO_LOCK = "repo.lock"
 # moment of memstore's commit; memstore's commit is looked for this many commits back
 _RACE_SECONDS = 3
 _RACE_WALK = 64
+_RACE_COMMITS = 8  # memstore commits one racing `git commit` may take out at once
 MAX_MD = 8 * 1024 * 1024  # bytes of a block or agent file: a value of 1,000,000 characters and its front matter
 
 
@@ -213,11 +214,13 @@ class Committer:
         """
         blob = self._store_blob(current)
         earlier = self._journal(rel)  # edits still waiting for a git command: theirs come first, under their authors
-        author, message = (None, None) if earlier else self._restore_of(rel, blob)
-        author = author or self.ws.person
-        message = message or commit_message(subject, {**trailers, "Memstore-Author-Kind": "person"})
-        journal = [*earlier, _Entry(earlier[-1].new if earlier else self.head_blob(rel), blob, author.name,
-                                    author.email, message, rel)]
+        base = earlier[-1].new if earlier else self.head_blob(rel)
+        restores = [] if earlier else self._restore_of(rel, blob)
+        entries = [_Entry(before, after, author.name, author.email, message, rel)
+                   for before, after, author, message in restores] or [
+            _Entry(base, blob, self.ws.person.name, self.ws.person.email,
+                   commit_message(subject, {**trailers, "Memstore-Author-Kind": "person"}), rel)]
+        journal = [*earlier, *entries]
         try:
             self._save_journal(rel, journal)
             return None if earlier else self._commit_journal({rel: journal}, wait=None)
@@ -230,43 +233,53 @@ class Committer:
             self._save_journal(rel, earlier)  # refused (unmerged, a hook): it stays an uncommitted hand edit
             raise
 
-    def _restore_of(self, rel: str, blob: str | None) -> tuple[Ident | None, str | None]:
-        """If `rel` holds `blob`, what a memstore commit made, untouched since, and the next change of `rel`
-        on the branch, by a git command, undid exactly that commit: (its author, a restore message).
+    def _restore_of(self, rel: str, blob: str | None) -> list[tuple[str | None, str | None, Ident, str]]:
+        """If `rel` holds `blob`, untouched since memstore committed it, and a git command's commit then took
+        memstore's last commits of it out of the branch: the restores (`_undone`); else none.
 
         That is the trace of git's stale-index race (see `repair_index`) once the person committed
-        before the index was repaired: the file still holds the agent's content, the branch and the
-        index do not. A file written since that commit (a person bringing the text back) is theirs.
+        before the index was repaired: the file still holds the agents' content, the branch and the
+        index do not. A file written since (a person bringing the text back) is theirs.
         """
-        undone = self._undone(rel, blob)
-        if undone is None:
-            return None, None
+        undone, when = self._undone(rel, blob)
+        if not undone:
+            return []
         try:
-            untouched = os.stat(self.ws.root / rel).st_mtime <= undone[2] + _RACE_SECONDS
+            untouched = os.stat(self.ws.root / rel).st_mtime <= when + _RACE_SECONDS
         except OSError:
-            return None, None
+            return []
         if not untouched or any(path == rel for path, _, _ in self.git.staged()):
-            return None, None
-        return undone[0], undone[1]
+            return []
+        return undone
 
-    def _undone(self, rel: str, blob: str | None) -> tuple[Ident, str, int] | None:
-        """If the branch's last change of `rel`, by a git command, undid exactly a memstore commit that made
-        `blob`: (that commit's author, a message restoring it, that commit's time)."""
-        changes = self.git.changes_of(rel, limit=2, walk=_RACE_WALK)
-        if blob is None or len(changes) < 2:
-            return None
-        (undone_by, before, after), (made, made_before, made_after) = changes
-        if not (blob == before == made_after and after == made_before):
-            return None
-        author, committer, original, when = self.git.commit_info(made)
-        if committer != COMMITTER or self.git.commit_info(undone_by)[1] == COMMITTER:
-            return None
-        subject, _, body = original.partition("\n")
-        trailers = {key: value for key, _, value in (line.partition(": ") for line in body.splitlines())
-                    if key.startswith("Memstore-")}
-        message = commit_message(f"Restore {subject} (commit {undone_by[:12]} took it out, the file kept it)",
-                                 {**trailers, "Memstore-Op": "restore", "Memstore-Restores": made})
-        return author, message, when
+    def _undone(self, rel: str, blob: str | None) -> tuple[list[tuple[str | None, str | None, Ident, str]], int]:
+        """If the branch's last change of `rel`, by a git command, took out exactly memstore's commits of it
+        that led to `blob` (git's stale-index race can take out several): each of them again, oldest
+        first, as (from blob, to blob, its author, a message restoring it), and the time of the last
+        of them; else none."""
+        changes = self.git.changes_of(rel, limit=_RACE_COMMITS + 1, walk=_RACE_WALK)
+        if blob is None or not changes or changes[0][1] != blob:
+            return [], 0
+        undone_by, _, back_to = changes[0]
+        if self.git.commit_info(undone_by)[1] == COMMITTER:
+            return [], 0
+        restores: list[tuple[str | None, str | None, Ident, str]] = []
+        expected, last = blob, 0
+        for made, before, after in changes[1:]:
+            author, committer, original, when = self.git.commit_info(made)
+            if committer != COMMITTER or after != expected:
+                return [], 0
+            last = last or when
+            subject, _, body = original.partition("\n")
+            trailers = {key: value for key, _, value in (line.partition(": ") for line in body.splitlines())
+                        if key.startswith("Memstore-")}
+            restores.insert(0, (before, after, author, commit_message(
+                f"Restore {subject} (commit {undone_by[:12]} took it out, the file kept it)",
+                {**trailers, "Memstore-Op": "restore", "Memstore-Restores": made})))
+            if before == back_to:
+                return restores, last
+            expected = before
+        return [], 0
 
     def repair_index(self) -> list[str]:
         """Put back index entries that a racing `git commit` took back to before memstore's commit; the paths.
@@ -386,9 +399,8 @@ class Committer:
         restore by its author, so the edit's commit holds only the edit. The caller holds the repository lock."""
         if self.head_blob(rel) == base:
             return
-        undone = self._undone(rel, base)
-        if undone is not None:
-            self.git.commit([(rel, base)], undone[0], undone[1], COMMITTER, wait=wait)
+        for _, after, author, message in self._undone(rel, base)[0]:
+            self.git.commit([(rel, after)], author, message, COMMITTER, wait=wait)
 
     def _finish(self, rel: str, wait: float | None, held: Iterable[str] = ()) -> str | None:
         """Commit the edits of `rel` a blocked or killed writer left in its journal (under the file lock;
@@ -417,7 +429,7 @@ class Committer:
             # its writer died before the file changed, or (one edit) a `git stash` took it out
             unwritten.append(journal.pop())
         head = self.head_blob(rel)
-        if journal and journal[0].base != head and self._undone(rel, journal[0].base) is not None:
+        if journal and journal[0].base != head and self._undone(rel, journal[0].base)[0]:
             head = journal[0].base  # a racing git commit took it out: restored before the journal is committed
         while journal and journal[0].base != head and any(e.new == head for e in journal):
             journal.pop(0)  # committed; its writer died before clearing it

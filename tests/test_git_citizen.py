@@ -1289,6 +1289,23 @@ def test_an_edit_whose_line_a_racing_git_commit_takes_out_meanwhile_commits_only
     assert_clean_repo(ws_path)
 
 
+def test_several_edits_one_racing_git_commit_took_out_are_restored_each_under_its_agent(
+        store: Store, ws_path: Path) -> None:
+    store, actor = agent_store(store)
+    other = store.create_agent("agent2", "openai/gpt-4o-mini", block_ids=[store.get_block("org").id]).actor()
+    stale = (ws_path / ".git/index").read_bytes()
+    store.memory_insert("org", "line 1", actor=actor)
+    store.memory_insert("org", "line 2", actor=other)  # both within the racing git commit's window
+    _persons_commit_with(ws_path, stale)
+    assert "line 1" not in git(ws_path, "show", "HEAD:blocks/org.md")
+    Store.open(ws_path).get_block("org")  # looking at the file commits it back
+    log = _log(ws_path, 3)
+    assert [line.split(" (")[0] for line in log[::2]] == [
+        "agent2|Restore memory_insert org", "agent1|Restore memory_insert org", f"{PERSON_NAME}|person's own commit"]
+    assert log[1::2] == ["1\t0\tblocks/org.md", "1\t0\tblocks/org.md", "0\t2\tblocks/org.md"]
+    assert_clean_repo(ws_path)
+
+
 def test_a_waiting_edit_whose_base_a_racing_git_commit_took_out_is_kept_and_its_base_restored(
         store: Store, ws_path: Path) -> None:
     store, actor = agent_store(store)
