@@ -68,9 +68,19 @@ def wait_for_maintenance(ws: Path, timeout: float = 60) -> None:
         os.close(fd)
 
 
+def wait_for_gits_gc(ws: Path, timeout: float = 60) -> None:
+    """Wait until no `git gc --auto` that a person's git command started in the background runs: it
+    packs loose objects and deletes them while fsck reads them. git holds `.git/gc.pid` meanwhile."""
+    deadline = time.monotonic() + timeout
+    while (ws / ".git/gc.pid").exists():
+        assert time.monotonic() < deadline, "git's background gc never finished"
+        time.sleep(0.05)
+
+
 def assert_clean_repo(ws: Path) -> None:
     """fsck is clean and the work tree matches HEAD (nothing uncommitted, index in sync)."""
     wait_for_maintenance(ws)
+    wait_for_gits_gc(ws)
     result = subprocess.run(["git", "fsck", "--strict"], cwd=ws, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert git(ws, "status", "--porcelain") == ""
