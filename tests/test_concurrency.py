@@ -162,7 +162,8 @@ def test_a_person_committing_with_git_meanwhile_neither_reverts_nor_loses_an_edi
         assert removed in ([], [""]), (f"a commit by {author} took lines out: {removed}",
                                        git(ws, "log", "--format=%h %an %s", "--stat", "-n", "30"))
         if added and added[0].startswith("p"):
-            assert all(author == f"ag{line[1]}" for line in added), (author, added, patch)
+            assert all(author == f"ag{line[1]}" for line in added), (
+                author, subject, added, patch, git(ws, "log", "--format=%h %an %s", "--stat", "-n", "40"))
             if subject.startswith("Restore "):
                 assert set(added) <= taken_out, (added, taken_out)
                 taken_out -= set(added)
