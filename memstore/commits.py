@@ -27,7 +27,7 @@ from pathlib import Path
 from .errors import (ConflictError, FileFormatError, LockTimeoutError, MemstoreError, WorkspaceError,
                      os_error_text)
 from .fsutil import MAX_FILE, RefusedFile, read_regular, write_all, write_atomic
-from .gitrepo import CommitPending, GitRepo, HookRefused, Ident, blob_id, unmerged_error
+from .gitrepo import BranchChanged, CommitPending, GitRepo, HookRefused, Ident, blob_id, unmerged_error
 from .locks import Locks
 from .workspace import COMMITTER, Workspace
 
@@ -376,13 +376,19 @@ class Committer:
         with self.locks.hold(REPO_LOCK, "the repository"):
             while all(journals.values()) and steps != 0:
                 steps = None if steps is None else steps - 1
-                for rel, journal in journals.items():
-                    self._restore_undone(rel, journal[0].base, wait)
                 step = [(rel, journal[0].new) for rel, journal in journals.items()]
                 entry = next(iter(journals.values()))[0]
                 last = all(len(journal) == 1 for journal in journals.values())
-                version = self.git.commit(step, Ident(entry.name, entry.email), entry.message, COMMITTER,
-                                          written=written if last else None, wait=wait)
+                for attempt in range(2):
+                    for rel, journal in journals.items():
+                        self._restore_undone(rel, journal[0].base, wait)
+                    try:
+                        version = self.git.commit(step, Ident(entry.name, entry.email), entry.message, COMMITTER,
+                                                  written=written if last else None, wait=wait)
+                        break
+                    except BranchChanged:  # a racing git commit took something out meanwhile: restored first
+                        if attempt:
+                            raise
                 for rel, journal in journals.items():
                     journal.pop(0)
                     try:

@@ -384,9 +384,16 @@ class GitRepo:
 
     def _commit_here(self, changes: Sequence[tuple[str, str | None]], author: Ident, message: str,
                      committer: Ident, wait: float) -> str:
-        """Build the commit and compare-and-swap the branch to it; a git command may move it meanwhile."""
+        """Build the commit and compare-and-swap the branch to it; a git command may move it meanwhile, but
+        not change these files there (BranchChanged: the caller looks at what it did, then tries again)."""
+        first: list[str | None] | None = None
         for _ in range(10):
             tip = self.tip()
+            there = [self.blob_at(tip, rel) if tip else None for rel, _ in changes]
+            if first is not None and there != first:
+                raise BranchChanged(f"a git commit changed {', '.join(rel for rel, _ in changes)} on the branch "
+                                    "while memstore committed")
+            first = there
             tree = str(self.repo[tip].peel(pygit2.Tree).id) if tip else None
             for rel, blob in changes:
                 tree = self.objects.tree_with(tree, rel, blob)
@@ -774,6 +781,10 @@ class GitRepo:
 
 class _BranchMoved(Exception):
     """The branch is not where the commit was built on."""
+
+
+class BranchChanged(CommitPending):
+    """While memstore committed, a git command's commit changed the files being committed on the branch."""
 
 
 class HookRefused(ConflictError):

@@ -1306,6 +1306,37 @@ def test_several_edits_one_racing_git_commit_took_out_are_restored_each_under_it
     assert_clean_repo(ws_path)
 
 
+def test_a_racing_git_commit_that_lands_while_memstore_commits_is_restored_before_the_edit(
+        store: Store, ws_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """git's as-is commit lets go of index.lock before it moves the branch: the person's commit with the stale
+    index can land while memstore holds index.lock, between building its commit and moving the branch.
+    memstore then builds again on the new tip: it restores the taken-out line first, as its author's."""
+    store, actor = agent_store(store)
+    stale = (ws_path / ".git/index").read_bytes()
+    store.memory_insert("org", "line 1", actor=actor)
+    move = gitrepo.GitRepo._move_branch
+
+    def person_lands_first(self: gitrepo.GitRepo, *args: object) -> None:
+        monkeypatch.setattr(gitrepo.GitRepo, "_move_branch", move)
+        (ws_path / ".git/stale-index").write_bytes(stale)
+        env = {**os.environ, "GIT_INDEX_FILE": str(ws_path / ".git/stale-index")}
+        tree = subprocess.run(["git", "write-tree"], cwd=ws_path, env=env, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        (ws_path / ".git/stale-index").unlink()
+        made = git(ws_path, "commit-tree", tree, "-p", "HEAD", "-m", "person's own commit").strip()
+        git(ws_path, "update-ref", "HEAD", made)
+        return move(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(gitrepo.GitRepo, "_move_branch", person_lands_first)
+    result = store.memory_insert("org", "line 2", actor=actor)
+    assert result.version == git(ws_path, "rev-parse", "HEAD").strip() and not result.pending
+    log = _log(ws_path, 3)
+    assert [line.split(" (")[0] for line in log[::2]] == [
+        "agent1|memory_insert org", "agent1|Restore memory_insert org", f"{PERSON_NAME}|person's own commit"]
+    assert log[1::2] == ["1\t0\tblocks/org.md", "1\t0\tblocks/org.md", "0\t1\tblocks/org.md"]
+    assert_clean_repo(ws_path)
+
+
 def test_a_waiting_edit_whose_base_a_racing_git_commit_took_out_is_kept_and_its_base_restored(
         store: Store, ws_path: Path) -> None:
     store, actor = agent_store(store)
