@@ -261,8 +261,8 @@ class Committer:
         if blob is None or not changes or changes[0][1] != blob:
             return [], 0
         undone_by, _, back_to = changes[0]
-        if self.git.commit_info(undone_by)[1] == COMMITTER:
-            return [], 0
+        if self.git.commit_info(undone_by)[1] == COMMITTER or self._disk_blob(rel) == back_to:
+            return [], 0  # memstore's own, or the file went back too: the person's deliberate change (`commit -a`)
         restores: list[tuple[str | None, str | None, Ident, str]] = []
         expected, last = blob, 0
         for made, before, after in changes[1:]:

@@ -1337,6 +1337,22 @@ def test_a_racing_git_commit_that_lands_while_memstore_commits_is_restored_befor
     assert_clean_repo(ws_path)
 
 
+def test_lines_a_person_removes_and_commits_on_purpose_are_never_restored(store: Store, ws_path: Path) -> None:
+    """With `git commit -a` the file goes back with the branch: the person's own removal, not git's race."""
+    store, actor = agent_store(store)
+    before = (ws_path / "blocks/org.md").read_text()
+    store.memory_insert("org", "line 1", actor=actor)
+    (ws_path / ".git/index.lock").write_bytes(b"")
+    assert store.memory_insert("org", "line 2", actor=actor).pending
+    (ws_path / ".git/index.lock").unlink()
+    (ws_path / "blocks/org.md").write_text(before)
+    git(ws_path, "commit", "-qam", "person removes the agent's lines")
+    reopened = Store.open(ws_path)
+    assert "Restore" not in git(ws_path, "log", "--format=%s")
+    assert reopened.get_block("org").value == "Org: Letta" and reopened.commits.pending_files() == []
+    assert_clean_repo(ws_path)
+
+
 def test_a_waiting_edit_whose_base_a_racing_git_commit_took_out_is_kept_and_its_base_restored(
         store: Store, ws_path: Path) -> None:
     store, actor = agent_store(store)
