@@ -1337,14 +1337,20 @@ def test_a_racing_git_commit_that_lands_while_memstore_commits_is_restored_befor
     assert_clean_repo(ws_path)
 
 
-def test_lines_a_person_removes_and_commits_on_purpose_are_never_restored(store: Store, ws_path: Path) -> None:
-    """With `git commit -a` the file goes back with the branch: the person's own removal, not git's race."""
-    store, actor = agent_store(store)
-    before = (ws_path / "blocks/org.md").read_text()
+def _line_2_waits_on_line_1(store: Store, ws_path: Path) -> tuple[str, bytes]:
+    """agent1 commits "line 1", then its "line 2" waits for git's index; the file and index from before."""
+    _, actor = agent_store(store)
+    before = ((ws_path / "blocks/org.md").read_text(), (ws_path / ".git/index").read_bytes())
     store.memory_insert("org", "line 1", actor=actor)
     (ws_path / ".git/index.lock").write_bytes(b"")
     assert store.memory_insert("org", "line 2", actor=actor).pending
     (ws_path / ".git/index.lock").unlink()
+    return before
+
+
+def test_lines_a_person_removes_and_commits_on_purpose_are_never_restored(store: Store, ws_path: Path) -> None:
+    """With `git commit -a` the file goes back with the branch: the person's own removal, not git's race."""
+    before, _ = _line_2_waits_on_line_1(store, ws_path)
     (ws_path / "blocks/org.md").write_text(before)
     git(ws_path, "commit", "-qam", "person removes the agent's lines")
     reopened = Store.open(ws_path)
@@ -1355,12 +1361,7 @@ def test_lines_a_person_removes_and_commits_on_purpose_are_never_restored(store:
 
 def test_a_waiting_edit_whose_base_a_racing_git_commit_took_out_is_kept_and_its_base_restored(
         store: Store, ws_path: Path) -> None:
-    store, actor = agent_store(store)
-    stale = (ws_path / ".git/index").read_bytes()
-    store.memory_insert("org", "line 1", actor=actor)
-    (ws_path / ".git/index.lock").write_bytes(b"")
-    assert store.memory_insert("org", "line 2", actor=actor).pending
-    (ws_path / ".git/index.lock").unlink()
+    _, stale = _line_2_waits_on_line_1(store, ws_path)
     _persons_commit_with(ws_path, stale)
     Store.open(ws_path)  # commits what waited
     log = _log(ws_path, 3)
