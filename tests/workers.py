@@ -3,8 +3,6 @@
 `insert WS AGENT LABEL COUNT PREFIX GO`: wait for the file GO, then insert COUNT lines.
 `serve WS AGENT`: read `replace LABEL OLD NEW` lines on stdin, answer `ok` or `error …`.
 `forever WS AGENT LABEL PREFIX`: insert lines until killed, printing each index once committed.
-`die WS AGENT LABEL TEXT WHERE`: insert TEXT but exit abruptly at WHERE (`before-write`: the edit
-is recorded, the file not written; `before-commit`: the file is written, no commit asked for).
 `die_amid WS OP WHERE`: make an edit of several files (OP: `delete_block` of `org`, `create_agent`
 `agent2` with a new block) but exit abruptly at WHERE (`second-write`: one file written, the other
 not; `before-commit`: both written, no commit asked for).
@@ -58,19 +56,6 @@ def forever(ws: str, agent: str, label: str, prefix: str) -> None:
         i += 1
 
 
-def die(ws: str, agent: str, label: str, text: str, where: str) -> None:
-    import os
-
-    from memstore.commits import Committer
-
-    if where == "before-write":
-        Committer._put = lambda *args, **kwargs: os._exit(9)  # type: ignore[method-assign]
-    elif where == "before-commit":
-        Committer._commit_journal = lambda *args, **kwargs: os._exit(9)  # type: ignore[method-assign]
-    store = Store.open(ws)
-    store.memory_insert(label, text, actor=store.get_agent(agent).actor())
-
-
 def die_amid(ws: str, op: str, where: str) -> None:
     import os
 
@@ -97,5 +82,5 @@ def die_amid(ws: str, op: str, where: str) -> None:
 
 
 if __name__ == "__main__":
-    {"insert": insert, "serve": serve, "forever": forever, "die": die, "die_amid": die_amid}[sys.argv[1]](
+    {"insert": insert, "serve": serve, "forever": forever, "die_amid": die_amid}[sys.argv[1]](
         *sys.argv[2:])
