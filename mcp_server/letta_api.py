@@ -206,16 +206,9 @@ def with_version(body: Any, version: str | None, pending: str | None = None, sta
     return JSONResponse(to_jsonable_python(body), status_code=status, headers=headers)
 
 
-def waiting(store: Store, *paths: str) -> str | None:
-    """Why the commit of these files is pending, if it is (the write is on disk; its commit comes later)."""
-    held = [p for p in paths if store.commits.has_pending(p)]
-    return (f"{', '.join(held)}: written; the commit waits for a lock a git command holds, and is made under "
-            "the caller's name once it is let go") if held else None
-
-
-def agent_response(store: Store, agent: Agent, *written: str) -> JSONResponse:
-    """An agent, saying so when the commit of its file (or of other files `written`) is pending."""
-    return with_version(agent_json(store, agent), None, waiting(store, agent.path, *written))
+def agent_response(store: Store, agent: Agent) -> JSONResponse:
+    """An agent, saying so (`X-Memstore-Pending`) when the commit of the change is pending."""
+    return with_version(agent_json(store, agent), None, agent.pending)
 
 
 def edited(result: EditResult) -> JSONResponse:
@@ -248,7 +241,7 @@ def _add_block_routes(app: FastAPI, store: Store) -> None:
     def create_block(body: BlockCreate, request: Request) -> JSONResponse:
         block = store.create_block(body.label, body.value, limit=body.limit, read_only=body.read_only,
                                    description=body.description, metadata=body.metadata, actor=caller(request))
-        return with_version(block_json(block), block.version, waiting(store, block.path))
+        return with_version(block_json(block), block.version, block.pending)
 
     @app.get(f"{PREFIX}/blocks/", tags=["blocks"])
     @app.get(f"{PREFIX}/blocks", include_in_schema=False)
@@ -278,7 +271,7 @@ def _add_block_routes(app: FastAPI, store: Store) -> None:
     @app.get(f"{PREFIX}/blocks/{{block_id}}", tags=["blocks"])
     def get_block(block_id: str) -> JSONResponse:
         block = store.get_block(_block_id(block_id))
-        return with_version(block_json(block), block.version)
+        return with_version(block_json(block), block.version, block.pending)
 
     @app.patch(f"{PREFIX}/blocks/{{block_id}}", tags=["blocks"])
     def update_block(block_id: str, body: BlockUpdate, request: Request, if_match: IfMatch = None) -> JSONResponse:
@@ -292,7 +285,7 @@ def _add_block_routes(app: FastAPI, store: Store) -> None:
         block_id = _block_id(block_id)
         version = expected(if_match, lambda: store.get_block(block_id).version)
         block = store.delete_block(block_id, actor=caller(request), expected_version=version)
-        return with_version(block_json(block), None, waiting(store, block.path))
+        return with_version(block_json(block), None, block.pending)
 
     @app.get(f"{PREFIX}/blocks/{{block_id}}/agents", tags=["blocks"])
     def block_agents(block_id: str, limit: Limit = None, after: Cursor = None, before: Cursor = None,
@@ -338,8 +331,7 @@ def _add_agent_routes(app: FastAPI, store: Store, endpoints_allowed: bool) -> No
         agent = store.create_agent(name, model, block_ids=body.block_ids, new_blocks=inline, tools=body.tools,
                                    include_base_tools=body.include_base_tools, system=body.system,
                                    description=body.description, api_base=api_base, actor=actor)
-        made = [b.path for b in store.agent_blocks(agent.id)] if inline else []
-        return agent_response(store, agent, *made)
+        return agent_response(store, agent)
 
     @app.get(f"{PREFIX}/agents/", tags=["agents"])
     @app.get(f"{PREFIX}/agents", include_in_schema=False)
@@ -378,8 +370,7 @@ def _add_agent_routes(app: FastAPI, store: Store, endpoints_allowed: bool) -> No
     @app.delete(f"{PREFIX}/agents/{{agent_id}}", tags=["agents"])
     def delete_agent(agent_id: str, request: Request) -> JSONResponse:
         agent = store.delete_agent(_agent_id(agent_id), actor=caller(request))
-        return with_version({"message": f"Agent id={agent.id} successfully deleted"}, None,
-                            waiting(store, agent.path))
+        return with_version({"message": f"Agent id={agent.id} successfully deleted"}, None, agent.pending)
 
     core = f"{PREFIX}/agents/{{agent_id}}/core-memory/blocks"
 
@@ -400,7 +391,7 @@ def _add_agent_routes(app: FastAPI, store: Store, endpoints_allowed: bool) -> No
     @app.get(core + "/{block_label}", tags=["core memory"])
     def agent_block(agent_id: str, block_label: str) -> JSONResponse:
         block = store.agent_block(_agent_id(agent_id), block_label)
-        return with_version(block_json(block), block.version)
+        return with_version(block_json(block), block.version, block.pending)
 
     @app.patch(core + "/{block_label}", tags=["core memory"])
     def update_agent_block(agent_id: str, block_label: str, body: BlockUpdate, request: Request,

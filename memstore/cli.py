@@ -108,6 +108,14 @@ def _agent_text(agent: Agent, store: Store) -> str:
     return "\n".join(lines) + "\n---\n" + agent.system
 
 
+def _commit_text(version: str | None, pending: str | None) -> str:
+    """What became of a change's commit, as the edit commands say it."""
+    if pending:
+        return (f"written, commit pending: {pending}. The next memstore command (or a running `serve`/`watch`) "
+                "commits it.")
+    return f"committed {version[:12]}" if version else "nothing to commit"
+
+
 def _edit_text(result: EditResult) -> str:
     size = f"({result.block.chars_current}/{result.block.limit} characters)"
     if result.pending or not result.version:
@@ -255,7 +263,8 @@ def block_create(label: str, value: str | None, file: Any, limit: int | None, re
     store = Store.open(workspace)
     created = store.create_block(label, _read_value(value, file), limit=limit, read_only=read_only,
                                  description=description, metadata=_json_arg(metadata))
-    _emit(created.model_dump(), as_json, lambda: f"created {created.label} ({created.id}) in {created.path}")
+    _emit(created.model_dump(), as_json, lambda: f"created {created.label} ({created.id}) in {created.path}: "
+                                             f"{_commit_text(created.version, created.pending)}")
 
 
 def _json_arg(raw: str | None) -> Any:
@@ -296,7 +305,7 @@ def block_update(ref: str, label: str | None, description: str | None, limit: in
 def block_delete(ref: str, workspace: str | None) -> None:
     """Delete a block (its history stays in git) and detach it from every agent."""
     gone = Store.open(workspace).delete_block(ref)
-    click.echo(f"deleted {gone.label} ({gone.id})")
+    click.echo(f"deleted {gone.label} ({gone.id}): {_commit_text(gone.version, gone.pending)}")
 
 
 def _edit_command(name: str, help_text: str, *params: Callable[[F], F]) -> Callable[[F], F]:
@@ -454,7 +463,8 @@ def agent_create(name: str, model: str, blocks: tuple[str, ...], tools: tuple[st
     created = Store.open(workspace).create_agent(name, model, block_ids=list(blocks), tools=list(tools),
                                                  include_base_tools=not no_base_tools, system=system,
                                                  description=description, api_base=api_base)
-    _emit(created.model_dump(), as_json, lambda: f"created agent {created.name} ({created.id})")
+    _emit(created.model_dump(), as_json, lambda: f"created agent {created.name} ({created.id}): "
+                                             f"{_commit_text(created.version, created.pending)}")
 
 
 @agent.command("delete")
@@ -464,7 +474,7 @@ def agent_create(name: str, model: str, blocks: tuple[str, ...], tools: tuple[st
 def agent_delete(ref: str, workspace: str | None) -> None:
     """Delete an agent (its history stays in git)."""
     gone = Store.open(workspace).delete_agent(ref)
-    click.echo(f"deleted agent {gone.name} ({gone.id})")
+    click.echo(f"deleted agent {gone.name} ({gone.id}): {_commit_text(gone.version, gone.pending)}")
 
 
 @agent.command("attach")
@@ -475,7 +485,8 @@ def agent_delete(ref: str, workspace: str | None) -> None:
 def agent_attach(agent_ref: str, block_ref: str, workspace: str | None) -> None:
     """Attach a block to an agent."""
     changed = Store.open(workspace).attach_block(agent_ref, block_ref)
-    click.echo(f"{changed.name} now has {len(changed.blocks)} block(s)")
+    click.echo(f"{changed.name} now has {len(changed.blocks)} block(s): "
+               f"{_commit_text(changed.version, changed.pending)}")
 
 
 @agent.command("detach")
@@ -486,7 +497,8 @@ def agent_attach(agent_ref: str, block_ref: str, workspace: str | None) -> None:
 def agent_detach(agent_ref: str, block_ref: str, workspace: str | None) -> None:
     """Detach a block from an agent."""
     changed = Store.open(workspace).detach_block(agent_ref, block_ref)
-    click.echo(f"{changed.name} now has {len(changed.blocks)} block(s)")
+    click.echo(f"{changed.name} now has {len(changed.blocks)} block(s): "
+               f"{_commit_text(changed.version, changed.pending)}")
 
 
 @main.command("log")

@@ -24,7 +24,7 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from hashlib import sha1
@@ -110,7 +110,7 @@ def git_config(root: Path) -> dict[str, str]:
     the person's identity, hooks and signing must be what `git commit` would use.
     """
     proc = subprocess.run(["git", "config", "--list", "-z"], cwd=root, capture_output=True,
-                          stdin=subprocess.DEVNULL)
+                          stdin=subprocess.DEVNULL, check=False)
     out: dict[str, str] = {}
     for item in proc.stdout.decode("utf-8", "replace").split("\0"):
         key, _, value = item.partition("\n")
@@ -141,7 +141,8 @@ class GitRepo:
         self.objects = gittree.Objects(self.repo, str(self.common_dir / "objects"), self.flush)
         self._filters = self._has_filters(cfg)
         self._check_filter_drivers()
-        self.native_commit = self._needs_git(cfg)  # hooks or signing: `git commit` makes the commit
+        self.signs = cfg.get("commit.gpgsign", "false").lower() in ("true", "yes", "on", "1")
+        self.native_commit = self.signs or any(map(self._hook_path, _HOOKS))  # made as `git commit` makes it
 
     # -- what the repository asks of a commit --------------------------------------------
 
@@ -171,15 +172,12 @@ class GitRepo:
                     "(a clean/smudge program such as git-lfs); memstore cannot apply it. Remove that attribute "
                     "for blocks/ and agents/.")
 
-    def _needs_git(self, cfg: dict[str, str]) -> bool:
-        """Hooks to run or commits to sign: such a workspace commits through `git commit` itself."""
-        if cfg.get("commit.gpgsign", "false").lower() in ("true", "yes", "on", "1"):
-            return True
-        hooks = cfg.get("core.hookspath")
+    def _hook_path(self, name: str) -> Path | None:
+        """The git hook `name` that `git commit` would run (None: none)."""
+        hooks = self.config.get("core.hookspath")
         folder = Path(hooks).expanduser() if hooks else self.common_dir / "hooks"
-        if not folder.is_absolute():
-            folder = self.root / folder
-        return any(os.access(folder / name, os.X_OK) and (folder / name).is_file() for name in _HOOKS)
+        path = (folder if folder.is_absolute() else self.root / folder) / name
+        return path if path.is_file() and os.access(path, os.X_OK) else None
 
     def to_odb(self, rel: str, data: bytes) -> bytes:
         """A file's content as `git add` stores it (eol conversion and other built-in filters)."""
@@ -355,9 +353,10 @@ class GitRepo:
             self._place_index(new_index)
             try:
                 if self.native_commit:
-                    commit = self._commit_with_git(changes, author, message, committer, claim)
+                    commit = self._commit_with_git(changes, author, message, committer, wait, claim)
                 else:
-                    commit = self._commit_here(changes, author, message, committer, wait)
+                    commit = self._on_tip(changes, message, wait, lambda tip: self._build(
+                        tip, changes, author, message, committer))
             except BaseException:  # the commit was not made, or an interrupt came right after it
                 try:
                     landed = all(self.head_blob(rel) == blob for rel, blob in changes)
@@ -366,7 +365,7 @@ class GitRepo:
                 if not landed:  # the branch lacks the change: the index goes back to match it
                     self._put_back_index(index)
                 raise
-        if not self.native_commit:  # hooks may have changed what `git commit` committed
+        if not self.native_commit:  # hooks may have changed what was committed
             for rel, blob in changes:
                 self._blobs.get_or_make((commit, rel), lambda blob=blob: blob)
         return commit
@@ -382,10 +381,14 @@ class GitRepo:
         same = (st.st_ino, st.st_size, st.st_mtime_ns) == (written.st_ino, written.st_size, written.st_mtime_ns)
         return st if same else None
 
-    def _commit_here(self, changes: Sequence[tuple[str, str | None]], author: Ident, message: str,
-                     committer: Ident, wait: float) -> str:
-        """Build the commit and compare-and-swap the branch to it; a git command may move it meanwhile, but
-        not change these files there (BranchChanged: the caller looks at what it did, then tries again)."""
+    def _on_tip(self, changes: Sequence[tuple[str, str | None]], message: str, wait: float,
+                build: Callable[[str | None], str]) -> str:
+        """Build the commit on the branch tip (`build(tip)`) and compare-and-swap the branch to it; its id.
+
+        A git command may move the branch meanwhile (then it is built again on the new tip),
+        but not change these files there: BranchChanged, and the caller looks at what it did
+        before it tries again.
+        """
         first: list[str | None] | None = None
         for _ in range(10):
             tip = self.tip()
@@ -394,19 +397,24 @@ class GitRepo:
                 raise BranchChanged(f"a git commit changed {', '.join(rel for rel, _ in changes)} on the branch "
                                     "while memstore committed")
             first = there
-            tree = str(self.repo[tip].peel(pygit2.Tree).id) if tip else None
-            for rel, blob in changes:
-                tree = self.objects.tree_with(tree, rel, blob)
-            assert tree is not None
-            now = time.time()
-            commit = str(self.repo.create_commit(None, author.signature(now), committer.signature(now), message,
-                                                 pygit2.Oid(hex=tree), [pygit2.Oid(hex=tip)] if tip else []))
+            commit = build(tip)
             try:
                 self._move_branch(tip, commit, message, wait)
                 return commit
             except _BranchMoved:
                 continue
         raise CommitPending("the branch kept moving under another git command")
+
+    def _build(self, tip: str | None, changes: Sequence[tuple[str, str | None]], author: Ident, message: str,
+               committer: Ident) -> str:
+        """The commit of `tip`'s tree with each path set to its blob, made here (no hooks, no signing)."""
+        tree = str(self.repo[tip].peel(pygit2.Tree).id) if tip else None
+        for rel, blob in changes:
+            tree = self.objects.tree_with(tree, rel, blob)
+        assert tree is not None
+        now = time.time()
+        return str(self.repo.create_commit(None, author.signature(now), committer.signature(now), message,
+                                           pygit2.Oid(hex=tree), [pygit2.Oid(hex=tip)] if tip else []))
 
     def _move_branch(self, old: str | None, new: str, message: str, wait: float) -> None:
         """Compare-and-swap the branch from `old` to `new` as `git commit` does: under git's locks of
@@ -464,7 +472,7 @@ class GitRepo:
             time.sleep(0.01)
         claim, st = made
         try:
-            yield claim  # a process given it (`git commit` with hooks) keeps the lock claimed
+            yield claim  # a process given it (a hook, git making a commit) keeps the lock claimed
         finally:
             try:  # what the lock guarded is done (a branch moved): a lock left here is removed, unclaimed
                 _remove_if_same(lock, st)
@@ -576,10 +584,11 @@ class GitRepo:
 
     def _remove_dead_temps(self) -> None:
         """Temp files killed writers left in the git folder: new indexes and refs never renamed into
-        place, scratch indexes of `git commit`. memstore makes and uses them only while it holds
-        index.lock, as does a `git commit` it started (which keeps the claim, see `_commit_with_git`),
-        and the caller holds index.lock now: so none is in use, whatever its process id says."""
-        for kind in ("index", "ref"):
+        place, the scratch indexes and messages of commits made with hooks. memstore makes and uses
+        them only while it holds index.lock, as do the hooks it started (which keep the claim, see
+        `_commit_with_git`), and the caller holds index.lock now: so none is in use, whatever its
+        process id says."""
+        for kind in ("index", "ref", "msg"):
             for path in self.git_dir.glob(f"memstore-{kind}.*"):
                 with contextlib.suppress(OSError):
                     path.unlink()
@@ -697,61 +706,96 @@ class GitRepo:
     # -- git's own commit, for hooks and signing ------------------------------------------
 
     def _commit_with_git(self, changes: Sequence[tuple[str, str | None]], author: Ident, message: str,
-                         committer: Ident, claim: int | None = None) -> str:
-        """`git commit` of the branch tip with each path set to its blob: hooks run and signing applies, as for
-        the person.
+                         committer: Ident, wait: float, claim: int | None) -> str:
+        """The commit as `git commit` makes it, hooks run and signing applied, on the tip it was built on.
 
-        What git's own `commit --only` does, with the blobs instead of the files: the commit is
-        built from a temporary index (the tip's tree plus these changes), so it holds these
-        entries' content whatever the files hold now (a later edit, a person's change). The
-        temporary index starts as a copy of the real one, whose file stats libgit2 keeps for
-        unchanged entries, so `git commit` does not re-read every file. The caller holds the
-        real `index.lock`, as `git commit` would, hooks included.
+        Built from a temporary index (the tip's tree plus these changes, as `git commit --only`
+        builds it, with the blobs instead of the files), so it holds these entries' content
+        whatever the files hold now. Made with git's plumbing (hooks, `git commit-tree`), the
+        branch moved by memstore's compare-and-swap: `git commit` itself builds on whatever
+        HEAD it reads when it starts, and a person's commit landing between memstore's look at
+        the tip and that read was reverted by the agent's. The caller holds the real
+        `index.lock`, as `git commit` would; the hooks and git keep it claimed (`claim`), so
+        a writer killed meanwhile does not leave it to be taken for dead while they run.
         """
-        tip = self.tip()
         with self._scratch_index(self._read_index()) as (staged, tmp):
-            if tip is not None:
-                staged.read_tree(self.repo[tip].peel(pygit2.Tree))
-            else:
-                staged.clear()
-            for rel, blob in changes:
-                _set_entry(staged, rel, blob)
-            staged.write()
-            env = {**os.environ, "GIT_INDEX_FILE": str(tmp), "GIT_COMMITTER_NAME": committer.name,
-                   "GIT_COMMITTER_EMAIL": committer.email}
-            proc = subprocess.run(
-                ["git", "commit", "--quiet", "--allow-empty", "--allow-empty-message", "--no-edit",
-                 f"--author={author.name} <{author.email}>", "-F", "-"],
-                cwd=self.root, input=message.encode(), capture_output=True, env=env,
-                pass_fds=() if claim is None else (claim,),  # killed meanwhile, its `git commit` keeps index.lock
-            )
-        if proc.returncode != 0:
-            text = (proc.stderr or proc.stdout).decode("utf-8", "replace").strip()
-            # git exits 1 when a hook refuses, 128 when it dies: signing refused, or a lock or the disk
-            if proc.returncode == 1 or (proc.returncode == 128 and "sign" in text):
-                raise HookRefused(f"git commit refused the edit of {', '.join(r for r, _ in changes)}: "
-                                  f"{text[-2000:] or 'exit 1'}")
-            raise CommitPending(text.splitlines()[-1] if text else f"git commit ended with {proc.returncode}")
-        made = self.tip()
-        assert made is not None
+            env = {**os.environ, "GIT_INDEX_FILE": str(tmp), "GIT_AUTHOR_NAME": author.name,
+                   "GIT_AUTHOR_EMAIL": author.email, "GIT_COMMITTER_NAME": committer.name,
+                   "GIT_COMMITTER_EMAIL": committer.email, "GIT_EDITOR": ":"}
+            note = self.git_dir / f"memstore-msg.{os.getpid()}.{time.monotonic_ns()}"  # hooks read and edit it
+            try:
+                def build(tip: str | None) -> str:
+                    if tip is not None:
+                        staged.read_tree(self.repo[tip].peel(pygit2.Tree))
+                    else:
+                        staged.clear()
+                    for rel, blob in changes:
+                        _set_entry(staged, rel, blob)
+                    staged.write()
+                    note.write_bytes(message.encode())
+                    self._hook("pre-commit", [], env, claim, changes)
+                    self._hook("prepare-commit-msg", [str(note), "message"], env, claim, changes)
+                    self._hook("commit-msg", [str(note)], env, claim, changes)
+                    if note.read_bytes() != message.encode():  # a hook changed it: git's clean-up, as git's
+                        self._git(["stripspace"], env, claim, changes, stdin=note.read_bytes(), out=note)
+                    staged.read(force=True)  # what the pre-commit hook added
+                    tree = str(staged.write_tree(self.repo))
+                    return self._git(["commit-tree", tree, *(["-p", tip] if tip else []), *(["-S"] if self.signs
+                                      else []), "-F", str(note)],
+                                     env, claim, changes).decode().strip()
+
+                made = self._on_tip(changes, message, wait, build)
+                parent = next(iter(self.parents(made)), None)
+                self._hook("post-commit", [], env, claim, changes, check=False)
+            finally:
+                note.unlink(missing_ok=True)
         try:  # the commit is made: nothing past this point may undo the index or say it failed
-            ours = self._first_after(made, tip)
-            self._index_follows(tip, made, changes)
+            self._index_follows(parent, self.tip() or made, changes)
         except (OSError, pygit2.GitError, KeyError, ValueError) as exc:
             log.warning("commit %s made, but the index may not show what its hooks added: %s", made[:12], exc)
-            return made
-        return ours
-
-    def _first_after(self, made: str, tip: str | None) -> str:
-        """The commit `git commit` made on `tip`: `made`, or an ancestor of it when a post-commit hook
-        committed again on top."""
-        commit = made
-        for _ in range(16):
-            parents = self.parents(commit)
-            if parents[:1] == ([tip] if tip else []) or not parents:
-                return commit
-            commit = parents[0]
         return made
+
+    def _hook(self, name: str, args: list[str], env: dict[str, str], claim: int | None,
+              changes: Sequence[tuple[str, str | None]], check: bool = True) -> None:
+        """Run git hook `name` as `git commit` does, if there is one; HookRefused if it fails (and `check`)."""
+        path = self._hook_path(name)
+        if path is None:
+            return
+        # Windows cannot run a shell script itself: git runs it (through its own shell) as `git commit` would
+        argv = ["git", "hook", "run", name, "--", *args] if os.name == "nt" else [str(path), *args]
+        try:
+            try:
+                proc = subprocess.run(argv, cwd=self.root, env=env, capture_output=True, stdin=subprocess.DEVNULL,
+                                      pass_fds=() if claim is None else (claim,), check=False)
+            except OSError as exc:  # no #! line: git has `sh` run it
+                if exc.errno != errno.ENOEXEC:
+                    raise
+                proc = subprocess.run(["sh", *argv], cwd=self.root, env=env, capture_output=True,
+                                      stdin=subprocess.DEVNULL, pass_fds=() if claim is None else (claim,), check=False)
+            text = (proc.stderr + proc.stdout).decode("utf-8", "replace").strip() or f"exit {proc.returncode}"
+            failed = proc.returncode != 0
+        except OSError as exc:
+            text, failed = f"cannot run {path}: {exc.strerror or exc}", True
+        if failed and check:
+            raise HookRefused(f"the {name} hook refused the edit of {', '.join(r for r, _ in changes)}: "
+                              f"{text[-2000:]}")
+
+    def _git(self, args: list[str], env: dict[str, str], claim: int | None, changes: Sequence[tuple[str, str | None]],
+             stdin: bytes | None = None, out: Path | None = None) -> bytes:
+        """Run `git <args>`; its output (also written to `out`). Signing refused: HookRefused; else
+        CommitPending (a full disk, a lock): the edit waits."""
+        proc = subprocess.run(["git", *args], cwd=self.root, env=env, input=stdin, capture_output=True,
+                              stdin=None if stdin is not None else subprocess.DEVNULL,
+                              pass_fds=() if claim is None else (claim,), check=False)
+        if proc.returncode != 0:
+            text = proc.stderr.decode("utf-8", "replace").strip()
+            if "sign" in text:
+                raise HookRefused(f"git could not sign the commit of {', '.join(r for r, _ in changes)}: "
+                                  f"{text[-2000:]}")
+            raise CommitPending(text.splitlines()[-1] if text else f"git {args[0]} ended with {proc.returncode}")
+        if out is not None:
+            out.write_bytes(proc.stdout)
+        return proc.stdout
 
     def _index_follows(self, tip: str | None, made: str, changes: Sequence[tuple[str, str | None]]) -> None:
         """Make the real index agree with the branch for every path git's commit (and its hooks)

@@ -145,7 +145,10 @@ class Block(BaseModel):
     description: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     name: str = Field(description="file name without .md; stable for the block's life")
-    version: str | None = Field(default=None, description="commit id of the block's last change")
+    version: str | None = Field(default=None, description="commit id of the block's last change; null while the "
+                                                         "commit of an edit is pending")
+    pending: str | None = Field(default=None, description="why the commit of the block's last edit is not made yet "
+                                                         "(the next memstore operation makes it)")
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -170,6 +173,10 @@ class Agent(BaseModel):
     description: str | None = None
     system: str = ""
     api_base: str | None = None
+    version: str | None = Field(default=None, description="in the result of a change: the commit that holds it "
+                                                         "(null while it is pending)")
+    pending: str | None = Field(default=None, description="in the result of a change: why its commit is not made "
+                                                         "yet (the next memstore operation makes it)")
 
     @property
     def path(self) -> str:

@@ -66,6 +66,8 @@ from .workspace import Workspace, init_workspace, open_workspace
 DEFAULT_SYSTEM = "You are a helpful assistant with a persistent, shared memory."
 _UNREAD = object()  # `_read_block`'s default: read the file itself
 _MAINTAIN_EVERY = 250
+_WAITING = ("an edit is written and its commit waits for a lock a git command holds; the next memstore operation "
+            "makes it")
 _NAME_TRIES = 10  # a writer racing others for free file names (or for an agent list) tries again
 _MAINTAIN_GAP = 10.0  # seconds: housekeeping starts at most this often, however fast commits come
 _PARSED_CACHE = 512  # parsed block (and agent) files kept, by content
@@ -152,8 +154,9 @@ class Store:
             data = _UNREAD  # version given is the commit that holds what is read (an invalid one is not read)
         block = self._read_block(name, strict=True, data=data)
         assert block is not None
-        pending = self.commits.has_pending(rel)  # no version while the value's commit is still pending
-        return block.model_copy(update={"version": None if pending else self.last_change.get(rel)})
+        if self.commits.has_pending(rel):  # no version while the value's commit is still pending
+            return block.model_copy(update={"version": None, "pending": _WAITING})
+        return block.model_copy(update={"version": self.last_change.get(rel)})
 
     def _read_block(self, name: str, *, strict: bool = False, data: bytes | None | object = _UNREAD) -> Block | None:
         """The block in `blocks/<name>.md` (`data`: the file's bytes when the caller has just read them)."""
@@ -285,7 +288,7 @@ class Store:
                 saved = self.commits.write(rel, render_block(block), None, _ident(actor),
                                            self._message("create_block", block, actor))
             self.catalog.bump()
-            return block.model_copy(update={"version": saved.version})
+            return block.model_copy(update={"version": saved.version, "pending": saved.pending})
         raise ConflictError(f"Other writers kept taking the file names for '{block.label}'; try again.")
 
     def _new_block_files(self, blocks: list[Block]) -> dict[str, Block]:
@@ -393,9 +396,9 @@ class Store:
                     if agent is not None and block.id in agent.blocks:
                         detached = agent.model_copy(update={"blocks": [i for i in agent.blocks if i != block.id]})
                         files[path] = (render_agent(detached), now[path])
-                self.commits.write_files(files, _ident(actor), self._message("delete_block", block, actor))
+                saved = self.commits.write_files(files, _ident(actor), self._message("delete_block", block, actor))
             self.catalog.bump()
-            return block
+            return block.model_copy(update={"version": saved.version, "pending": saved.pending})
         raise ConflictError(f"Agents kept attaching block '{name}' while it was being deleted; try again.")
 
     # -- the memory edits ----------------------------------------------------------------
@@ -491,8 +494,8 @@ class Store:
             message = self._message(op, new, actor, subject_suffix)
             saved = self.commits.write(rel, data, current, _ident(actor), message)
         version = saved.version if saved.version or saved.pending else history.last_version(self.ws.git, rel)
-        return EditResult(block=new.model_copy(update={"version": version}), version=version, op=op,
-                          pending=saved.pending)
+        return EditResult(block=new.model_copy(update={"version": version, "pending": saved.pending}),
+                          version=version, op=op, pending=saved.pending)
 
     def _check_version(self, rel: str, current: bytes, block: Block, expected: str) -> None:
         """Refuse an edit made against a version that is no longer the block's current one.
@@ -708,10 +711,11 @@ class Store:
                     rel: (render_block(block), None) for rel, block in made.items()}
                 files[log_rel] = (None, now[log_rel])  # an earlier agent's of this name: a new agent starts empty
                 files[agent.path] = (render_agent(agent), None)
-                self.commits.write_files(files, _ident(actor), self._message("create_agent", agent, actor))
+                saved = self.commits.write_files(files, _ident(actor),
+                                                 self._message("create_agent", agent, actor))
             if made:
                 self.catalog.bump()
-            return agent
+            return agent.model_copy(update={"version": saved.version, "pending": saved.pending})
         raise ConflictError(f"Other writers kept taking the file names for agent '{name}'s new blocks; try again.")
 
     @contextlib.contextmanager
@@ -781,9 +785,9 @@ class Store:
             current = now[agent.path]
             if current is None or agent_from_file(current, agent.path).id != agent.id:
                 raise NotFoundError(f"Agent '{agent.name}' ({agent.id}) was deleted meanwhile.")
-            self.commits.write_files({agent.path: (None, now[agent.path]), log_rel: (None, now[log_rel])},
-                                     _ident(actor), self._message("delete_agent", agent, actor))
-        return agent
+            saved = self.commits.write_files({agent.path: (None, now[agent.path]), log_rel: (None, now[log_rel])},
+                                             _ident(actor), self._message("delete_agent", agent, actor))
+        return agent.model_copy(update={"version": saved.version, "pending": saved.pending})
 
     def attach_block(self, agent_ref: str, block_ref: str, *, actor: Actor | None = None) -> Agent:
         """Attach a block to an agent; its label must be new among the agent's blocks."""
@@ -866,8 +870,8 @@ class Store:
             new = change(agent, held)
             message = commit_message(subject, {"Memstore-Op": op, "Memstore-Agent": actor.agent_id or agent.id,
                                                "Memstore-Author-Kind": actor.kind})
-            self.commits.write(rel, render_agent(new), current, _ident(actor), message)
-        return new
+            saved = self.commits.write(rel, render_agent(new), current, _ident(actor), message)
+        return new.model_copy(update={"version": saved.version, "pending": saved.pending})
 
     def _agent_as_held(self, rel: str, current: bytes | None) -> Agent | None:
         """The agent in file `rel`, which the caller holds (None: no file); a person's uncommitted edit of it

@@ -32,7 +32,7 @@ def run(ws_path: Path):
 def test_cli_tutorial_flow(run, ws_path: Path) -> None:
     out = run("block", "create", "organization", "Organization: Letta", "--limit", "4000",
               "--description", "Shared information between all agents.")
-    assert out.startswith("created organization (block-")
+    assert out.startswith("created organization (block-") and ": committed " in out
     run("block", "create", "policies", "Be kind.", "--read-only")
     assert "created agent agent1" in run("agent", "create", "agent1", "--model", "openai/gpt-4o-mini",
                                          "--block", "organization")

@@ -326,7 +326,8 @@ def test_a_several_file_edit_that_waits_for_git_is_pending_in_every_file(store: 
     lock = ws_path / ".git/index.lock"
     lock.write_bytes(b"")
     head = git(ws_path, "rev-parse", "HEAD")
-    store.delete_block("org")
+    gone = store.delete_block("org")
+    assert gone.version is None and "index.lock" in gone.pending
     assert git(ws_path, "rev-parse", "HEAD") == head
     assert sorted(store.commits.pending_files()) == ["agents/agent1.md", "blocks/org.md"]
     assert not (ws_path / "blocks/org.md").exists() and store.get_agent("agent1").blocks == []
@@ -337,6 +338,33 @@ def test_a_several_file_edit_that_waits_for_git_is_pending_in_every_file(store: 
         f"{PERSON_NAME} delete_block org"]
     assert sorted(git(ws_path, "show", "--name-status", "--format=", "HEAD").splitlines()) == [
         "D\tblocks/org.md", "M\tagents/agent1.md"]
+    assert_clean_repo(ws_path)
+
+
+def test_creating_attaching_and_deleting_while_git_holds_the_index_say_the_commit_is_pending(
+        store: Store, ws_path: Path) -> None:
+    """Not only block edits: every change's result names its commit, or says it is pending (core, CLI)."""
+    from click.testing import CliRunner
+
+    from memstore.cli import main
+
+    store, _ = agent_store(store)
+    lock = ws_path / ".git/index.lock"
+    lock.write_bytes(b"")
+    results = [store.create_block("notes", "x"), store.create_agent("agent2", "openai/gpt-4o-mini")]
+    results += [store.attach_block("agent2", "notes"), store.detach_block("agent2", "notes"),
+                store.update_agent("agent2", description="d"), store.delete_agent("agent2")]
+    assert all(r.version is None and r.pending for r in results), results
+    assert store.get_block("notes").version is None and store.get_block("notes").pending
+    out = CliRunner().invoke(main, ["agent", "create", "agent3", "--model", "openai/gpt-4o-mini", "-w", str(ws_path)])
+    assert out.exit_code == 0 and ": written, commit pending: " in out.output, out.output
+    lock.unlink()
+    assert Store.open(ws_path).commits.pending_files() == []
+    assert sorted(git(ws_path, "log", "-7", "--format=%s").splitlines()) == [  # each file's edits in order
+        "attach_block agent2 notes", "create_agent agent2", "create_agent agent3", "create_block notes",
+        "delete_agent agent2", "detach_block agent2 notes", "update_agent agent2"]
+    done = Store.open(ws_path).attach_block("agent3", "notes")
+    assert done.version == git(ws_path, "rev-parse", "HEAD").strip() and done.pending is None
     assert_clean_repo(ws_path)
 
 
@@ -448,12 +476,17 @@ def test_hooks_run_as_under_git_commit(store: Store, ws_path: Path) -> None:
         store.memory_insert("org", "secret", actor=actor)
     assert (ws_path / "blocks/org.md").read_bytes() == before
     assert not (ws_path / "post-commit.log").exists()
+    (ws_path / ".git/hooks/pre-commit").write_text("echo 'sh ran it' >&2\nexit 1\n")  # no #! line: sh runs it
+    with pytest.raises(ConflictError, match="pre-commit hook refused .*sh ran it"):
+        store.memory_insert("org", "fine", actor=actor)
     _hook(ws_path, "pre-commit", "exit 0\n")
-    _hook(ws_path, "commit-msg", "grep -q Memstore-Op \"$1\"\n")
+    _hook(ws_path, "commit-msg", "grep -q Memstore-Op \"$1\" && printf 'Reviewed-by: hook   \\n\\n\\n' >> \"$1\"\n")
     result = store.memory_insert("org", "fine", actor=actor)
     assert result.version == git(ws_path, "rev-parse", "HEAD").strip()
     assert (ws_path / "post-commit.log").read_text() == "committed\n"  # once per commit
     assert git(ws_path, "log", "-1", "--format=%an|%cn").strip() == "agent1|memstore"
+    message = git(ws_path, "log", "-1", "--format=%B")
+    assert message.startswith("memory_insert org\n\n") and message.endswith("Reviewed-by: hook\n\n")  # git's clean-up
     (ws_path / "post-commit.log").unlink()
     assert_clean_repo(ws_path)
 
@@ -463,7 +496,7 @@ def test_hooks_run_as_under_git_commit(store: Store, ws_path: Path) -> None:
 def test_with_hooks_waiting_edits_are_committed_each_with_its_own_content(
         store: Store, ws_path: Path, persons_change: bool) -> None:
     store, actor = agent_store(store)
-    _hook(ws_path, "post-commit", "exit 0\n")  # any hook: commits go through `git commit`
+    _hook(ws_path, "post-commit", "exit 0\n")  # any hook: commits are made as `git commit` makes them
     store = Store.open(ws_path)
     (ws_path / ".git/index.lock").write_bytes(b"")
     assert store.memory_insert("org", "first", actor=actor).pending
@@ -502,6 +535,37 @@ def test_what_hooks_add_to_a_commit_reaches_the_index_too(store: Store, ws_path:
     assert_clean_repo(ws_path)
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="shell hooks")
+def test_with_hooks_a_persons_commit_landing_while_they_run_is_kept(
+        store: Store, ws_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A person's commit that lands after memstore looked at the tip (here: while the hooks run) is
+    built on, not reverted, and the result names the agent's commit."""
+    store, actor = agent_store(store)
+    _hook(ws_path, "pre-commit", f"echo run >> {ws_path}/.git/pre-commit.log\n")
+    store = Store.open(ws_path)
+    hook = gitrepo.GitRepo._hook
+
+    def lands(self: gitrepo.GitRepo, name: str, *args: object, **kwargs: object) -> None:
+        hook(self, name, *args, **kwargs)
+        if name == "pre-commit" and not (ws_path / "notes.txt").exists():  # the person's own commit, from
+            (ws_path / "notes.txt").write_text("mine\n")  # a terminal beside the agent
+            env = {**os.environ, "GIT_INDEX_FILE": str(ws_path / ".git/persons-index")}
+            for step in (["read-tree", "HEAD"], ["add", "notes.txt"]):
+                subprocess.run(["git", *step], cwd=ws_path, env=env, check=True)
+            tree = subprocess.run(["git", "write-tree"], cwd=ws_path, env=env, capture_output=True, text=True,
+                                  check=True).stdout.strip()
+            git(ws_path, "update-ref", "HEAD", git(ws_path, "commit-tree", tree, "-p", "HEAD", "-m", "mine").strip())
+
+    monkeypatch.setattr(gitrepo.GitRepo, "_hook", lands)
+    result = store.memory_insert("org", "agent line", actor=actor)
+    assert result.version == git(ws_path, "rev-parse", "HEAD").strip() and not result.pending
+    assert git(ws_path, "log", "-2", "--format=%an|%s").splitlines() == ["agent1|memory_insert org",
+                                                                         f"{PERSON_NAME}|mine"]
+    assert git(ws_path, "show", "HEAD:notes.txt") == "mine\n"  # not reverted by the agent's commit
+    assert git(ws_path, "show", "--stat", "--format=", "HEAD").split()[0] == "blocks/org.md"  # the edit alone
+    assert (ws_path / ".git/pre-commit.log").read_text() == "run\nrun\n"  # built again, hooks and all
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="shell stand-in for git")
 def test_with_hooks_a_git_that_dies_on_retry_leaves_the_waiting_edit_waiting(
         store: Store, ws_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -514,7 +578,7 @@ def test_with_hooks_a_git_that_dies_on_retry_leaves_the_waiting_edit_waiting(
     real_git = subprocess.run(["which", "git"], capture_output=True, text=True).stdout.strip()
     fake = tmp_path / "bin" / "git"
     fake.parent.mkdir()
-    fake.write_text(f'#!/bin/sh\n[ "$1" = commit ] && {{ echo "fatal: unable to write loose object file: '
+    fake.write_text(f'#!/bin/sh\n[ "$1" = commit-tree ] && {{ echo "fatal: unable to write loose object file: '
                     f'No space left on device" >&2; exit 128; }}\nexec {real_git} "$@"\n')
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
@@ -1509,26 +1573,28 @@ print(store.memory_insert("org", "agent line").version, flush=True)
 """
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="the claim is handed to `git commit` as a descriptor (Unix)")
-def test_a_writer_killed_while_its_hooks_run_leaves_its_git_commit_the_index_lock(store: Store, ws_path: Path) -> None:
-    """Killed (OOM, kill -9) during a slow pre-commit hook, a writer's `git commit` lives on: it keeps
-    index.lock claimed and its scratch index, so a writer started meanwhile waits instead of taking
-    both for a dead writer's (its commit then deleted every file)."""
+@pytest.mark.skipif(sys.platform == "win32", reason="the claim is handed to the hook as a descriptor (Unix)")
+def test_a_writer_killed_while_its_hooks_run_leaves_its_hook_the_index_lock(store: Store, ws_path: Path) -> None:
+    """Killed (OOM, kill -9) during a slow pre-commit hook, a writer's hook lives on: it keeps index.lock
+    claimed and its scratch index, so a writer started meanwhile waits instead of taking both for a
+    dead writer's (a commit built from a removed scratch index deleted every file). The killed
+    writer's edit is then committed from its journal, under its author, before the later one."""
     store, actor = agent_store(store)
     _hook(ws_path, "pre-commit", "touch .git/hook-started\nsleep 3\nexit 0\n")
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(ws_path)], cwd=ROOT, stdout=subprocess.PIPE)
     deadline = time.monotonic() + 30
-    while not (ws_path / ".git/hook-started").exists():  # its `git commit` is in the hook
+    while not (ws_path / ".git/hook-started").exists():  # its commit is in the hook
         assert time.monotonic() < deadline and writer.poll() is None
         time.sleep(0.01)
     writer.kill()
     writer.wait()
     other = Store.open(ws_path)  # a fresh process's first commit
     assert other.memory_insert("org", "other line", actor=actor).pending  # index.lock is still the orphan's
-    while other.commits.finish_all():  # once the orphan's commit is made, its lock goes, and this one follows
+    while other.commits.finish_all():  # once the orphan hook ends, its lock goes, and both edits follow
         assert time.monotonic() < deadline
         time.sleep(0.1)
     files = git(ws_path, "ls-tree", "-r", "--name-only", "HEAD").split()
     assert {"README.md", "blocks/org.md"} <= set(files)
-    assert "agent line\nother line" in git(ws_path, "show", "HEAD:blocks/org.md")  # the orphan's commit, then this
+    assert "agent line\nother line" in git(ws_path, "show", "HEAD:blocks/org.md")  # the killed writer's, then this
+    assert git(ws_path, "log", "-2", "--format=%s").splitlines() == ["memory_insert org"] * 2
     assert_clean_repo(ws_path)

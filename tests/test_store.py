@@ -567,7 +567,7 @@ def test_update_block_sets_the_value_in_one_commit_and_read_only_binds_agents(st
     assert store.get_block("policies").value == "New rules"
 
 
-def test_update_agent_and_agent_block(store: Store) -> None:
+def test_update_agent_and_agent_block(store: Store, ws_path: Path) -> None:
     org = store.create_block("organization", "Org")
     twin = store.create_block("organization", "Other org")
     agent = store.create_agent("agent1", "openai/a", block_ids=[org.id])
@@ -580,7 +580,8 @@ def test_update_agent_and_agent_block(store: Store) -> None:
                                  block_ids=[twin.id])
     assert (updated.model, updated.system, updated.tools, updated.blocks) == (
         "anthropic/claude", "Be brief.", ["web_search"], [twin.id])
-    assert store.get_agent("agent1") == updated
+    assert updated.version == git(ws_path, "rev-parse", "HEAD").strip() and updated.pending is None
+    assert store.get_agent("agent1") == updated.model_copy(update={"version": None})  # a read names no commit
 
 
 def test_a_pending_commit_has_no_version_and_fails_every_precondition(store: Store, ws_path: Path) -> None:
