@@ -22,6 +22,7 @@ import errno
 import logging
 import os
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -89,7 +90,7 @@ def open_repository(root: Path, config: dict[str, str]) -> pygit2.Repository:
                              "object on disk. Clone it without --filter.")
     for key, feature in (("core.splitindex", "a split index"), ("index.sparse", "a sparse index"),
                          ("core.sparsecheckout", "a sparse checkout")):
-        if config.get(key, "false").lower() in ("true", "yes", "on", "1"):
+        if git_bool(config.get(key)):
             raise WorkspaceError(f"{root}: the repository uses {feature} ({key}); memstore does not support it. "
                                  f"Run `git config {key} false`.")
     try:
@@ -113,10 +114,21 @@ def git_config(root: Path) -> dict[str, str]:
                           stdin=subprocess.DEVNULL, check=False)
     out: dict[str, str] = {}
     for item in proc.stdout.decode("utf-8", "replace").split("\0"):
-        key, _, value = item.partition("\n")
+        key, given, value = item.partition("\n")
         if key:
-            out[key.lower()] = value
+            out[key.lower()] = value if given else "true"  # a bare `key` line means true
     return out
+
+
+def git_bool(value: str | None) -> bool:
+    """A configuration value as git reads a boolean (true, yes, on or a non-zero number)."""
+    value = (value or "false").strip().lower()
+    if value in ("true", "yes", "on"):
+        return True
+    try:
+        return int(value, 0) != 0
+    except ValueError:
+        return False
 
 
 class GitRepo:
@@ -141,7 +153,7 @@ class GitRepo:
         self.objects = gittree.Objects(self.repo, str(self.common_dir / "objects"), self.flush)
         self._filters = self._has_filters(cfg)
         self._check_filter_drivers()
-        self.signs = cfg.get("commit.gpgsign", "false").lower() in ("true", "yes", "on", "1")
+        self.signs = git_bool(cfg.get("commit.gpgsign"))
         self.native_commit = self.signs or any(map(self._hook_path, _HOOKS))  # made as `git commit` makes it
 
     # -- what the repository asks of a commit --------------------------------------------
@@ -350,12 +362,11 @@ class GitRepo:
             for rel, blob in changes:
                 new_index = self._new_index(new_index, rel, blob, self._still(rel, written.get(rel)))
             assert new_index is not None
-            self._place_index(new_index)
             try:
                 if self.native_commit:
-                    commit = self._commit_with_git(changes, author, message, committer, wait, claim)
+                    commit = self._commit_with_git(changes, author, message, committer, wait, claim, new_index)
                 else:
-                    commit = self._on_tip(changes, message, wait, lambda tip: self._build(
+                    commit = self._on_tip(changes, message, wait, new_index, lambda tip: self._build(
                         tip, changes, author, message, committer))
             except BaseException:  # the commit was not made, or an interrupt came right after it
                 try:
@@ -381,23 +392,30 @@ class GitRepo:
         same = (st.st_ino, st.st_size, st.st_mtime_ns) == (written.st_ino, written.st_size, written.st_mtime_ns)
         return st if same else None
 
-    def _on_tip(self, changes: Sequence[tuple[str, str | None]], message: str, wait: float,
+    def _on_tip(self, changes: Sequence[tuple[str, str | None]], message: str, wait: float, index: bytes | bytearray,
                 build: Callable[[str | None], str]) -> str:
-        """Build the commit on the branch tip (`build(tip)`) and compare-and-swap the branch to it; its id.
+        """Build the commit on the branch tip (`build(tip)`), put the new `index` in place and compare-and-swap
+        the branch to it; its id.
 
         A git command may move the branch meanwhile (then it is built again on the new tip),
         but not change these files there: BranchChanged, and the caller looks at what it did
-        before it tries again.
+        before it tries again. The index goes in only once the commit is built: a person's
+        `git commit` lets go of `index.lock` before its hooks run and reads the index again
+        after them, so an index placed while memstore's own hooks ran was committed under the
+        person's name.
         """
         first: list[str | None] | None = None
         for _ in range(10):
             tip = self.tip()
             there = [self.blob_at(tip, rel) if tip else None for rel, _ in changes]
+            if first is not None and there == [blob for _, blob in changes]:
+                return tip  # a git command committed these very blobs meanwhile: the commit that holds them
             if first is not None and there != first:
                 raise BranchChanged(f"a git commit changed {', '.join(rel for rel, _ in changes)} on the branch "
                                     "while memstore committed")
             first = there
             commit = build(tip)
+            self._place_index(index)
             try:
                 self._move_branch(tip, commit, message, wait)
                 return commit
@@ -706,7 +724,7 @@ class GitRepo:
     # -- git's own commit, for hooks and signing ------------------------------------------
 
     def _commit_with_git(self, changes: Sequence[tuple[str, str | None]], author: Ident, message: str,
-                         committer: Ident, wait: float, claim: int | None) -> str:
+                         committer: Ident, wait: float, claim: int | None, index: bytes | bytearray) -> str:
         """The commit as `git commit` makes it, hooks run and signing applied, on the tip it was built on.
 
         Built from a temporary index (the tip's tree plus these changes, as `git commit --only`
@@ -744,7 +762,7 @@ class GitRepo:
                                       else []), "-F", str(note)],
                                      env, claim, changes).decode().strip()
 
-                made = self._on_tip(changes, message, wait, build)
+                made = self._on_tip(changes, message, wait, index, build)
                 parent = next(iter(self.parents(made)), None)
                 self._hook("post-commit", [], env, claim, changes, check=False)
             finally:
@@ -763,20 +781,25 @@ class GitRepo:
             return
         # Windows cannot run a shell script itself: git runs it (through its own shell) as `git commit` would
         argv = ["git", "hook", "run", name, "--", *args] if os.name == "nt" else [str(path), *args]
-        try:
+        with tempfile.TemporaryFile() as out:  # not a pipe: a job the hook leaves running (`git push &`) keeps
+            def run(cmd: list[str]) -> int:  # a pipe open, and git does not wait for it either
+                return subprocess.run(cmd, cwd=self.root, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                      stderr=subprocess.STDOUT, pass_fds=() if claim is None else (claim,),
+                                      check=False).returncode
             try:
-                proc = subprocess.run(argv, cwd=self.root, env=env, capture_output=True, stdin=subprocess.DEVNULL,
-                                      pass_fds=() if claim is None else (claim,), check=False)
-            except OSError as exc:  # no #! line: git has `sh` run it
-                if exc.errno != errno.ENOEXEC:
-                    raise
-                proc = subprocess.run(["sh", *argv], cwd=self.root, env=env, capture_output=True,
-                                      stdin=subprocess.DEVNULL, pass_fds=() if claim is None else (claim,), check=False)
-            text = (proc.stderr + proc.stdout).decode("utf-8", "replace").strip() or f"exit {proc.returncode}"
-            failed = proc.returncode != 0
-        except OSError as exc:
-            text, failed = f"cannot run {path}: {exc.strerror or exc}", True
-        if failed and check:
+                try:
+                    code = run(argv)
+                except OSError as exc:  # no #! line: git has `sh` run it
+                    if exc.errno != errno.ENOEXEC:
+                        raise
+                    code = run(["sh", *argv])
+                out.seek(0)
+                text = out.read().decode("utf-8", "replace").strip() or f"exit {code}"
+            except OSError as exc:
+                code, text = 1, f"cannot run {path}: {exc.strerror or exc}"
+        if code < 0:  # killed by a signal (the machine shutting down, the OOM killer): not a verdict
+            raise CommitPending(f"the {name} hook was killed by signal {-code}")
+        if code and check:
             raise HookRefused(f"the {name} hook refused the edit of {', '.join(r for r, _ in changes)}: "
                               f"{text[-2000:]}")
 
@@ -789,7 +812,7 @@ class GitRepo:
                               pass_fds=() if claim is None else (claim,), check=False)
         if proc.returncode != 0:
             text = proc.stderr.decode("utf-8", "replace").strip()
-            if "sign" in text:
+            if self.signs and args[0] == "commit-tree" and proc.returncode == 1:  # signing refused (else git dies: 128)
                 raise HookRefused(f"git could not sign the commit of {', '.join(r for r, _ in changes)}: "
                                   f"{text[-2000:]}")
             raise CommitPending(text.splitlines()[-1] if text else f"git {args[0]} ended with {proc.returncode}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -639,19 +640,89 @@ def test_a_persons_save_while_an_edit_waits_for_git_is_neither_hidden_nor_the_ag
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="shell stand-in for gpg")
-def test_commits_are_signed_through_the_configured_program(store: Store, ws_path: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("spelling", ["true", "2", "bare"])  # git's booleans: a bare key, or a number, is true
+def test_commits_are_signed_through_the_configured_program(store: Store, ws_path: Path, tmp_path: Path,
+                                                           spelling: str) -> None:
     store, actor = agent_store(store)
     fake = tmp_path / "fake-gpg"
     fake.write_text("#!/bin/sh\ncat >/dev/null\necho '[GNUPG:] SIG_CREATED D 1 8 00 0 X' >&2\n"
                     "printf -- '-----BEGIN PGP SIGNATURE-----\\nstand-in\\n-----END PGP SIGNATURE-----\\n'\n")
     fake.chmod(0o755)
-    git(ws_path, "config", "commit.gpgsign", "true")
+    config = ws_path / ".git/config"
+    config.write_text(config.read_text() + ("[commit]\n\tgpgsign\n" if spelling == "bare"
+                                            else f"[commit]\n\tgpgsign = {spelling}\n"))
     git(ws_path, "config", "gpg.program", str(fake))
     git(ws_path, "config", "user.signingkey", "memstore-test")
     store = Store.open(ws_path)
     store.memory_insert("org", "signed", actor=actor)
     assert "gpgsig -----BEGIN PGP SIGNATURE-----" in git(ws_path, "cat-file", "-p", "HEAD")
     assert git(ws_path, "log", "-1", "--format=%an").strip() == "agent1"
+    fake.write_text("#!/bin/sh\necho 'no secret key' >&2\nexit 2\n")  # signing refused: the edit is refused
+    head, before = git(ws_path, "rev-parse", "HEAD"), (ws_path / "blocks/org.md").read_bytes()
+    with pytest.raises(ConflictError, match="could not sign"):
+        store.memory_insert("org", "unsigned", actor=actor)
+    assert git(ws_path, "rev-parse", "HEAD") == head and (ws_path / "blocks/org.md").read_bytes() == before
+    assert store.commits.pending_files() == [] and not list((ws_path / ".git").glob("memstore-*.*"))
+    assert_clean_repo(ws_path)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="shell hooks")
+def test_a_hook_killed_by_a_signal_leaves_the_edit_waiting_not_refused(store: Store, ws_path: Path) -> None:
+    """A hook killed (the OOM killer, a shutdown) has not judged the edit: it waits, and is committed
+    under its author once the hook runs through."""
+    store, actor = agent_store(store)
+    hook = _hook(ws_path, "pre-commit", "kill -9 $$\n")
+    store = Store.open(ws_path)
+    result = store.memory_insert("org", "agent line", actor=actor)
+    assert result.version is None and "killed by signal 9" in result.pending
+    assert store.commits.pending_files() == ["blocks/org.md"]
+    assert "agent line" in (ws_path / "blocks/org.md").read_text()
+    assert Store.open(ws_path).commits.pending_files() == ["blocks/org.md"]  # killed again: still waiting, not dropped
+    hook.write_text("#!/bin/sh\nexit 0\n")
+    assert Store.open(ws_path).commits.pending_files() == []
+    assert git(ws_path, "log", "-1", "--format=%an %s").strip() == "agent1 memory_insert org"
+    assert_clean_repo(ws_path)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="shell hooks")
+def test_a_job_a_hook_leaves_running_does_not_hold_up_the_edit(store: Store, ws_path: Path) -> None:
+    """`git push &` in a post-commit hook: git does not wait for the job, nor does memstore (a pipe to the
+    hook's output stays open as long as the job runs)."""
+    store, actor = agent_store(store)
+    _hook(ws_path, "post-commit", "(sleep 30; touch .git/job-done) &\necho $! > .git/job.pid\nexit 0\n")
+    store = Store.open(ws_path)
+    try:
+        assert store.memory_insert("org", "agent line", actor=actor).version
+        assert not (ws_path / ".git/job-done").exists()  # the edit returned while the job runs
+    finally:
+        with contextlib.suppress(OSError):
+            os.kill(int((ws_path / ".git/job.pid").read_text()), 9)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="shell hooks")
+def test_a_persons_git_commit_whose_hook_ends_while_the_agents_hooks_run_holds_only_their_change(
+        store: Store, ws_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """git's as-is commit lets go of index.lock before its pre-commit hook and reads the index again after
+    it: memstore's index goes in only once its commit is built, so the person's commit holds their file
+    alone, and the agent's commit the edit."""
+    monkeypatch.setattr(gitrepo, "LOCK_WAIT", 10.0)
+    store, actor = agent_store(store)
+    _hook(ws_path, "pre-commit", 'if [ "$GIT_AUTHOR_NAME" = agent1 ]; then sleep 2; else touch .git/persons-hook; '
+                                 "sleep 1; fi\n")
+    store = Store.open(ws_path)
+    (ws_path / "notes.txt").write_text("mine\n")
+    git(ws_path, "add", "notes.txt")
+    person = subprocess.Popen(["git", "commit", "-q", "-m", "person's notes"], cwd=ws_path)
+    while not (ws_path / ".git/persons-hook").exists():
+        assert person.poll() is None
+        time.sleep(0.01)
+    result = store.memory_insert("org", "agent line", actor=actor)
+    assert person.wait() == 0  # the person's commit landed while the agent's hooks ran
+    persons = git(ws_path, "log", "-1", f"--author={PERSON_NAME}", "--format=%H").strip()
+    assert git(ws_path, "show", "--name-only", "--format=", persons).split() == ["notes.txt"]
+    assert git(ws_path, "show", "--name-only", "--format=", result.version).split() == ["blocks/org.md"]
+    assert git(ws_path, "log", "-1", "--format=%an").strip() == "agent1"
+    assert_clean_repo(ws_path)
 
 
 def test_a_shallow_clone_reads_edits_and_says_where_history_is_cut(store: Store, ws_path: Path,
