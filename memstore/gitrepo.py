@@ -741,6 +741,7 @@ class GitRepo:
                    "GIT_AUTHOR_EMAIL": author.email, "GIT_COMMITTER_NAME": committer.name,
                    "GIT_COMMITTER_EMAIL": committer.email, "GIT_EDITOR": ":"}
             note = self.git_dir / f"memstore-msg.{os.getpid()}.{time.monotonic_ns()}"  # hooks read and edit it
+            built: list[str] = []
             try:
                 def build(tip: str | None) -> str:
                     if tip is not None:
@@ -758,13 +759,15 @@ class GitRepo:
                         self._git(["stripspace"], env, claim, changes, stdin=note.read_bytes(), out=note)
                     staged.read(force=True)  # what the pre-commit hook added
                     tree = str(staged.write_tree(self.repo))
-                    return self._git(["commit-tree", tree, *(["-p", tip] if tip else []), *(["-S"] if self.signs
-                                      else []), "-F", str(note)],
-                                     env, claim, changes).decode().strip()
+                    built.append(self._git(["commit-tree", tree, *(["-p", tip] if tip else []),
+                                            *(["-S"] if self.signs else []), "-F", str(note)],
+                                           env, claim, changes).decode().strip())
+                    return built[-1]
 
                 made = self._on_tip(changes, message, wait, index, build)
                 parent = next(iter(self.parents(made)), None)
-                self._hook("post-commit", [], env, claim, changes, check=False)
+                if made in built:  # not when a git command had committed these very blobs meanwhile
+                    self._hook("post-commit", [], env, claim, changes, check=False)
             finally:
                 note.unlink(missing_ok=True)
         try:  # the commit is made: nothing past this point may undo the index or say it failed

@@ -700,6 +700,33 @@ def test_a_job_a_hook_leaves_running_does_not_hold_up_the_edit(store: Store, ws_
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="shell hooks")
+def test_an_edit_a_git_command_commits_meanwhile_is_not_committed_twice(
+        store: Store, ws_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If a git command commits the very content memstore is committing (the edit's blob, from the index)
+    while the hooks run, the result names that commit: no empty commit, no post-commit for it."""
+    store, actor = agent_store(store)
+    _hook(ws_path, "post-commit", "echo run >> .git/post-commit.log\n")
+    store = Store.open(ws_path)
+    hook = gitrepo.GitRepo._hook
+
+    def lands(self: gitrepo.GitRepo, name: str, args: list[str], env: dict[str, str], claim: object,
+              changes: list[tuple[str, str]], **kwargs: object) -> None:
+        hook(self, name, args, env, claim, changes, **kwargs)
+        if name == "pre-commit" and not (ws_path / ".git/landed").exists():
+            (ws_path / ".git/landed").touch()
+            tree = subprocess.run(["git", "write-tree"], cwd=ws_path, env=env, capture_output=True, text=True,
+                                  check=True).stdout.strip()  # the scratch index: the tip plus the edit
+            git(ws_path, "update-ref", "HEAD", git(ws_path, "commit-tree", tree, "-p", "HEAD", "-m", "x").strip())
+
+    monkeypatch.setattr(gitrepo.GitRepo, "_hook", lands)
+    result = store.memory_insert("org", "agent line", actor=actor)
+    assert result.version == git(ws_path, "rev-parse", "HEAD").strip()
+    assert git(ws_path, "log", "-1", "--format=%s").strip() == "x"  # the git command's commit, not an empty one
+    assert "agent line" in git(ws_path, "show", "HEAD:blocks/org.md")
+    assert not (ws_path / ".git/post-commit.log").exists()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="shell hooks")
 def test_a_persons_git_commit_whose_hook_ends_while_the_agents_hooks_run_holds_only_their_change(
         store: Store, ws_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """git's as-is commit lets go of index.lock before its pre-commit hook and reads the index again after
