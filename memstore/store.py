@@ -66,8 +66,7 @@ from .workspace import Workspace, init_workspace, open_workspace
 DEFAULT_SYSTEM = "You are a helpful assistant with a persistent, shared memory."
 _UNREAD = object()  # `_read_block`'s default: read the file itself
 _MAINTAIN_EVERY = 250
-_WAITING = ("an edit is written and its commit waits for a lock a git command holds; the next memstore operation "
-            "makes it")
+_WAITING = "an edit is written and its commit waits (see `memstore status`); the next memstore operation makes it"
 _NAME_TRIES = 10  # a writer racing others for free file names (or for an agent list) tries again
 _MAINTAIN_GAP = 10.0  # seconds: housekeeping starts at most this often, however fast commits come
 _PARSED_CACHE = 512  # parsed block (and agent) files kept, by content
