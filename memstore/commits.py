@@ -9,7 +9,9 @@ is made. If the commit cannot be made now (a git command holds the index or the 
 the edit stays in the file and the journal, the result says it is pending, and the next
 memstore operation of any kind commits it under its author, as does the watcher of
 `serve` and `watch` as soon as the obstacle clears. A writer killed between writing the
-file and committing is finished the same way, never passed off as a person's edit.
+file and committing is finished the same way, never passed off as a person's edit. A git
+command's commit of the same file landing meanwhile is merged onto (`Committer._rebase`),
+never committed over.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class Saved:
 
     version: str | None
     pending: str | None = None
+    merged: bool = False  # a git command's commit changed a file meanwhile: the edit was merged onto it
 
 
 @dataclass
@@ -68,11 +71,17 @@ class _Entry:
     group: list[str] | None = None  # the files one write changed together (`write_files`), committed as one
 
 
+class Diverged(ConflictError):
+    """A git command's commit changed a file on the branch after an edit of it was made, and the two do not merge."""
+
+
 class Committer:
     """Serialised, crash-safe writes of workspace files, one commit each."""
 
-    def __init__(self, ws: Workspace, on_commit: Callable[[], None] | None = None) -> None:
+    def __init__(self, ws: Workspace, on_commit: Callable[[], None] | None = None,
+                 check: Callable[[str, bytes], None] | None = None) -> None:
         self.ws = ws
+        self.check = check  # raises if content is not a valid file of its kind: a merge never commits one
         self.git: GitRepo = ws.git
         self.locks = Locks(ws.locks_dir)
         self.on_commit = on_commit
@@ -188,11 +197,17 @@ class Committer:
             raise _disk_error(rel, exc) from None
         if earlier:  # an earlier edit still waits for its obstacle: this one queues behind it
             return Saved(None, pending=f"{', '.join(earlier)}: earlier edits are still waiting for their commit")
+        mine = {rel: journals[rel][-1] for rel in changed}  # merged onto a git command's commit: changed in place
         try:
-            return Saved(self._commit_journal(journals, wait=None, written=written))
+            version = self._commit_journal(journals, wait=None, written=written)
+            return Saved(version, merged=any(entry.new != blobs[rel] for rel, entry in mine.items()))
         except CommitPending as exc:
             return Saved(None, pending=str(exc))
-        except MemstoreError:  # a hook refused it, or a file is unmerged
+        except MemstoreError as exc:  # a hook refused it, a file is unmerged, or a git commit changed it
+            if isinstance(exc, Diverged):  # the files take the branch's content: the person's commit stays whole
+                self._index_to_branch({rel: blob_id(cur) if cur is not None else None
+                                       for rel, (_, cur) in changed.items()})
+                changed = {rel: (new, self.committed(rel)) for rel, (new, _) in changed.items()}
             if not self._undo_all(changed, journals, list(changed), written):
                 return Saved(None, pending=f"{', '.join(changed)}: the commit was refused and the files could "
                              "not be put back")
@@ -376,17 +391,18 @@ class Committer:
         with self.locks.hold(REPO_LOCK, "the repository"):
             while all(journals.values()) and steps != 0:
                 steps = None if steps is None else steps - 1
-                step = [(rel, journal[0].new) for rel, journal in journals.items()]
-                entry = next(iter(journals.values()))[0]
-                last = all(len(journal) == 1 for journal in journals.values())
                 for attempt in range(2):
                     for rel, journal in journals.items():
                         self._restore_undone(rel, journal[0].base, wait)
+                    merged = self._rebase(journals)
+                    step = [(rel, journal[0].new) for rel, journal in journals.items()]
+                    entry = next(iter(journals.values()))[0]
+                    last = all(len(journal) == 1 for journal in journals.values())
                     try:
                         version = self.git.commit(step, Ident(entry.name, entry.email), entry.message, COMMITTER,
-                                                  written=written if last else None, wait=wait)
+                                                  written=written if last and not merged else None, wait=wait)
                         break
-                    except BranchChanged:  # a racing git commit took something out meanwhile: restored first
+                    except BranchChanged:  # a git commit changed the files meanwhile: restored or merged onto
                         if attempt:
                             raise
                 for rel, journal in journals.items():
@@ -398,6 +414,70 @@ class Committer:
                                     os_error_text(exc))
                 self._made.commits = getattr(self._made, "commits", 0) + 1
         return version
+
+    def _rebase(self, journals: dict[str, list[_Entry]]) -> bool:
+        """Carry waiting edits over a git command's commit that changed their files on the branch after they
+        were made (a person's commit, a pull): each edit 3-way merged onto the branch's content, as
+        `git rebase` would, and the file rewritten to match, so the commit keeps the person's change;
+        whether any was. Diverged, with nothing changed, when an edit does not merge. A branch that went
+        back past the edits (a reset) is not merged onto: they are committed as they are.
+        """
+        plans: dict[str, list[tuple[str | None, str | None]]] = {}
+        for rel, journal in journals.items():
+            head = self.head_blob(rel)
+            if journal[0].base == head or not any(
+                    before == journal[0].base for _, before, _ in self.git.changes_of(rel, limit=64)):
+                continue
+            theirs, plan = head, []
+            for entry in journal:
+                merged = self._merged(rel, entry.base, entry.new, theirs)
+                if merged is False:
+                    made = self.git.changes_of(rel, limit=1)[0][0]
+                    raise Diverged(
+                        f"{rel}: a git commit ({made[:12]} by {self.git.commit_info(made)[0].name}) changed it on "
+                        f"the branch after the edit by {entry.name} was made, and the two do not merge. The edit "
+                        "was not applied; read it again and retry.")
+                plan.append((theirs, merged))
+                theirs = merged
+            plans[rel] = plan
+        for rel, plan in plans.items():
+            journal = journals[rel]
+            if self._disk_blob(rel) == journal[-1].new:  # not when a person saved the file since: theirs stays
+                self._put(rel, self.git.read_blob(plan[-1][1]) if plan[-1][1] else None)
+            for entry, (base, new) in zip(journal, plan):
+                entry.base, entry.new = base, new
+            self._save_journal(rel, journal)
+            log.warning("%s: a git commit changed it on the branch while %d edit(s) of it waited; merged onto it",
+                        rel, len(journal))
+        return bool(plans)
+
+    def _index_to_branch(self, bases: dict[str, str | None]) -> None:
+        """After edits refused as Diverged, whose files took the branch's content: each index entry that
+        still holds what the edits were made on takes the branch's too, so the person's next commit does
+        not take their change back out (best effort: a git command holding the index keeps it)."""
+        try:
+            self.git.set_entries({rel: (base, self.head_blob(rel)) for rel, base in bases.items()})
+        except (MemstoreError, OSError) as exc:
+            log.warning("%s: the index still holds the content the refused edit was made on: %s",
+                        ", ".join(bases), exc)
+
+    def _merged(self, rel: str, base: str | None, ours: str | None, theirs: str | None) -> str | None | bool:
+        """The blob of edit `base` -> `ours` made on `theirs` instead (None: no file); False: they conflict."""
+        if ours == theirs or base == theirs:
+            return ours
+        if base == ours:
+            return theirs
+        if base is None or ours is None or theirs is None:  # added on both sides, or deleted on one
+            return False
+        merged = self.git.merge3(rel, base, ours, theirs)
+        if merged is None:
+            return False
+        if self.check is not None:
+            try:
+                self.check(rel, merged)
+            except MemstoreError:  # over the block's limit, or front matter the merge broke
+                return False
+        return self._store_blob(merged)
 
     def _restore_undone(self, rel: str, base: str | None, wait: float | None) -> None:
         """Before an edit of `rel` made on `base` is committed: if a git command took `base` out of the branch
@@ -439,7 +519,10 @@ class Committer:
             head = journal[0].base  # a racing git commit took it out: restored before the journal is committed
         while journal and journal[0].base != head and any(e.new == head for e in journal):
             journal.pop(0)  # committed; its writer died before clearing it
-        if not journal or journal[0].base != head or (disk_blob == head and disk_blob != journal[-1].new):
+        moved_on = bool(journal) and journal[0].base != head and disk_blob == journal[-1].new and any(
+            before == journal[0].base for _, before, _ in self.git.changes_of(rel, limit=64))  # merged onto
+        if not journal or (journal[0].base != head and not moved_on) or (
+                disk_blob == head and disk_blob != journal[-1].new):
             if journal:  # the person put the file back to the branch (`git reset --hard`, `git checkout`, `git stash`)
                 log.warning("%s: dropping %d pending edit(s) that a git reset, checkout or stash discarded",
                             rel, len(journal))
@@ -451,7 +534,7 @@ class Committer:
             return self._commit_journal({rel: journal}, wait=wait)
         except CommitPending:
             return None
-        except HookRefused as exc:
+        except (HookRefused, Diverged) as exc:
             self._drop_refused(rel, journal, disk_blob, exc)
             return None
         except ConflictError:  # unmerged now: the edits wait until the person resolves it
@@ -497,7 +580,7 @@ class Committer:
                 if entry is not None and len(journals[rel]) == 1 and disks[rel] != entry.new:
                     self._put(rel, self.git.read_blob(entry.new) if entry.new else None)  # its writer died first
             self._commit_journal(journals, wait=wait, steps=1)
-        except HookRefused as exc:  # refused as waiting one-file edits are: dropped, the files put back
+        except (HookRefused, Diverged) as exc:  # refused as waiting one-file edits are: dropped, the files put back
             for rel, journal in journals.items():
                 self._drop_refused(rel, journal, self._disk_blob(rel), exc)
         except (CommitPending, ConflictError):  # a git command's lock, or unmerged now: waits, whole
@@ -545,14 +628,18 @@ class Committer:
                     rel, len(dropped))
         return dropped
 
-    def _drop_refused(self, rel: str, journal: list[_Entry], disk_blob: str | None, exc: HookRefused) -> None:
-        """Waiting edits that a hook (or signing) refused when their commit was retried: they go, as a
-        refused edit does, and the file goes back to what is committed unless a person changed it since."""
+    def _drop_refused(self, rel: str, journal: list[_Entry], disk_blob: str | None, exc: MemstoreError) -> None:
+        """Waiting edits that a hook (or signing) refused when their commit was retried, or that do not merge
+        with a git command's commit of the file (Diverged): they go, as a refused edit does, and the file
+        goes back to what is committed unless a person changed it since."""
         log.warning("%s: %d waiting edit(s), the first by %s, refused and dropped: %s", rel, len(journal),
                     journal[0].name, exc)
         try:
             if disk_blob == journal[-1].new:
-                self._put(rel, self.git.read_blob(journal[0].base) if journal[0].base else None)
+                back = self.head_blob(rel) if isinstance(exc, Diverged) else journal[0].base
+                self._put(rel, self.git.read_blob(back) if back else None)
+                if isinstance(exc, Diverged):
+                    self._index_to_branch({rel: journal[0].base})
             self._save_journal(rel, [])
         except OSError as exc:  # the disk refuses: they stay waiting, to be dropped at the next try
             log.warning("%s: the refused edits could not be taken out of the file yet: %s", rel, os_error_text(exc))

@@ -408,8 +408,9 @@ class GitRepo:
         for _ in range(10):
             tip = self.tip()
             there = [self.blob_at(tip, rel) if tip else None for rel, _ in changes]
-            if first is not None and there == [blob for _, blob in changes]:
-                return tip  # a git command committed these very blobs meanwhile: the commit that holds them
+            if tip is not None and there == [blob for _, blob in changes]:
+                self._place_index(index)  # a git command committed these very blobs: the commit that holds them
+                return tip
             if first is not None and there != first:
                 raise BranchChanged(f"a git commit changed {', '.join(rel for rel, _ in changes)} on the branch "
                                     "while memstore committed")
@@ -448,12 +449,9 @@ class GitRepo:
 
     def _log_move(self, name: str, old: str | None, new: str, message: str) -> None:
         """The reflog lines of a branch move, in the branch's log and HEAD's, as `git commit` writes them."""
-        now = time.time()
-        offset = (time.localtime(now).tm_gmtoff or 0) // 60
-        sign, offset = ("-", -offset) if offset < 0 else ("+", offset)
         kind = "commit" if old else "commit (initial)"
-        line = (f"{old or '0' * 40} {new} memstore <memstore@agents.memstore> {int(now)} "
-                f"{sign}{offset // 60:02d}{offset % 60:02d}\t{kind}: {message.splitlines()[0]}\n").encode()
+        line = (f"{old or '0' * 40} {new} memstore <memstore@agents.memstore> {_git_time(time.time())}"
+                f"\t{kind}: {message.splitlines()[0]}\n").encode()
         for log_path in (self.common_dir / "logs" / name, self.git_dir / "logs" / "HEAD"):
             try:  # best effort, as the reflog is to memstore: a line that cannot be written does not stop the commit
                 try:
@@ -721,6 +719,21 @@ class GitRepo:
             conflicts = pygit2.Index(str(self.git_dir / "index")).conflicts
             return conflicts is not None and rel in conflicts
 
+    def merge3(self, rel: str, base: str, ours: str, theirs: str) -> bytes | None:
+        """The 3-way merge of blobs `ours` and `theirs` from `base`, as `git merge-file` makes it; None: they
+        conflict, or are not text libgit2 can hand back (UTF-8 without NUL bytes)."""
+        if any(b"\0" in self.read_blob(blob) for blob in (base, ours, theirs)):
+            return None
+
+        def entry(blob: str) -> pygit2.IndexEntry:
+            return pygit2.IndexEntry(rel, pygit2.Oid(hex=blob), pygit2.GIT_FILEMODE_BLOB)
+
+        try:
+            result = self.repo.merge_file_from_index(entry(base), entry(ours), entry(theirs))
+        except UnicodeDecodeError:
+            return None
+        return result.contents.encode() if result.automergeable else None
+
     # -- git's own commit, for hooks and signing ------------------------------------------
 
     def _commit_with_git(self, changes: Sequence[tuple[str, str | None]], author: Ident, message: str,
@@ -739,7 +752,8 @@ class GitRepo:
         with self._scratch_index(self._read_index()) as (staged, tmp):
             env = {**os.environ, "GIT_INDEX_FILE": str(tmp), "GIT_AUTHOR_NAME": author.name,
                    "GIT_AUTHOR_EMAIL": author.email, "GIT_COMMITTER_NAME": committer.name,
-                   "GIT_COMMITTER_EMAIL": committer.email, "GIT_EDITOR": ":"}
+                   "GIT_COMMITTER_EMAIL": committer.email, "GIT_AUTHOR_DATE": f"@{_git_time(time.time())}",
+                   "GIT_EDITOR": ":"}  # what `git commit` gives its hooks
             note = self.git_dir / f"memstore-msg.{os.getpid()}.{time.monotonic_ns()}"  # hooks read and edit it
             built: list[str] = []
             try:
@@ -908,6 +922,13 @@ def _remove_if_same(path: Path, st: os.stat_result) -> bool:
         return False
     path.unlink(missing_ok=True)
     return True
+
+
+def _git_time(now: float) -> str:
+    """A moment as git writes it in commits and reflogs: seconds since 1970 and the local offset (+0100)."""
+    offset = (time.localtime(now).tm_gmtoff or 0) // 60
+    sign, offset = ("-", -offset) if offset < 0 else ("+", offset)
+    return f"{int(now)} {sign}{offset // 60:02d}{offset % 60:02d}"
 
 
 def _common_dir(git_dir: Path) -> Path:

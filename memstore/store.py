@@ -77,7 +77,8 @@ class Store:
 
     def __init__(self, ws: Workspace) -> None:
         self.ws = ws
-        self.commits = Committer(ws, on_commit=self._after_commit)
+        self.commits = Committer(ws, on_commit=self._after_commit,
+                                 check=lambda rel, data: handedits.require_valid(self, rel, data))
         self.last_change = history.LastChange(ws.git)
         self._parsed: LRU[tuple[str, str], tuple[Block, dict[str, Any]]] = LRU(_PARSED_CACHE)
         self._agents: LRU[tuple[str, str], Agent] = LRU(_PARSED_CACHE)
@@ -492,6 +493,8 @@ class Store:
                 data = render_block(new, meta)
             message = self._message(op, new, actor, subject_suffix)
             saved = self.commits.write(rel, data, current, _ident(actor), message)
+            if saved.merged:  # a person's commit of the block landed meanwhile: the value holds both
+                new = self._load(self.commits.committed(rel) or b"", rel, name)[0]
         version = saved.version if saved.version or saved.pending else history.last_version(self.ws.git, rel)
         return EditResult(block=new.model_copy(update={"version": version, "pending": saved.pending}),
                           version=version, op=op, pending=saved.pending)

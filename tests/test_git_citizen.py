@@ -480,10 +480,11 @@ def test_hooks_run_as_under_git_commit(store: Store, ws_path: Path) -> None:
     (ws_path / ".git/hooks/pre-commit").write_text("echo 'sh ran it' >&2\nexit 1\n")  # no #! line: sh runs it
     with pytest.raises(ConflictError, match="pre-commit hook refused .*sh ran it"):
         store.memory_insert("org", "fine", actor=actor)
-    _hook(ws_path, "pre-commit", "exit 0\n")
+    _hook(ws_path, "pre-commit", 'echo "$GIT_AUTHOR_NAME $GIT_AUTHOR_DATE" > .git/author\n')
     _hook(ws_path, "commit-msg", "grep -q Memstore-Op \"$1\" && printf 'Reviewed-by: hook   \\n\\n\\n' >> \"$1\"\n")
     result = store.memory_insert("org", "fine", actor=actor)
     assert result.version == git(ws_path, "rev-parse", "HEAD").strip()
+    assert (ws_path / ".git/author").read_text() == git(ws_path, "log", "-1", "--format=agent1 @%ad", "--date=raw")
     assert (ws_path / "post-commit.log").read_text() == "committed\n"  # once per commit
     assert git(ws_path, "log", "-1", "--format=%an|%cn").strip() == "agent1|memstore"
     message = git(ws_path, "log", "-1", "--format=%B")
@@ -1695,4 +1696,111 @@ def test_a_writer_killed_while_its_hooks_run_leaves_its_hook_the_index_lock(stor
     assert {"README.md", "blocks/org.md"} <= set(files)
     assert "agent line\nother line" in git(ws_path, "show", "HEAD:blocks/org.md")  # the killed writer's, then this
     assert git(ws_path, "log", "-2", "--format=%s").splitlines() == ["memory_insert org"] * 2
+    assert_clean_repo(ws_path)
+
+
+def _persons_plumbing_commit(ws_path: Path, rel: str, content: str) -> None:
+    """A commit of `content` as `rel` by the person, made without the work tree or the real index (a
+    script, a bot, `git commit` of content staged elsewhere): the file never holds it."""
+    blob = subprocess.run(["git", "hash-object", "-w", "--stdin"], cwd=ws_path, input=content, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    env = {**os.environ, "GIT_INDEX_FILE": str(ws_path / ".git/persons-index")}
+    subprocess.run(["git", "read-tree", "HEAD"], cwd=ws_path, env=env, check=True)
+    subprocess.run(["git", "update-index", "--cacheinfo", f"100644,{blob},{rel}"], cwd=ws_path, env=env, check=True)
+    tree = subprocess.run(["git", "write-tree"], cwd=ws_path, env=env, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    git(ws_path, "update-ref", "HEAD", git(ws_path, "commit-tree", tree, "-p", "HEAD", "-m", "Pat's").strip())
+
+
+def _lines_store(store: Store) -> tuple[object, str]:
+    block = store.create_block("org", "Org: Letta\nline 2\nline 3\nline 4")
+    actor = store.create_agent("agent1", "openai/gpt-4o-mini", block_ids=[block.id]).actor()
+    return actor, "blocks/org.md"
+
+
+@pytest.mark.parametrize("hooks", [False, True])
+@pytest.mark.parametrize("merges", [True, False])
+def test_a_persons_commit_of_the_same_block_landing_mid_commit_is_merged_or_the_edit_refused(
+        store: Store, ws_path: Path, monkeypatch: pytest.MonkeyPatch, hooks: bool, merges: bool) -> None:
+    """The person's committed change of the block is never taken out of the branch by the agent's commit
+    (the content was never in the file): a change elsewhere in the block is merged with the edit, one
+    that touches the edit's lines refuses the edit, and the file takes the branch's content."""
+    actor, rel = _lines_store(store)
+    if hooks:
+        _hook(ws_path, "pre-commit", "exit 0\n")
+        store = Store.open(ws_path)
+    step = "_hook" if hooks else "_build"
+    real = getattr(gitrepo.GitRepo, step)
+    theirs = git(ws_path, "show", f"HEAD:{rel}").replace("Org: Letta" if merges else "line 4",
+                                                          "Org: Letta (by Pat)" if merges else "line 4 (by Pat)")
+
+    def lands(self: gitrepo.GitRepo, *args: object, **kwargs: object) -> object:
+        out = real(self, *args, **kwargs)
+        if (not hooks or args[0] == "pre-commit") and "(by Pat)" not in git(ws_path, "show", f"HEAD:{rel}"):
+            _persons_plumbing_commit(ws_path, rel, theirs)
+        return out
+
+    monkeypatch.setattr(gitrepo.GitRepo, step, lands)
+    if merges:
+        result = store.memory_insert("org", "agent line", actor=actor)
+        assert result.version == git(ws_path, "rev-parse", "HEAD").strip() and not result.pending
+        assert result.block.value == "Org: Letta (by Pat)\nline 2\nline 3\nline 4\nagent line"  # what is committed
+        assert git(ws_path, "log", "-2", "--format=%an|%s").splitlines() == ["agent1|memory_insert org",
+                                                                             f"{PERSON_NAME}|Pat's"]
+        diff = git(ws_path, "show", "-U0", "--format=", "HEAD").splitlines()
+        assert [line for line in diff if line[:1] in "+-" and line[:3] not in ("+++", "---")] == ["+agent line"]
+    else:
+        with pytest.raises(ConflictError, match="do not merge"):
+            store.memory_insert("org", "agent line", actor=actor)
+        assert git(ws_path, "log", "-1", "--format=%an").strip() == PERSON_NAME
+    assert "(by Pat)" in git(ws_path, "show", f"HEAD:{rel}")
+    assert (ws_path / rel).read_text() == git(ws_path, "show", f"HEAD:{rel}")
+    assert Store.open(ws_path).commits.pending_files() == []
+    assert_clean_repo(ws_path)
+
+
+@pytest.mark.parametrize("merges", [True, False])
+def test_a_waiting_edit_whose_block_a_person_commits_meanwhile_is_merged_or_dropped(
+        store: Store, ws_path: Path, merges: bool) -> None:
+    """An edit waiting for git's index lock, when the person's commit changes the same block before it
+    frees: merged onto it under the agent's name, or, when they touch the same lines, dropped with the
+    file put to what the person committed; never committed over the person's change."""
+    actor, rel = _lines_store(store)
+    lock = ws_path / ".git/index.lock"
+    lock.write_bytes(b"")
+    assert store.memory_insert("org", "agent line", actor=actor).pending
+    _persons_plumbing_commit(ws_path, rel, git(ws_path, "show", f"HEAD:{rel}").replace(
+        "Org: Letta" if merges else "line 4", "Org: Letta (by Pat)" if merges else "line 4 (by Pat)"))
+    lock.unlink()
+    reopened = Store.open(ws_path)  # any memstore operation commits what waited
+    assert reopened.commits.pending_files() == []
+    committed = git(ws_path, "show", f"HEAD:{rel}")
+    assert "(by Pat)" in committed
+    if merges:
+        assert reopened.get_block("org").value == "Org: Letta (by Pat)\nline 2\nline 3\nline 4\nagent line"
+        assert git(ws_path, "log", "-1", "--format=%an").strip() == "agent1"
+    else:
+        assert "agent line" not in committed
+        assert git(ws_path, "log", "-1", "--format=%an").strip() == PERSON_NAME
+    assert (ws_path / rel).read_text() == committed
+    assert_clean_repo(ws_path)
+
+
+def test_a_merge_that_would_put_a_block_over_its_limit_refuses_the_edit(
+        store: Store, ws_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    block = store.create_block("org", "Org: Letta\nline 2\nline 3\nline 4", limit=60)
+    actor = store.create_agent("agent1", "openai/gpt-4o-mini", block_ids=[block.id]).actor()
+    rel = "blocks/org.md"
+    theirs = git(ws_path, "show", f"HEAD:{rel}").replace("Org: Letta", "Org: Letta, a long line by Pat")
+    real = gitrepo.GitRepo._build
+
+    def lands(self: gitrepo.GitRepo, *args: object, **kwargs: object) -> object:
+        if "by Pat" not in git(ws_path, "show", f"HEAD:{rel}"):
+            _persons_plumbing_commit(ws_path, rel, theirs)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(gitrepo.GitRepo, "_build", lands)
+    with pytest.raises(ConflictError, match="do not merge"):
+        store.memory_insert("org", "a long agent line", actor=actor)  # each fits alone; both do not
+    assert (ws_path / rel).read_text() == theirs == git(ws_path, "show", f"HEAD:{rel}")
     assert_clean_repo(ws_path)
