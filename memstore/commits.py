@@ -147,6 +147,7 @@ class Committer:
         rels = sorted(set(rels))
         with self._holding(rels):
             self.ws.check_state()
+            self.git.refresh()  # attributes, hooks or signing set up since the last change
             for rel in rels:
                 self._finish(rel, wait=0.0, held=rels)
                 if self.git.unmerged(rel):

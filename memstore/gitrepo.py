@@ -151,26 +151,41 @@ class GitRepo:
         self.repo.set_ident("memstore", "memstore@agents.memstore")  # reflog lines of branch moves
         self.flush = _fsync_components(cfg.get("core.fsync"))
         self.objects = gittree.Objects(self.repo, str(self.common_dir / "objects"), self.flush)
-        self._filters = self._has_filters(cfg)
-        self._check_filter_drivers()
-        self.signs = git_bool(cfg.get("commit.gpgsign"))
-        self.native_commit = self.signs or any(map(self._hook_path, _HOOKS))  # made as `git commit` makes it
+        self._rules: tuple[tuple[int, int] | None, ...] = ()
+        self.refresh(cfg)
 
     # -- what the repository asks of a commit --------------------------------------------
+
+    def refresh(self, cfg: dict[str, str] | None = None) -> None:
+        """Read again what the repository asks of a commit (attributes, signing, hooks) if a file that
+        says it changed since: a long-running `serve` notices hooks installed or signing turned on.
+        Per change: a few stats (git's configuration is read again only when one of its files changed)."""
+        rules = tuple(_stat_key(p) for p in (*self._config_files(), *self._attribute_files()))
+        if cfg is not None or rules != self._rules:
+            self.config = cfg = git_config(self.root) if cfg is None else cfg
+            self._rules = rules
+            self._filters = self._has_filters(cfg)
+            self._check_filter_drivers()
+            self.signs = git_bool(cfg.get("commit.gpgsign"))
+        self.native_commit = self.signs or any(map(self._hook_path, _HOOKS))  # made as `git commit` makes it
+
+    def _config_files(self) -> list[Path]:
+        """git's configuration files: the repository's, the worktree's, the global one (and XDG's)."""
+        return [self.git_dir / "config", self.common_dir / "config", Path(os.path.expanduser("~/.gitconfig")),
+                Path(os.environ.get("GIT_CONFIG_GLOBAL") or _xdg_git() / "config")]
+
+    def _attribute_files(self) -> list[Path]:
+        """The attribute files that can apply to blocks/ and agents/."""
+        global_attrs = self.config.get("core.attributesfile")
+        return [self.root / ".gitattributes", self.root / "blocks/.gitattributes",
+                self.root / "agents/.gitattributes", self.common_dir / "info/attributes",
+                Path(global_attrs).expanduser() if global_attrs else _xdg_git() / "attributes"]
 
     def _has_filters(self, cfg: dict[str, str]) -> bool:
         """Whether content may differ between the file and its blob (attributes, autocrlf)."""
         if cfg.get("core.autocrlf", "false").lower() != "false" or cfg.get("core.eol"):
             return True
-        places = [self.root / ".gitattributes", self.root / "blocks/.gitattributes",
-                  self.root / "agents/.gitattributes", self.common_dir / "info/attributes"]
-        global_attrs = cfg.get("core.attributesfile")
-        if global_attrs:
-            places.append(Path(global_attrs).expanduser())
-        else:
-            xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-            places.append(Path(xdg) / "git" / "attributes")
-        return any(p.is_file() for p in places)
+        return any(p.is_file() for p in self._attribute_files())
 
     def _check_filter_drivers(self) -> None:
         """Refuse clean/smudge drivers (LFS, custom filters): memstore cannot apply them itself."""
@@ -354,6 +369,7 @@ class GitRepo:
             if not self._tidied:
                 self._remove_dead_temps()
                 self._tidied = True
+            self.refresh()  # hooks installed or signing turned on since the last commit
             index = self._read_index()
             for rel, _ in changes:
                 if self.unmerged(rel, index):
@@ -922,6 +938,19 @@ def _remove_if_same(path: Path, st: os.stat_result) -> bool:
         return False
     path.unlink(missing_ok=True)
     return True
+
+
+def _xdg_git() -> Path:
+    return Path(os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")) / "git"
+
+
+def _stat_key(path: Path) -> tuple[int, int] | None:
+    """(mtime, size) of a file, None if there is none: tells that it changed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
 
 
 def _git_time(now: float) -> str:

@@ -654,8 +654,7 @@ def test_commits_are_signed_through_the_configured_program(store: Store, ws_path
                                             else f"[commit]\n\tgpgsign = {spelling}\n"))
     git(ws_path, "config", "gpg.program", str(fake))
     git(ws_path, "config", "user.signingkey", "memstore-test")
-    store = Store.open(ws_path)
-    store.memory_insert("org", "signed", actor=actor)
+    store.memory_insert("org", "signed", actor=actor)  # turned on while the store is open (a running serve)
     assert "gpgsig -----BEGIN PGP SIGNATURE-----" in git(ws_path, "cat-file", "-p", "HEAD")
     assert git(ws_path, "log", "-1", "--format=%an").strip() == "agent1"
     fake.write_text("#!/bin/sh\necho 'no secret key' >&2\nexit 2\n")  # signing refused: the edit is refused
@@ -1803,4 +1802,24 @@ def test_a_merge_that_would_put_a_block_over_its_limit_refuses_the_edit(
     with pytest.raises(ConflictError, match="do not merge"):
         store.memory_insert("org", "a long agent line", actor=actor)  # each fits alone; both do not
     assert (ws_path / rel).read_text() == theirs == git(ws_path, "show", f"HEAD:{rel}")
+    assert_clean_repo(ws_path)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="shell hooks")
+def test_hooks_and_attributes_set_up_while_a_store_is_open_apply_from_the_next_change(
+        store: Store, ws_path: Path) -> None:
+    """A `serve` started this morning sees `pre-commit install` and a new `.gitattributes` at once."""
+    store, actor = agent_store(store)
+    assert store.memory_insert("org", "before", actor=actor).version
+    hook = _hook(ws_path, "pre-commit", "echo 'refused by the new hook' >&2\nexit 1\n")
+    with pytest.raises(ConflictError, match="refused by the new hook"):
+        store.memory_insert("org", "agent line", actor=actor)
+    hook.unlink()
+    (ws_path / ".gitattributes").write_text("*.md text eol=crlf\n")
+    git(ws_path, "add", ".gitattributes")
+    git(ws_path, "commit", "-qm", "CRLF blocks")
+    assert store.memory_insert("org", "after", actor=actor).version
+    assert b"before\r\nafter" in (ws_path / "blocks/org.md").read_bytes()  # checked out as git would
+    assert "\r" not in git(ws_path, "show", "HEAD:blocks/org.md") and store.get_block("org").value.endswith(
+        "before\nafter")
     assert_clean_repo(ws_path)
