@@ -69,6 +69,14 @@ class _Entry:
     message: str
     rel: str | None = None  # the file's path (a journal's name cannot always be read back: `a__b.md`)
     group: list[str] | None = None  # the files one write changed together (`write_files`), committed as one
+    on: str | None = None  # the branch's commit when the edit was made: a commit since is merged onto (`_rebase`)
+    was: str | None = None  # merged onto a git command's commit: the edit's own blob, which the file may still hold
+
+    @property
+    def by_person(self) -> bool:
+        """A person's edit (a hand edit, or theirs through memstore): their file's text is never put back by a
+        refusal, and they may edit a block made read-only."""
+        return "Memstore-Author-Kind: person" in self.message
 
 
 class Diverged(ConflictError):
@@ -79,9 +87,9 @@ class Committer:
     """Serialised, crash-safe writes of workspace files, one commit each."""
 
     def __init__(self, ws: Workspace, on_commit: Callable[[], None] | None = None,
-                 check: Callable[[str, bytes], None] | None = None) -> None:
+                 check: Callable[[str, bytes, bytes, bool], None] | None = None) -> None:
         self.ws = ws
-        self.check = check  # raises if content is not a valid file of its kind: a merge never commits one
+        self.check = check  # check(rel, merged, base, by_person) raises if a merge must not be committed
         self.git: GitRepo = ws.git
         self.locks = Locks(ws.locks_dir)
         self.on_commit = on_commit
@@ -181,9 +189,10 @@ class Committer:
         earlier = [rel for rel, journal in journals.items() if journal]
         # one commit of them all, also if it waits; behind earlier waiting edits, each file's part is its own
         group = list(changed) if len(changed) > 1 and not earlier else None  # in the order they are written
+        on = self.git.tip()
         for rel, (_, cur) in changed.items():
             journals[rel].append(_Entry(blob_id(cur) if cur is not None else None, blobs[rel], author.name,
-                                        author.email, message, rel, group))
+                                        author.email, message, rel, group, on))
         written: dict[str, os.stat_result | None] = {}
         journaled: list[str] = []
         try:
@@ -235,7 +244,7 @@ class Committer:
         entries = [_Entry(before, after, author.name, author.email, message, rel)
                    for before, after, author, message in restores] or [
             _Entry(base, blob, self.ws.person.name, self.ws.person.email,
-                   commit_message(subject, {**trailers, "Memstore-Author-Kind": "person"}), rel)]
+                   commit_message(subject, {**trailers, "Memstore-Author-Kind": "person"}), rel, on=self.git.tip())]
         journal = [*earlier, *entries]
         try:
             self._save_journal(rel, journal)
@@ -423,34 +432,38 @@ class Committer:
         whether any was. Diverged, with nothing changed, when an edit does not merge. A branch that went
         back past the edits (a reset) is not merged onto: they are committed as they are.
         """
-        plans: dict[str, list[tuple[str | None, str | None]]] = {}
-        for rel, journal in journals.items():
-            head = self.head_blob(rel)
-            if journal[0].base == head or not any(
-                    before == journal[0].base for _, before, _ in self.git.changes_of(rel, limit=64)):
-                continue
-            theirs, plan = head, []
-            for entry in journal:
-                merged = self._merged(rel, entry.base, entry.new, theirs)
-                if merged is False:
-                    made = self.git.changes_of(rel, limit=1)[0][0]
-                    raise Diverged(
-                        f"{rel}: a git commit ({made[:12]} by {self.git.commit_info(made)[0].name}) changed it on "
-                        f"the branch after the edit by {entry.name} was made, and the two do not merge. The edit "
-                        "was not applied; read it again and retry.")
-                plan.append((theirs, merged))
-                theirs = merged
-            plans[rel] = plan
+        plans = {rel: self._plan(rel, journal) for rel, journal in journals.items()
+                 if journal[0].base != self.head_blob(rel) and self._moved_on(rel, journal[0])}
         for rel, plan in plans.items():
             journal = journals[rel]
-            if self._disk_blob(rel) == journal[-1].new:  # not when a person saved the file since: theirs stays
-                self._put(rel, self.git.read_blob(plan[-1][1]) if plan[-1][1] else None)
+            holds = self._disk_blob(rel) == journal[-1].new  # not when a person saved the file since: theirs stays
+            journal[-1].was = journal[-1].was or journal[-1].new
             for entry, (base, new) in zip(journal, plan):
                 entry.base, entry.new = base, new
-            self._save_journal(rel, journal)
+            self._save_journal(rel, journal)  # first: killed before the file is written, `_finish` writes it
+            if holds:
+                self._put(rel, self.git.read_blob(plan[-1][1]) if plan[-1][1] else None)
             log.warning("%s: a git commit changed it on the branch while %d edit(s) of it waited; merged onto it",
                         rel, len(journal))
         return bool(plans)
+
+    def _plan(self, rel: str, journal: list[_Entry]) -> list[tuple[str | None, str | None]]:
+        """Each edit of `journal` merged onto the branch's content of `rel`, in turn: (base, new) blobs."""
+        theirs, plan = self.head_blob(rel), []
+        for entry in journal:
+            merged = self._merged(rel, entry, theirs)
+            plan.append((theirs, merged))
+            theirs = merged
+        return plan
+
+    def _moved_on(self, rel: str, entry: _Entry) -> bool:
+        """Whether the branch moved forward since `entry` was made (not back past it: a reset)."""
+        if entry.on is not None:
+            tip = self.git.tip()
+            # the same commit: one landed between the edit's read of the file and its look at the branch
+            return tip is not None and (tip == entry.on or self.git.descends(tip, entry.on))
+        # journals of versions before 5 Dec: the file's content the edit was made on is in the branch's past
+        return any(before == entry.base for _, before, _ in self.git.changes_of(rel, limit=64))
 
     def _index_to_branch(self, bases: dict[str, str | None]) -> None:
         """After edits refused as Diverged, whose files took the branch's content: each index entry that
@@ -462,22 +475,26 @@ class Committer:
             log.warning("%s: the index still holds the content the refused edit was made on: %s",
                         ", ".join(bases), exc)
 
-    def _merged(self, rel: str, base: str | None, ours: str | None, theirs: str | None) -> str | None | bool:
-        """The blob of edit `base` -> `ours` made on `theirs` instead (None: no file); False: they conflict."""
+    def _merged(self, rel: str, entry: _Entry, theirs: str | None) -> str | None:
+        """The blob of `entry`'s edit made on `theirs` instead (None: no file); Diverged if they conflict, or
+        the merge must not be committed (`check`: an invalid file, a block made read-only meanwhile)."""
+        base, ours = entry.base, entry.new
         if ours == theirs or base == theirs:
             return ours
         if base == ours:
             return theirs
-        if base is None or ours is None or theirs is None:  # added on both sides, or deleted on one
-            return False
-        merged = self.git.merge3(rel, base, ours, theirs)
-        if merged is None:
-            return False
-        if self.check is not None:
+        why = "the two do not merge"
+        merged = None if base is None or ours is None or theirs is None else self.git.merge3(rel, base, ours, theirs)
+        if merged is not None and self.check is not None:
             try:
-                self.check(rel, merged)
-            except MemstoreError:  # over the block's limit, or front matter the merge broke
-                return False
+                self.check(rel, merged, self.git.read_blob(base), entry.by_person)  # type: ignore[arg-type]
+            except MemstoreError as exc:
+                merged, why = None, f"the two do not merge ({exc})"
+        if merged is None:
+            made = self.git.changes_of(rel, limit=1)[0][0]
+            raise Diverged(f"{rel}: a git commit ({made[:12]} by {self.git.commit_info(made)[0].name}) changed it "
+                           f"on the branch after the edit by {entry.name} was made, and {why}. The edit was not "
+                           "applied; read it again and retry.")
         return self._store_blob(merged)
 
     def _restore_undone(self, rel: str, base: str | None, wait: float | None) -> None:
@@ -511,6 +528,13 @@ class Committer:
                 return None
         disk = self.read(rel)
         disk_blob = blob_id(disk) if disk is not None else None
+        if journal[-1].was is not None and disk_blob == journal[-1].was != journal[-1].new:
+            try:  # merged onto a git command's commit by a writer killed before it wrote the file
+                self._put(rel, self.git.read_blob(journal[-1].new) if journal[-1].new else None)
+                disk_blob = journal[-1].new
+            except OSError as exc:
+                log.warning("%s: waiting edits not committed yet: %s", rel, os_error_text(exc))
+                return None
         unwritten = []
         if disk_blob != journal[-1].new and disk_blob == journal[-1].base:
             # its writer died before the file changed, or (one edit) a `git stash` took it out
@@ -520,8 +544,12 @@ class Committer:
             head = journal[0].base  # a racing git commit took it out: restored before the journal is committed
         while journal and journal[0].base != head and any(e.new == head for e in journal):
             journal.pop(0)  # committed; its writer died before clearing it
-        moved_on = bool(journal) and journal[0].base != head and disk_blob == journal[-1].new and any(
-            before == journal[0].base for _, before, _ in self.git.changes_of(rel, limit=64))  # merged onto
+        moved_on = bool(journal) and journal[0].base != head and self._moved_on(rel, journal[0])
+        if moved_on and disk_blob != journal[-1].new:  # the merge may be in the file already (`pull --autostash`)
+            try:
+                moved_on = self._plan(rel, journal)[-1][1] == disk_blob
+            except Diverged:
+                moved_on = False
         if not journal or (journal[0].base != head and not moved_on) or (
                 disk_blob == head and disk_blob != journal[-1].new):
             if journal:  # the person put the file back to the branch (`git reset --hard`, `git checkout`, `git stash`)
@@ -636,9 +664,9 @@ class Committer:
         log.warning("%s: %d waiting edit(s), the first by %s, refused and dropped: %s", rel, len(journal),
                     journal[0].name, exc)
         try:
-            if disk_blob == journal[-1].new:
+            if disk_blob == journal[-1].new and not (isinstance(exc, Diverged) and any(e.by_person for e in journal)):
                 back = self.head_blob(rel) if isinstance(exc, Diverged) else journal[0].base
-                self._put(rel, self.git.read_blob(back) if back else None)
+                self._put(rel, self.git.read_blob(back) if back else None)  # a person's text is never put back
                 if isinstance(exc, Diverged):
                     self._index_to_branch({rel: journal[0].base})
             self._save_journal(rel, [])

@@ -279,6 +279,13 @@ class GitRepo:
                 found += [f"{folder}/{entry.name}" for entry in sub if entry.type == ObjectType.BLOB]
         return found
 
+    def descends(self, commit: str, ancestor: str) -> bool:
+        """Whether `ancestor` is in `commit`'s past (False when either is unknown here: a shallow cut)."""
+        try:
+            return self.repo.descendant_of(commit, ancestor)
+        except (KeyError, ValueError, pygit2.GitError):
+            return False
+
     def parents(self, commit: str) -> list[str]:
         return [str(p) for p in self.repo[commit].parent_ids]
 
@@ -800,6 +807,8 @@ class GitRepo:
                     self._hook("post-commit", [], env, claim, changes, check=False)
             finally:
                 note.unlink(missing_ok=True)
+        if made not in built:  # a git command's commit: its other paths are its own business in the index
+            return made
         try:  # the commit is made: nothing past this point may undo the index or say it failed
             self._index_follows(parent, self.tip() or made, changes)
         except (OSError, pygit2.GitError, KeyError, ValueError) as exc:

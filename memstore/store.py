@@ -77,8 +77,7 @@ class Store:
 
     def __init__(self, ws: Workspace) -> None:
         self.ws = ws
-        self.commits = Committer(ws, on_commit=self._after_commit,
-                                 check=lambda rel, data: handedits.require_valid(self, rel, data))
+        self.commits = Committer(ws, on_commit=self._after_commit, check=self._check_merge)
         self.last_change = history.LastChange(ws.git)
         self._parsed: LRU[tuple[str, str], tuple[Block, dict[str, Any]]] = LRU(_PARSED_CACHE)
         self._agents: LRU[tuple[str, str], Agent] = LRU(_PARSED_CACHE)
@@ -177,6 +176,16 @@ class Store:
             return self._load(data, rel, name)[0]
         except FileFormatError:
             return self._last_good(rel, name, data, strict=strict)
+
+    def _check_merge(self, rel: str, merged: bytes, base: bytes, by_person: bool) -> None:
+        """Raise if an edit merged onto a git command's commit (`base`: what the edit was made on) makes an
+        invalid file, or is an agent's edit of a block that commit made read-only."""
+        handedits.require_valid(self, rel, merged)
+        if by_person or not rel.startswith("blocks/"):
+            return
+        name = rel[len("blocks/"):-len(".md")]
+        if self._load(merged, rel, name)[0].read_only and not self._load(base, rel, name)[0].read_only:
+            raise ReadOnlyError(self._load(merged, rel, name)[0].label)
 
     def _load(self, data: bytes, rel: str, name: str) -> tuple[Block, dict[str, Any]]:
         """Parse a block file, remembering recent results: an edit reads the same bytes twice."""
@@ -873,6 +882,8 @@ class Store:
             message = commit_message(subject, {"Memstore-Op": op, "Memstore-Agent": actor.agent_id or agent.id,
                                                "Memstore-Author-Kind": actor.kind})
             saved = self.commits.write(rel, render_agent(new), current, _ident(actor), message)
+            if saved.merged:  # a person's commit of the agent file landed meanwhile: the agent holds both
+                new = agent_from_file(self.commits.committed(rel) or b"", rel)
         return new.model_copy(update={"version": saved.version, "pending": saved.pending})
 
     def _agent_as_held(self, rel: str, current: bytes | None) -> Agent | None:

@@ -1823,3 +1823,129 @@ def test_hooks_and_attributes_set_up_while_a_store_is_open_apply_from_the_next_c
     assert "\r" not in git(ws_path, "show", "HEAD:blocks/org.md") and store.get_block("org").value.endswith(
         "before\nafter")
     assert_clean_repo(ws_path)
+
+
+def _lands_mid_commit(monkeypatch: pytest.MonkeyPatch, ws_path: Path, rel: str, change: Callable[[str], str]) -> None:
+    """The person's commit of `change(file as committed)` lands once, while the next commit is built."""
+    real = gitrepo.GitRepo._build
+    done: list[int] = []
+
+    def lands(self: gitrepo.GitRepo, *args: object, **kwargs: object) -> object:
+        if not done:
+            done.append(1)
+            _persons_plumbing_commit(ws_path, rel, change(git(ws_path, "show", f"HEAD:{rel}")))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(gitrepo.GitRepo, "_build", lands)
+
+
+def _wait_for_git(store: Store, actor: object) -> Path:
+    """An agent's edit that waits for git's index lock (the person staging): the lock, to let go."""
+    lock = store.ws.root / ".git/index.lock"
+    lock.write_bytes(b"")
+    assert store.memory_insert("org", "agent line", actor=actor).pending
+    return lock
+
+
+@pytest.mark.parametrize("waits", [False, True])
+def test_an_agents_edit_is_not_merged_into_a_block_a_persons_commit_made_read_only(
+        store: Store, ws_path: Path, monkeypatch: pytest.MonkeyPatch, waits: bool) -> None:
+    actor, rel = _lines_store(store)
+    read_only = git(ws_path, "show", f"HEAD:{rel}").replace("read_only: false", "read_only: true")
+    if waits:
+        lock = _wait_for_git(store, actor)
+        _persons_plumbing_commit(ws_path, rel, read_only)
+        lock.unlink()
+        Store.open(ws_path)  # the waiting edit is dropped
+    else:
+        _lands_mid_commit(monkeypatch, ws_path, rel, lambda text: read_only)
+        with pytest.raises(ConflictError, match="do not merge .*read-only"):
+            store.memory_insert("org", "agent line", actor=actor)
+    assert git(ws_path, "show", f"HEAD:{rel}") == read_only == (ws_path / rel).read_text()
+    assert_clean_repo(ws_path)
+
+
+def test_an_agent_change_merged_onto_a_persons_commit_returns_the_agent_as_committed(
+        store: Store, ws_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store.create_agent("agent1", "openai/gpt-4o-mini", system="line1\nline2\nline3\nline4")
+    rel = "agents/agent1.md"
+    _lands_mid_commit(monkeypatch, ws_path, rel, lambda text: text.replace("line4", "line4 (by Pat)"))
+    agent = store.update_agent("agent1", description="new description")
+    assert agent.system == store.get_agent("agent1").system == "line1\nline2\nline3\nline4 (by Pat)"
+    assert agent.description == "new description" and agent.version == git(ws_path, "rev-parse", "HEAD").strip()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="git pull of a local clone with a POSIX path")
+def test_a_waiting_edit_a_pull_with_autostash_carries_over_stays_the_agents(
+        store: Store, ws_path: Path, tmp_path: Path) -> None:
+    actor, rel = _lines_store(store)
+    upstream = tmp_path / "upstream"
+    git(tmp_path, "clone", "-q", str(ws_path), str(upstream))
+    (upstream / rel).write_text((upstream / rel).read_text().replace("Org: Letta", "Org: Letta (by Pat)"))
+    git(upstream, "commit", "-qam", "upstream")
+    _wait_for_git(store, actor).unlink()
+    git(ws_path, "pull", "-q", "--rebase", "--autostash", str(upstream), "HEAD")  # stash, move, pop the merge
+    reopened = Store.open(ws_path)
+    assert reopened.commits.pending_files() == []
+    assert reopened.get_block("org").value == "Org: Letta (by Pat)\nline 2\nline 3\nline 4\nagent line"
+    assert git(ws_path, "log", "-2", "--format=%an|%s").splitlines() == ["agent1|memory_insert org",
+                                                                         f"{PERSON_NAME}|upstream"]
+    assert_clean_repo(ws_path)
+
+
+def test_a_person_going_back_past_a_waiting_edit_is_not_merged_onto(store: Store, ws_path: Path) -> None:
+    """The edit's base content recurs in history; `git reset --soft` goes back to a commit after it: the branch
+    went back, so the edit is not merged onto it (a reset is the person's, as before)."""
+    actor, rel = _lines_store(store)
+    store.memory_replace("org", "line 2", "line two", actor=actor)
+    store.memory_replace("org", "line two", "line 2", actor=actor)
+    lock = _wait_for_git(store, actor)
+    lock.unlink()
+    git(ws_path, "reset", "-q", "--soft", "HEAD~1")  # back to "line two"
+    Store.open(ws_path)
+    committed = git(ws_path, "show", f"HEAD:{rel}")
+    assert "line two" in committed and "agent line" not in committed, "merged onto a branch that went back"
+
+
+def test_a_persons_waiting_hand_edit_is_never_wiped_by_a_commit_it_does_not_merge_with(
+        store: Store, ws_path: Path) -> None:
+    from memstore import handedits
+
+    _lines_store(store)
+    rel = "blocks/org.md"
+    lock = ws_path / ".git/index.lock"
+    lock.write_bytes(b"")
+    path = ws_path / rel
+    path.write_text(path.read_text().replace("line 4", "line 4 (my hand edit)"))
+    handedits.pick_up(store, rel)  # what the watcher does: it waits for git, under the person's name
+    assert store.commits.pending_files() == [rel]
+    _persons_plumbing_commit(ws_path, rel, git(ws_path, "show", f"HEAD:{rel}").replace("line 4", "line 4 (script)"))
+    lock.unlink()
+    Store.open(ws_path)
+    assert "(my hand edit)" in path.read_text()  # git never overwrites a dirty file either
+
+
+@pytest.mark.parametrize("killed_at", ["_save_journal", "_put"])
+def test_a_writer_killed_while_it_merges_a_waiting_edit_leaves_it_the_agents(
+        store: Store, ws_path: Path, monkeypatch: pytest.MonkeyPatch, killed_at: str) -> None:
+    from memstore.commits import Committer
+
+    actor, rel = _lines_store(store)
+    lock = _wait_for_git(store, actor)
+    _persons_plumbing_commit(ws_path, rel, git(ws_path, "show", f"HEAD:{rel}").replace("Org: Letta", "Org: Pat"))
+    lock.unlink()
+    real = getattr(Committer, killed_at)
+
+    def dies(self: Committer, *args: object) -> object:
+        if sys._getframe(1).f_code.co_name == "_rebase":
+            raise KeyboardInterrupt("killed")
+        return real(self, *args)
+
+    monkeypatch.setattr(Committer, killed_at, dies)
+    with pytest.raises(KeyboardInterrupt):
+        Store.open(ws_path)
+    monkeypatch.setattr(Committer, killed_at, real)
+    reopened = Store.open(ws_path)
+    assert reopened.get_block("org").value == "Org: Pat\nline 2\nline 3\nline 4\nagent line"
+    assert git(ws_path, "log", "-1", "--format=%an").strip() == "agent1"
+    assert_clean_repo(ws_path)
