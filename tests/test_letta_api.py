@@ -374,3 +374,41 @@ def test_a_new_agent_never_inherits_a_deleted_agents_conversation(client: Letta,
     client.agents.messages.create(new.id, messages=[{"role": "user", "content": "hello"}])
     sent = scripted.requests["bot-model"][-1]["messages"]
     assert "hello" in str(sent) and "hunter2" not in str(sent)
+
+
+HOLDER = """
+import pathlib, sys, time
+from memstore.locks import Locks
+with Locks(pathlib.Path(sys.argv[1])).hold(sys.argv[2], "a test"):
+    print("held", flush=True)
+    while not pathlib.Path(sys.argv[3]).exists():
+        time.sleep(0.01)
+"""
+
+
+def test_a_block_write_held_up_by_another_writer_does_not_hold_up_the_server(
+        client: Letta, server: str, ws_path: Path, tmp_path: Path) -> None:
+    """Block PATCHes run on the event loop when nothing can hold them up; one whose lock another process
+    holds goes to a worker thread, so every other request is still answered meanwhile."""
+    import subprocess
+    import sys
+
+    block = client.blocks.create(label="organization", value="Org")
+    release = tmp_path / "release"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(ws_path / ".memstore/locks"),
+                               "blocks__organization.md.lock", str(release)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        done: list[object] = []
+        patch = threading.Thread(target=lambda: done.append(client.blocks.update(block.id, value="Org v2")))
+        patch.start()
+        time.sleep(0.3)  # the PATCH reaches the server and waits for the lock
+        health = httpx.get(f"{server}/v1/health", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+        assert health.json()["status"] == "ok"  # answered meanwhile
+        assert client.blocks.retrieve(block.id).value == "Org" and not done  # still waiting: nothing written
+    finally:
+        release.write_text("")
+        holder.wait(timeout=30)
+    patch.join(timeout=30)
+    assert done and client.blocks.retrieve(block.id).value == "Org v2"
+    assert git(ws_path, "log", "-1", "--format=%s").startswith("update_block organization")
