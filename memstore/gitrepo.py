@@ -805,6 +805,8 @@ class GitRepo:
                 parent = next(iter(self.parents(made)), None)
                 if made in built:  # not when a git command had committed these very blobs meanwhile
                     self._hook("post-commit", [], env, claim, changes, check=False)
+                    made = self._amended(made, changes)
+                    built.append(made)
             finally:
                 note.unlink(missing_ok=True)
         if made not in built:  # a git command's commit: its other paths are its own business in the index
@@ -814,6 +816,18 @@ class GitRepo:
         except (OSError, pygit2.GitError, KeyError, ValueError) as exc:
             log.warning("commit %s made, but the index may not show what its hooks added: %s", made[:12], exc)
         return made
+
+    def _amended(self, made: str, changes: Sequence[tuple[str, str | None]]) -> str:
+        """The commit that holds the edit after the post-commit hook: `made`, or the commit a `git commit
+        --amend` in the hook put in its place (same parents, the edit's blobs), since `made` left the branch."""
+        try:
+            tip = self.tip()
+            if (tip is None or tip == made or self.descends(tip, made) or self.parents(tip) != self.parents(made)
+                    or any(self.blob_at(tip, rel) != blob for rel, blob in changes)):
+                return made
+        except (KeyError, ValueError, pygit2.GitError):
+            return made
+        return tip
 
     def _hook(self, name: str, args: list[str], env: dict[str, str], claim: int | None,
               changes: Sequence[tuple[str, str | None]], check: bool = True) -> None:

@@ -1949,3 +1949,15 @@ def test_a_writer_killed_while_it_merges_a_waiting_edit_leaves_it_the_agents(
     assert reopened.get_block("org").value == "Org: Pat\nline 2\nline 3\nline 4\nagent line"
     assert git(ws_path, "log", "-1", "--format=%an").strip() == "agent1"
     assert_clean_repo(ws_path)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="shell hooks")
+def test_a_post_commit_hook_that_amends_the_commit_leaves_the_result_naming_the_amended_one(
+        store: Store, ws_path: Path) -> None:
+    store, actor = agent_store(store)
+    _hook(ws_path, "post-commit", '[ -n "$AMENDING" ] && exit 0\nAMENDING=1 git commit -q --amend --no-verify '
+                                  '-m "$(git log -1 --format=%B)" -m "Reviewed-by: bot"\n')
+    result = store.memory_insert("org", "agent line", actor=actor)
+    assert result.version == git(ws_path, "rev-parse", "HEAD").strip()
+    assert git(ws_path, "log", "-1", "--format=%an|%B").strip().endswith("Reviewed-by: bot")
+    assert_clean_repo(ws_path)
