@@ -792,8 +792,10 @@ class GitRepo:
                     self._hook("pre-commit", [], env, claim, changes)
                     self._hook("prepare-commit-msg", [str(note), "message"], env, claim, changes)
                     self._hook("commit-msg", [str(note)], env, claim, changes)
-                    if note.read_bytes() != message.encode():  # a hook changed it: git's clean-up, as git's
-                        self._git(["stripspace"], env, claim, changes, stdin=note.read_bytes(), out=note)
+                    cleanup = self.config.get("commit.cleanup", "default").lower()  # as `git commit -F` does
+                    if note.read_bytes() != message.encode() and cleanup != "verbatim":  # a hook changed it
+                        self._git(["stripspace", *(["--strip-comments"] if cleanup == "strip" else [])], env,
+                                  claim, changes, stdin=note.read_bytes(), out=note)
                     staged.read(force=True)  # what the pre-commit hook added
                     tree = str(staged.write_tree(self.repo))
                     built.append(self._git(["commit-tree", tree, *(["-p", tip] if tip else []),

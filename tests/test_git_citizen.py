@@ -1961,3 +1961,15 @@ def test_a_post_commit_hook_that_amends_the_commit_leaves_the_result_naming_the_
     assert result.version == git(ws_path, "rev-parse", "HEAD").strip()
     assert git(ws_path, "log", "-1", "--format=%an|%B").strip().endswith("Reviewed-by: bot")
     assert_clean_repo(ws_path)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="shell hooks")
+@pytest.mark.parametrize("cleanup", ["verbatim", "strip", "whitespace"])
+def test_a_message_a_hook_edits_is_cleaned_up_as_commit_cleanup_says(store: Store, ws_path: Path,
+                                                                      cleanup: str) -> None:
+    store, actor = agent_store(store)
+    git(ws_path, "config", "commit.cleanup", cleanup)
+    _hook(ws_path, "commit-msg", "printf '# a note   \\n\\n\\n' >> \"$1\"\n")
+    store.memory_insert("org", "agent line", actor=actor)
+    tail = git(ws_path, "cat-file", "commit", "HEAD").rsplit("Memstore-Author-Kind: agent\n", 1)[1]
+    assert tail == {"verbatim": "# a note   \n\n\n", "strip": "", "whitespace": "# a note\n"}[cleanup]
