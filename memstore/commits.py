@@ -248,7 +248,9 @@ class Committer:
         journal = [*earlier, *entries]
         try:
             self._save_journal(rel, journal)
-            return None if earlier else self._commit_journal({rel: journal}, wait=None)
+            if earlier:  # behind waiting edits: all of them now, if their obstacle is gone (merged onto the branch)
+                return self._finish(rel, wait=0.0)
+            return self._commit_journal({rel: journal}, wait=None)
         except OSError as exc:
             self._save_journal(rel, earlier)
             raise _disk_error(rel, exc) from None
@@ -547,9 +549,12 @@ class Committer:
         moved_on = bool(journal) and journal[0].base != head and self._moved_on(rel, journal[0])
         if moved_on and disk_blob != journal[-1].new:  # the merge may be in the file already (`pull --autostash`)
             try:
-                moved_on = self._plan(rel, journal)[-1][1] == disk_blob
+                in_file = self._plan(rel, journal)[-1][1] == disk_blob
             except Diverged:
-                moved_on = False
+                in_file = False
+            if not in_file and not unwritten and disk_blob not in (head, None):
+                return None  # a person's change on top: once taken as theirs (a hand edit), all are merged onto it
+            moved_on = in_file
         if not journal or (journal[0].base != head and not moved_on) or (
                 disk_blob == head and disk_blob != journal[-1].new):
             if journal:  # the person put the file back to the branch (`git reset --hard`, `git checkout`, `git stash`)

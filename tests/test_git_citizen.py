@@ -1973,3 +1973,20 @@ def test_a_message_a_hook_edits_is_cleaned_up_as_commit_cleanup_says(store: Stor
     store.memory_insert("org", "agent line", actor=actor)
     tail = git(ws_path, "cat-file", "commit", "HEAD").rsplit("Memstore-Author-Kind: agent\n", 1)[1]
     assert tail == {"verbatim": "# a note   \n\n\n", "strip": "", "whitespace": "# a note\n"}[cleanup]
+
+
+def test_a_hand_edit_on_a_waiting_edit_and_a_persons_commit_meanwhile_are_all_kept_each_under_its_author(
+        store: Store, ws_path: Path) -> None:
+    actor, rel = _lines_store(store)
+    lock = _wait_for_git(store, actor)
+    path = ws_path / rel
+    path.write_text(path.read_text().replace("line 3", "line 3 (hand)"))  # saved in an editor meanwhile
+    _persons_plumbing_commit(ws_path, rel, git(ws_path, "show", f"HEAD:{rel}").replace("Org: Letta", "Org: Pat"))
+    lock.unlink()
+    reopened = Store.open(ws_path)
+    assert reopened.commits.pending_files() == [rel]  # waits for the hand edit to be taken as the person's
+    reopened.memory_insert("org", "agent C", actor=actor)  # an edit of the block (or the watcher) takes it
+    assert reopened.get_block("org").value == "Org: Pat\nline 2\nline 3 (hand)\nline 4\nagent line\nagent C"
+    assert git(ws_path, "log", "-4", "--format=%an").splitlines() == ["agent1", PERSON_NAME, "agent1", PERSON_NAME]
+    assert "+line 3 (hand)" in git(ws_path, "show", "-U0", "HEAD~1") and "+Org: Pat" in git(ws_path, "show", "HEAD~3")
+    assert_clean_repo(ws_path)
