@@ -9,8 +9,7 @@ its own process, with routes the benchmark adds (not shipped): GET and PATCH /v1
 round trip is the HTTP floor, and PATCH /v1/noop-core, the no-op route making the same core
 edit as a block PATCH (on a block of its own), which separates the API's own cost from the
 cost of making a disk-heavy call inside a request; PATCH /v1/noop-core-loop makes it on the
-event loop's thread instead of a worker thread, which shows what the hand-over costs (the
-block PATCH runs there when nothing can hold it up). One keep-alive client sends the requests
+event loop's thread instead of a worker thread, which shows what the hand-over costs. One keep-alive client sends the requests
 in turn. Goals: a read at most 1.5x the no-op; a write at most the no-op plus the core edit,
 which is measured in process in the same run (store.update_block with a new value, on
 another block). Every PATCH of the write comparison, the no-op's included, is sent right
@@ -67,8 +66,8 @@ def serve(workspace: str, port: int) -> None:
 
     @letta.patch("/v1/noop-core-loop")
     async def noop_core_loop(body: dict[str, str]) -> dict[str, str]:
-        """The same edit run on the event loop's thread, not handed to a worker thread: what the block
-        PATCH does when nothing can hold it up (`letta_api.block_write`)."""
+        """The same edit run on the event loop's thread, not handed to a worker thread (a probe only:
+        a server that did this would stall every request behind an edit's lock wait)."""
         update_block(control.id, value=body["value"])
         return {"status": "ok"}
 

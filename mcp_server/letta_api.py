@@ -13,7 +13,6 @@ from __future__ import annotations
 import email.utils
 import inspect
 import json
-import os
 import queue
 import re
 import threading
@@ -22,7 +21,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from typing import Annotated, Any, Literal, TypeVar
 
-import anyio.to_thread
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
@@ -53,7 +51,6 @@ from memstore import (
     WorkspaceError,
 )
 from memstore.errors import EditError, os_error_text
-from memstore.locks import WouldWait, without_waiting
 from memstore.store import new_block
 from memstore.validation import check_text
 
@@ -214,27 +211,6 @@ def agent_response(store: Store, agent: Agent) -> JSONResponse:
     return with_version(agent_json(store, agent), None, agent.pending)
 
 
-async def block_write(store: Store, call: Callable[[], T]) -> T:
-    """Run a block write on the event loop when nothing can hold it up there, else in a worker thread.
-
-    A micro-optimisation the goal needs: measured side by side (benchmarks/rest.py, "handing
-    the edit to a worker thread"), the hand-over costs 0.2 ms, which alone put a block PATCH
-    over "the no-op plus the core edit". On the loop only while no other request's work is in
-    a worker thread, git holds no index lock, no hooks or signing run (processes), and the
-    block's lock is free: else `WouldWait`, before anything is read or written, and a worker
-    thread makes the write.
-    """
-    git = store.ws.git
-    if (anyio.to_thread.current_default_thread_limiter().borrowed_tokens == 0 and not git.native_commit
-            and not os.path.exists(git.git_dir / "index.lock")):
-        try:
-            with without_waiting():
-                return call()
-        except WouldWait:
-            pass
-    return await anyio.to_thread.run_sync(call)
-
-
 def edited(result: EditResult) -> JSONResponse:
     return with_version(block_json(result.block), result.version, result.pending)
 
@@ -298,15 +274,11 @@ def _add_block_routes(app: FastAPI, store: Store) -> None:
         return with_version(block_json(block), block.version, block.pending)
 
     @app.patch(f"{PREFIX}/blocks/{{block_id}}", tags=["blocks"])
-    async def update_block(block_id: str, body: BlockUpdate, request: Request,
-                           if_match: IfMatch = None) -> JSONResponse:
-        def call() -> JSONResponse:
-            fields = body.model_dump(include=set(BlockUpdate.model_fields), exclude_unset=True, exclude_none=True)
-            version = expected(if_match, lambda: store.get_block(_block_id(block_id)).version)
-            return edited(store.update_block(_block_id(block_id), actor=caller(request), expected_version=version,
-                                             **fields))
-
-        return await block_write(store, call)
+    def update_block(block_id: str, body: BlockUpdate, request: Request, if_match: IfMatch = None) -> JSONResponse:
+        fields = body.model_dump(include=set(BlockUpdate.model_fields), exclude_unset=True, exclude_none=True)
+        block_id = _block_id(block_id)
+        version = expected(if_match, lambda: store.get_block(block_id).version)
+        return edited(store.update_block(block_id, actor=caller(request), expected_version=version, **fields))
 
     @app.delete(f"{PREFIX}/blocks/{{block_id}}", tags=["blocks"])
     def delete_block(block_id: str, request: Request, if_match: IfMatch = None) -> JSONResponse:
@@ -422,15 +394,12 @@ def _add_agent_routes(app: FastAPI, store: Store, endpoints_allowed: bool) -> No
         return with_version(block_json(block), block.version, block.pending)
 
     @app.patch(core + "/{block_label}", tags=["core memory"])
-    async def update_agent_block(agent_id: str, block_label: str, body: BlockUpdate, request: Request,
-                                 if_match: IfMatch = None) -> JSONResponse:
-        def call() -> JSONResponse:
-            block = store.agent_block(_agent_id(agent_id), block_label)
-            fields = body.model_dump(include=set(BlockUpdate.model_fields), exclude_unset=True, exclude_none=True)
-            version = expected(if_match, lambda: store.get_block(block.id).version)
-            return edited(store.update_block(block.id, actor=caller(request), expected_version=version, **fields))
-
-        return await block_write(store, call)
+    def update_agent_block(agent_id: str, block_label: str, body: BlockUpdate, request: Request,
+                           if_match: IfMatch = None) -> JSONResponse:
+        block = store.agent_block(_agent_id(agent_id), block_label)
+        fields = body.model_dump(include=set(BlockUpdate.model_fields), exclude_unset=True, exclude_none=True)
+        version = expected(if_match, lambda: store.get_block(block.id).version)
+        return edited(store.update_block(block.id, actor=caller(request), expected_version=version, **fields))
 
 
 # -- messages ------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
-from contextvars import ContextVar
 from pathlib import Path
 
 from filelock import lock_descriptor, unlock_descriptor
@@ -38,22 +37,6 @@ except ImportError:  # Windows
 
 POLL = 0.0005  # seconds between attempts while another process holds the lock (where there is no queue)
 TIMEOUT = 120.0  # seconds before a wait is given up with a clear error
-_NO_WAIT: ContextVar[bool] = ContextVar("memstore_no_wait", default=False)
-
-
-class WouldWait(LockTimeoutError):
-    """A file's lock is held by another writer and the caller asked not to wait: nothing was done."""
-
-
-@contextmanager
-def without_waiting() -> Iterator[None]:
-    """Within: a change whose first files' locks are held elsewhere raises WouldWait, before it reads or
-    writes anything, instead of waiting (for a caller that must not block, such as an event loop)."""
-    token = _NO_WAIT.set(True)
-    try:
-        yield
-    finally:
-        _NO_WAIT.reset(token)
 
 
 class _Lock:
@@ -245,17 +228,10 @@ class Locks:
 
     @contextmanager
     def files(self, rels: Iterable[str]) -> Iterator[None]:
-        """Hold the locks of several workspace files, in sorted order (so no two holders wait for each other).
-        Under `without_waiting`, the first such call raises WouldWait if one is held (later ones wait)."""
-        no_wait = _NO_WAIT.get()
+        """Hold the locks of several workspace files, in sorted order (so no two holders wait for each other)."""
         with ExitStack() as stack:
             for rel in sorted(set(rels)):
-                try:
-                    stack.enter_context(self.hold(self.file(rel), rel, timeout=0.0 if no_wait else TIMEOUT))
-                except LockTimeoutError as exc:
-                    raise (WouldWait(str(exc)) if no_wait else exc) from None
-            if no_wait:
-                _NO_WAIT.set(False)  # the change is under way: what it takes next is waited for
+                stack.enter_context(self.hold(self.file(rel), rel))
             yield
 
     def file(self, rel: str) -> str:
