@@ -665,15 +665,23 @@ class Committer:
     def _drop_refused(self, rel: str, journal: list[_Entry], disk_blob: str | None, exc: MemstoreError) -> None:
         """Waiting edits that a hook (or signing) refused when their commit was retried, or that do not merge
         with a git command's commit of the file (Diverged): they go, as a refused edit does, and the file
-        goes back to what is committed unless a person changed it since."""
+        goes back to what is committed unless a person changed it since. A person's text is never put back:
+        agents' edits under it are taken out of it where they come out cleanly, and it is a hand edit again."""
         log.warning("%s: %d waiting edit(s), the first by %s, refused and dropped: %s", rel, len(journal),
                     journal[0].name, exc)
+        persons = [i for i, entry in enumerate(journal) if entry.by_person]
         try:
-            if disk_blob == journal[-1].new and not (isinstance(exc, Diverged) and any(e.by_person for e in journal)):
+            if disk_blob == journal[-1].new and not persons:
                 back = self.head_blob(rel) if isinstance(exc, Diverged) else journal[0].base
-                self._put(rel, self.git.read_blob(back) if back else None)  # a person's text is never put back
+                self._put(rel, self.git.read_blob(back) if back else None)
                 if isinstance(exc, Diverged):
                     self._index_to_branch({rel: journal[0].base})
+            elif disk_blob == journal[-1].new and persons[0] and persons == list(range(persons[0], len(journal))):
+                refused = journal[: persons[0]]  # agents' edits, then the person's on top: the agents' taken out
+                base, theirs = refused[-1].new, refused[0].base
+                out = self.git.merge3(rel, base, disk_blob, theirs) if None not in (base, disk_blob, theirs) else None
+                if out is not None and not isinstance(exc, Diverged):
+                    self._put(rel, out)
             self._save_journal(rel, [])
         except OSError as exc:  # the disk refuses: they stay waiting, to be dropped at the next try
             log.warning("%s: the refused edits could not be taken out of the file yet: %s", rel, os_error_text(exc))

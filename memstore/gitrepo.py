@@ -104,17 +104,24 @@ def open_repository(root: Path, config: dict[str, str]) -> pygit2.Repository:
     return repo
 
 
-def git_config(root: Path) -> dict[str, str]:
-    """git's configuration as git itself reads it here (every scope, includes, GIT_CONFIG_* variables).
+def git_config(root: Path, files: set[Path] | None = None) -> dict[str, str]:
+    """git's configuration as git itself reads it here (every scope, includes, GIT_CONFIG_* variables);
+    `files`, if given, gets the files its values came from (included ones too).
 
     Asked of git, not libgit2: libgit2 does not honour GIT_CONFIG_GLOBAL and friends, and
     the person's identity, hooks and signing must be what `git commit` would use.
     """
-    proc = subprocess.run(["git", "config", "--list", "-z"], cwd=root, capture_output=True,
+    proc = subprocess.run(["git", "config", "--list", "--show-origin", "-z"], cwd=root, capture_output=True,
                           stdin=subprocess.DEVNULL, check=False)
     out: dict[str, str] = {}
-    for item in proc.stdout.decode("utf-8", "replace").split("\0"):
+    items = proc.stdout.decode("utf-8", "replace").split("\0")
+    for origin, item in zip(items[0::2], items[1::2]):  # (file:<path>, key\nvalue) pairs
         key, given, value = item.partition("\n")
+        if files is not None and origin.startswith("file:"):
+            source = root / origin[len("file:"):]
+            files.add(source)
+            if key.lower() == "include.path" or (key.lower().startswith("includeif.") and key.lower().endswith(".path")):
+                files.add(source.parent / Path(value).expanduser())  # watched even while it sets nothing
         if key:
             out[key.lower()] = value if given else "true"  # a bare `key` line means true
     return out
@@ -136,7 +143,8 @@ class GitRepo:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.config = cfg = git_config(root)
+        self._config_origins: set[Path] = set()
+        self.config = cfg = git_config(root, self._config_origins)
         self.repo = open_repository(root, cfg)
         self.git_dir = Path(self.repo.path).resolve()
         self.common_dir = _common_dir(self.git_dir)
@@ -152,6 +160,7 @@ class GitRepo:
         self.flush = _fsync_components(cfg.get("core.fsync"))
         self.objects = gittree.Objects(self.repo, str(self.common_dir / "objects"), self.flush)
         self._rules: tuple[tuple[int, int] | None, ...] = ()
+        self._refreshing = threading.Lock()
         self.refresh(cfg)
 
     # -- what the repository asks of a commit --------------------------------------------
@@ -160,19 +169,31 @@ class GitRepo:
         """Read again what the repository asks of a commit (attributes, signing, hooks) if a file that
         says it changed since: a long-running `serve` notices hooks installed or signing turned on.
         Per change: a few stats (git's configuration is read again only when one of its files changed)."""
-        rules = tuple(_stat_key(p) for p in (*self._config_files(), *self._attribute_files()))
-        if cfg is not None or rules != self._rules:
-            self.config = cfg = git_config(self.root) if cfg is None else cfg
-            self._rules = rules
-            self._filters = self._has_filters(cfg)
-            self._check_filter_drivers()
-            self.signs = git_bool(cfg.get("commit.gpgsign"))
-        self.native_commit = self.signs or any(map(self._hook_path, _HOOKS))  # made as `git commit` makes it
+        with self._refreshing:  # one thread at a time: the fields below change together
+            rules = self._rules_key()
+            if cfg is not None or rules != self._rules:
+                before = self._config_origins
+                if cfg is None:
+                    origins: set[Path] = set()
+                    cfg = git_config(self.root, origins)
+                    self._config_origins = origins
+                self.config = cfg
+                self._filters = self._has_filters(cfg)
+                self._check_filter_drivers()  # refused: read again (and refused again) at the next change
+                self.signs = git_bool(cfg.get("commit.gpgsign"))
+                # the files' stats from before they were read: a change made meanwhile is read at the next change
+                self._rules = rules if self._config_origins == before else self._rules_key()
+            self.native_commit = self.signs or any(map(self._hook_path, _HOOKS))  # made as `git commit` makes it
+
+    def _rules_key(self) -> tuple[tuple[int, int] | None, ...]:
+        """The (mtime, size) of every file that says what a commit needs: when it changes, they are read again."""
+        return tuple(_stat_key(p) for p in (*self._config_files(), *self._attribute_files()))
 
     def _config_files(self) -> list[Path]:
-        """git's configuration files: the repository's, the worktree's, the global one (and XDG's)."""
+        """git's configuration files: the repository's, the worktree's, the global one (and XDG's), and every
+        file a value came from (the system's, included ones)."""
         return [self.git_dir / "config", self.common_dir / "config", Path(os.path.expanduser("~/.gitconfig")),
-                Path(os.environ.get("GIT_CONFIG_GLOBAL") or _xdg_git() / "config")]
+                Path(os.environ.get("GIT_CONFIG_GLOBAL") or _xdg_git() / "config"), *sorted(self._config_origins)]
 
     def _attribute_files(self) -> list[Path]:
         """The attribute files that can apply to blocks/ and agents/."""

@@ -1990,3 +1990,47 @@ def test_a_hand_edit_on_a_waiting_edit_and_a_persons_commit_meanwhile_are_all_ke
     assert git(ws_path, "log", "-4", "--format=%an").splitlines() == ["agent1", PERSON_NAME, "agent1", PERSON_NAME]
     assert "+line 3 (hand)" in git(ws_path, "show", "-U0", "HEAD~1") and "+Org: Pat" in git(ws_path, "show", "HEAD~3")
     assert_clean_repo(ws_path)
+
+
+def test_a_filter_added_while_a_store_is_open_is_refused_at_every_edit(store: Store, ws_path: Path) -> None:
+    store.create_block("org", "v0")
+    (ws_path / ".gitattributes").write_text("*.md filter=lfs\n")
+    for value in ("v1", "v2"):
+        with pytest.raises(WorkspaceError, match="filter"):
+            store.update_block("org", value=value)
+    assert git(ws_path, "log", "-1", "--format=%s").startswith("create_block")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="shell hooks")
+def test_a_hooks_path_set_in_an_included_config_file_while_a_store_is_open_applies(
+        store: Store, ws_path: Path, tmp_path: Path) -> None:
+    included = tmp_path / "included.cfg"
+    included.write_text("# nothing yet\n")
+    git(ws_path, "config", "include.path", str(included))
+    store = Store.open(ws_path)
+    store.create_block("org", "v0")
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "pre-commit").write_text("#!/bin/sh\necho 'refused by the shared hooks' >&2\nexit 1\n")
+    (hooks / "pre-commit").chmod(0o755)
+    included.write_text(f"[core]\n\thooksPath = {hooks}\n")
+    with pytest.raises(ConflictError, match="refused by the shared hooks"):
+        store.update_block("org", value="v1")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="shell hooks")
+def test_a_hook_refusing_a_waiting_agent_edit_keeps_the_persons_hand_edit_on_top_of_it(
+        store: Store, ws_path: Path) -> None:
+    actor, rel = _lines_store(store)
+    _hook(ws_path, "pre-commit", 'if [ "$GIT_AUTHOR_NAME" = agent1 ]; then echo "no agents" >&2; exit 1; fi\n')
+    lock = _wait_for_git(Store.open(ws_path), actor)
+    path = ws_path / rel
+    path.write_text(path.read_text().replace("Org: Letta", "Org: Letta (person)"))
+    store.get_block("org")  # the hand edit is taken as the person's: it waits behind the agent's edit
+    lock.unlink()
+    store.commits.finish_all()  # the agent's edit is refused at its retry, and taken out of the file
+    assert path.read_text().endswith("Org: Letta (person)\nline 2\nline 3\nline 4\n")
+    store.get_block("org")  # the person's text is a hand edit again: committed under their name
+    assert git(ws_path, "log", "-1", "--format=%an").strip() == PERSON_NAME
+    assert git(ws_path, "show", f"HEAD:{rel}") == path.read_text()
+    assert_clean_repo(ws_path)
