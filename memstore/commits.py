@@ -74,9 +74,13 @@ class _Entry:
 
     @property
     def by_person(self) -> bool:
-        """A person's edit (a hand edit, or theirs through memstore): their file's text is never put back by a
-        refusal, and they may edit a block made read-only."""
+        """A person's edit (a hand edit, or theirs through memstore): they may edit a block made read-only."""
         return "Memstore-Author-Kind: person" in self.message
+
+    @property
+    def hand_edit(self) -> bool:
+        """A person's text from their editor: never put back by a refusal."""
+        return "Memstore-Op: hand_edit" in self.message
 
 
 class Diverged(ConflictError):
@@ -669,7 +673,7 @@ class Committer:
         agents' edits under it are taken out of it where they come out cleanly, and it is a hand edit again."""
         log.warning("%s: %d waiting edit(s), the first by %s, refused and dropped: %s", rel, len(journal),
                     journal[0].name, exc)
-        persons = [i for i, entry in enumerate(journal) if entry.by_person]
+        persons = [i for i, entry in enumerate(journal) if entry.hand_edit]
         try:
             if disk_blob == journal[-1].new and not persons:
                 back = self.head_blob(rel) if isinstance(exc, Diverged) else journal[0].base
