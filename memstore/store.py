@@ -692,11 +692,7 @@ class Store:
         validate_agent_name(name)
         actor = actor or self.person
         check_agent_admin(actor, "create_agent")
-        taken = next((n for n in self._agent_file_names() if n.lower() == name.lower()), None)
-        if taken is not None:
-            raise ConflictError(f"An agent named '{name}' already exists." if taken == name else
-                                f"An agent named '{taken}' exists; names that differ only in case would collide "
-                                "on macOS and Windows.")
+        self._check_agent_name_free(name)
         existing = [self.get_block(ref) for ref in (block_ids or [])]
         check_unique_labels(name, [*(new_blocks or []), *existing])  # refused before anything is locked
         agent = Agent(
@@ -706,8 +702,23 @@ class Store:
             api_base=check_optional_text(api_base),
         )
         log_rel = _log_rel(agent)
+        with self.commits.locks.hold(self.commits.locks.file(f"agents/{name.lower()}.name"), f"agent name {name}"):
+            self._check_agent_name_free(name)  # again, now that no writer can make its case twin meanwhile
+            return self._create_agent_files(agent, name, log_rel, new_blocks or [], existing, actor)
+
+    def _check_agent_name_free(self, name: str) -> None:
+        """Refuse a name taken, also in another case: the files would collide on macOS and Windows."""
+        taken = next((n for n in self._agent_file_names() if n.lower() == name.lower()), None)
+        if taken is not None:
+            raise ConflictError(f"An agent named '{name}' already exists." if taken == name else
+                                f"An agent named '{taken}' exists; names that differ only in case would collide "
+                                "on macOS and Windows.")
+
+    def _create_agent_files(self, agent: Agent, name: str, log_rel: str, new_blocks: list[Block],
+                            existing: list[Block], actor: Actor) -> Agent:
+        """Write a new agent's file, its new blocks and its empty log as one commit (the name's lock held)."""
         for _ in range(_NAME_TRIES):  # a name chosen for a new block may be taken before its lock is held
-            made = self._new_block_files(new_blocks or [])
+            made = self._new_block_files(new_blocks)
             rels = [agent.path, log_rel, *made, *(b.path for b in existing)]
             with self.commits.locked_files(rels) as now:  # the agent's file first, then its blocks'
                 if now[agent.path] is not None:

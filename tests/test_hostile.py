@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx2
@@ -338,3 +339,38 @@ def test_the_running_watcher_refuses_symlinks_in_blocks_and_agents(store: Store,
     assert git(ws_path, "rev-parse", "HEAD") == before  # nothing committed
     assert [a.name for a in store.list_agents()] == ["agent1"]
     assert not leaked(str(store.agent_problems()))
+
+
+def test_two_writers_creating_case_twin_agents_at_once_make_only_one(store: Store,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`Bob` and `bob` would be one file on macOS and Windows: of two writers racing to make them, one is refused,
+    also on Linux, where the two files could both be made."""
+    import threading
+
+    listed = Store._agent_file_names
+    seen: set[int] = set()
+
+    def slow_first_look(self: Store) -> list[str]:
+        names = listed(self)
+        if threading.get_ident() not in seen:  # each writer's first look, then a pause: both look before either writes
+            seen.add(threading.get_ident())
+            time.sleep(0.3)
+        return names
+
+    monkeypatch.setattr(Store, "_agent_file_names", slow_first_look)
+    outcomes: dict[str, object] = {}
+
+    def create(name: str) -> None:
+        try:
+            outcomes[name] = store.create_agent(name, "openai/gpt-4o-mini")
+        except ConflictError as exc:
+            outcomes[name] = exc
+
+    writers = [threading.Thread(target=create, args=(name,)) for name in ("Bob", "bob")]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    refused = [o for o in outcomes.values() if isinstance(o, ConflictError)]
+    assert len(refused) == 1 and "differ only in case" in str(refused[0])
+    assert len([p for p in (store.ws.root / "agents").glob("*.md") if p.stem.lower() == "bob"]) == 1
