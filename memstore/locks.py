@@ -235,8 +235,9 @@ class Locks:
             yield
 
     def file(self, rel: str) -> str:
-        """The lock name of a workspace file."""
-        return rel.replace("/", "__") + ".lock"
+        """The lock name of a workspace file: case-folded, so case twins (`Org.md`, `org.md`), one file on macOS
+        and Windows, share one lock on Linux too."""
+        return rel.replace("/", "__").lower() + ".lock"
 
 
 def _close_all(open_locks: dict[str, _Lock]) -> None:

@@ -292,13 +292,20 @@ class Store:
         for _ in range(_NAME_TRIES):  # the name chosen may be taken before its lock is held: chosen again
             ((rel, block),) = self._new_block_files([block]).items()
             with self.commits.locked(rel) as current:
-                if current is not None or self.commits.head_blob(rel) is not None:
+                if current is not None or self._taken(rel):
                     continue
                 saved = self.commits.write(rel, render_block(block), None, _ident(actor),
                                            self._message("create_block", block, actor))
             self.catalog.bump()
             return block.model_copy(update={"version": saved.version, "pending": saved.pending})
         raise ConflictError(f"Other writers kept taking the file names for '{block.label}'; try again.")
+
+    def _taken(self, rel: str) -> bool:
+        """Whether a new file `rel` (its lock held) is taken after all: on the branch, or by a case twin that
+        another writer made since it was chosen."""
+        folder, name = os.path.split(rel)
+        return self.commits.head_blob(rel) is not None or any(
+            other.lower() == name.lower() != other for other in os.listdir(self.ws.root / folder))
 
     def _new_block_files(self, blocks: list[Block]) -> dict[str, Block]:
         """A free file for each new block (no file, nor one on the branch), the block named after it.
@@ -723,7 +730,7 @@ class Store:
             with self.commits.locked_files(rels) as now:  # the agent's file first, then its blocks'
                 if now[agent.path] is not None:
                     raise ConflictError(f"An agent named '{name}' already exists.")
-                if any(now[rel] is not None or self.commits.head_blob(rel) is not None for rel in made):
+                if any(now[rel] is not None or self._taken(rel) for rel in made):
                     continue
                 held = self._fresh_blocks(existing)
                 check_unique_labels(name, [*made.values(), *held])  # as the blocks are now

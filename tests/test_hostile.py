@@ -374,3 +374,29 @@ def test_two_writers_creating_case_twin_agents_at_once_make_only_one(store: Stor
     refused = [o for o in outcomes.values() if isinstance(o, ConflictError)]
     assert len(refused) == 1 and "differ only in case" in str(refused[0])
     assert len([p for p in (store.ws.root / "agents").glob("*.md") if p.stem.lower() == "bob"]) == 1
+
+
+def test_two_writers_creating_case_twin_blocks_at_once_make_two_portable_files(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Labels `Org` and `org` at once: two blocks, in files that are not case twins (one is `org-2.md`)."""
+    import threading
+
+    choose = Store._new_block_files
+    seen: set[int] = set()
+
+    def slow_first_choice(self: Store, blocks: list) -> dict:
+        chosen = choose(self, blocks)
+        if threading.get_ident() not in seen:  # both choose a name before either writes its file
+            seen.add(threading.get_ident())
+            time.sleep(0.3)
+        return chosen
+
+    monkeypatch.setattr(Store, "_new_block_files", slow_first_choice)
+    writers = [threading.Thread(target=store.create_block, args=(label, "x")) for label in ("Org", "org")]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    names = sorted(p.stem.lower() for p in (store.ws.root / "blocks").glob("*.md"))
+    assert len(names) == 2 and len(set(names)) == 2, names
+    assert sorted(b.label for b in store.list_blocks()) == ["Org", "org"]
