@@ -26,8 +26,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import (ConflictError, FileFormatError, LockTimeoutError, MemstoreError, WorkspaceError,
-                     os_error_text)
+from .errors import (ConflictError, FileFormatError, LockTimeoutError, MemstoreError, PreconditionFailedError,
+                     WorkspaceError, os_error_text)
 from .fsutil import MAX_FILE, RefusedFile, read_regular, write_all, write_atomic
 from .gitrepo import BranchChanged, CommitPending, GitRepo, HookRefused, Ident, blob_id, unmerged_error
 from .locks import Locks
@@ -85,6 +85,10 @@ class _Entry:
 
 class Diverged(ConflictError):
     """A git command's commit changed a file on the branch after an edit of it was made, and the two do not merge."""
+
+
+class StaleVersion(Diverged, PreconditionFailedError):
+    """An edit made against a version (`expected_version`, If-Match) met a git command's commit of its file."""
 
 
 class Committer:
@@ -174,15 +178,18 @@ class Committer:
                 found |= set(entry.group or ())
         return found
 
-    def write(self, rel: str, content: bytes | None, current: bytes | None, author: Ident, message: str) -> Saved:
+    def write(self, rel: str, content: bytes | None, current: bytes | None, author: Ident, message: str,
+              exact: bool = False) -> Saved:
         """Write `content` (None: delete) and commit it. Callers hold `locked(rel)`."""
-        return self.write_files({rel: (content, current)}, author, message)
+        return self.write_files({rel: (content, current)}, author, message, exact)
 
     def write_files(self, files: Mapping[str, tuple[bytes | None, bytes | None]], author: Ident,
-                    message: str) -> Saved:
+                    message: str, exact: bool = False) -> Saved:
         """Write each file's new content (None: delete) over its current one, and commit them all as one
         commit. Callers hold the files' locks (`locked_files`). All or nothing: a refusal or a disk
-        error puts every file back; a commit that must wait leaves every file written and pending."""
+        error puts every file back; a commit that must wait leaves every file written and pending. `exact`:
+        made against a version (If-Match): a git command's commit of a file landing meanwhile is StaleVersion
+        (nothing written), not merged onto."""
         changed = {rel: (new, cur) for rel, (new, cur) in files.items() if new != cur}
         if not changed:  # nothing to commit: the version is the last commit, unless one is pending
             waiting = [rel for rel in files if self.has_pending(rel)]
@@ -213,7 +220,7 @@ class Committer:
             return Saved(None, pending=f"{', '.join(earlier)}: earlier edits are still waiting for their commit")
         mine = {rel: journals[rel][-1] for rel in changed}  # merged onto a git command's commit: changed in place
         try:
-            version = self._commit_journal(journals, wait=None, written=written)
+            version = self._commit_journal(journals, wait=None, written=written, exact=exact)
             return Saved(version, merged=any(entry.new != blobs[rel] for rel, entry in mine.items()))
         except CommitPending as exc:
             return Saved(None, pending=str(exc))
@@ -394,7 +401,8 @@ class Committer:
     # -- committing the journal --------------------------------------------------------------
 
     def _commit_journal(self, journals: dict[str, list[_Entry]], wait: float | None,
-                        written: Mapping[str, os.stat_result | None] | None = None, steps: int | None = None) -> str:
+                        written: Mapping[str, os.stat_result | None] | None = None, steps: int | None = None,
+                        exact: bool = False) -> str:
         """Commit journal entries in order, clearing each once its commit exists; the last commit.
 
         One file's journal: each entry, one commit each. Several files' journals (one write of
@@ -410,7 +418,7 @@ class Committer:
                 for attempt in range(2):
                     for rel, journal in journals.items():
                         self._restore_undone(rel, journal[0].base, wait)
-                    merged = self._rebase(journals)
+                    merged = self._rebase(journals, exact)
                     step = [(rel, journal[0].new) for rel, journal in journals.items()]
                     entry = next(iter(journals.values()))[0]
                     last = all(len(journal) == 1 for journal in journals.values())
@@ -431,14 +439,15 @@ class Committer:
                 self._made.commits = getattr(self._made, "commits", 0) + 1
         return version
 
-    def _rebase(self, journals: dict[str, list[_Entry]]) -> bool:
+    def _rebase(self, journals: dict[str, list[_Entry]], exact: bool = False) -> bool:
         """Carry waiting edits over a git command's commit that changed their files on the branch after they
         were made (a person's commit, a pull): each edit 3-way merged onto the branch's content, as
         `git rebase` would, and the file rewritten to match, so the commit keeps the person's change;
         whether any was. Diverged, with nothing changed, when an edit does not merge. A branch that went
-        back past the edits (a reset) is not merged onto: they are committed as they are.
+        back past the edits (a reset) is not merged onto: they are committed as they are. `exact`: an edit
+        made against a version (If-Match) whose caller waits for it: StaleVersion instead of a merge.
         """
-        plans = {rel: self._plan(rel, journal) for rel, journal in journals.items()
+        plans = {rel: self._plan(rel, journal, exact) for rel, journal in journals.items()
                  if journal[0].base != self.head_blob(rel) and self._moved_on(rel, journal[0])}
         for rel, plan in plans.items():
             journal = journals[rel]
@@ -453,11 +462,11 @@ class Committer:
                         rel, len(journal))
         return bool(plans)
 
-    def _plan(self, rel: str, journal: list[_Entry]) -> list[tuple[str | None, str | None]]:
+    def _plan(self, rel: str, journal: list[_Entry], exact: bool = False) -> list[tuple[str | None, str | None]]:
         """Each edit of `journal` merged onto the branch's content of `rel`, in turn: (base, new) blobs."""
         theirs, plan = self.head_blob(rel), []
         for entry in journal:
-            merged = self._merged(rel, entry, theirs)
+            merged = self._merged(rel, entry, theirs, exact)
             plan.append((theirs, merged))
             theirs = merged
         return plan
@@ -481,12 +490,17 @@ class Committer:
             log.warning("%s: the index still holds the content the refused edit was made on: %s",
                         ", ".join(bases), exc)
 
-    def _merged(self, rel: str, entry: _Entry, theirs: str | None) -> str | None:
+    def _merged(self, rel: str, entry: _Entry, theirs: str | None, exact: bool = False) -> str | None:
         """The blob of `entry`'s edit made on `theirs` instead (None: no file); Diverged if they conflict, or
         the merge must not be committed (`check`: an invalid file, a block made read-only meanwhile)."""
         base, ours = entry.base, entry.new
         if ours == theirs or base == theirs:
             return ours
+        if exact:
+            made = self.git.changes_of(rel, limit=1)[0][0]
+            raise StaleVersion(f"{rel}: a git commit ({made[:12]} by {self.git.commit_info(made)[0].name}) changed it "
+                               "after the version the edit was made against; nothing was written. Read it again and "
+                               "retry.")
         if base == ours:
             return theirs
         why = "the two do not merge"

@@ -412,7 +412,8 @@ class Store:
                     if agent is not None and block.id in agent.blocks:
                         detached = agent.model_copy(update={"blocks": [i for i in agent.blocks if i != block.id]})
                         files[path] = (render_agent(detached), now[path])
-                saved = self.commits.write_files(files, _ident(actor), self._message("delete_block", block, actor))
+                saved = self.commits.write_files(files, _ident(actor), self._message("delete_block", block, actor),
+                                                 exact=expected_version not in (None, "*"))
             self.catalog.bump()
             return block.model_copy(update={"version": saved.version, "pending": saved.pending})
         raise ConflictError(f"Agents kept attaching block '{name}' while it was being deleted; try again.")
@@ -508,7 +509,8 @@ class Store:
             else:
                 data = render_block(new, meta)
             message = self._message(op, new, actor, subject_suffix)
-            saved = self.commits.write(rel, data, current, _ident(actor), message)
+            saved = self.commits.write(rel, data, current, _ident(actor), message,
+                                       exact=expected_version not in (None, "*"))
             if saved.merged:  # a person's commit of the block landed meanwhile: the value holds both
                 new = self._load(self.commits.committed(rel) or b"", rel, name)[0]
         version = saved.version if saved.version or saved.pending else history.last_version(self.ws.git, rel)

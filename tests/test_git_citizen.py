@@ -2034,3 +2034,19 @@ def test_a_hook_refusing_a_waiting_agent_edit_keeps_the_persons_hand_edit_on_top
     assert git(ws_path, "log", "-1", "--format=%an").strip() == PERSON_NAME
     assert git(ws_path, "show", f"HEAD:{rel}") == path.read_text()
     assert_clean_repo(ws_path)
+
+
+def test_an_edit_made_against_a_version_is_refused_not_merged_when_a_persons_commit_lands_meanwhile(
+        store: Store, ws_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from memstore.errors import PreconditionFailedError
+
+    actor, rel = _lines_store(store)
+    version = store.get_block("org").version
+    assert version is not None
+    _lands_mid_commit(monkeypatch, ws_path, rel, lambda text: text.replace("Org: Letta", "Org: Pat"))
+    with pytest.raises(PreconditionFailedError, match="after the version the edit was made against"):
+        store.memory_insert("org", "agent line", actor=actor, expected_version=version)  # If-Match: 412
+    assert (ws_path / rel).read_text() == git(ws_path, "show", f"HEAD:{rel}") and "agent line" not in (
+        ws_path / rel).read_text()
+    assert git(ws_path, "log", "-1", "--format=%an").strip() == PERSON_NAME
+    assert_clean_repo(ws_path)
