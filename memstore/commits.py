@@ -452,23 +452,41 @@ class Committer:
         for rel, plan in plans.items():
             journal = journals[rel]
             holds = self._disk_blob(rel) == journal[-1].new  # not when a person saved the file since: theirs stays
-            journal[-1].was = journal[-1].was or journal[-1].new
-            for entry, (base, new) in zip(journal, plan):
+            was = journal[-1].was or journal[-1].new
+            for entry in journal:
+                if all(entry is not kept for kept, _, _ in plan):
+                    log.warning("%s: the waiting edit by %s does not merge with a git commit of the file; dropped",
+                                rel, entry.name)
+            journal[:] = [entry for entry, _, _ in plan]  # in place: the caller commits from these lists
+            for entry, base, new in plan:
                 entry.base, entry.new = base, new
+            journal[-1].was = was
             self._save_journal(rel, journal)  # first: killed before the file is written, `_finish` writes it
             if holds:
-                self._put(rel, self.git.read_blob(plan[-1][1]) if plan[-1][1] else None)
+                self._put(rel, self.git.read_blob(plan[-1][2]) if plan[-1][2] else None)
             log.warning("%s: a git commit changed it on the branch while %d edit(s) of it waited; merged onto it",
                         rel, len(journal))
         return bool(plans)
 
-    def _plan(self, rel: str, journal: list[_Entry], exact: bool = False) -> list[tuple[str | None, str | None]]:
-        """Each edit of `journal` merged onto the branch's content of `rel`, in turn: (base, new) blobs."""
-        theirs, plan = self.head_blob(rel), []
+    def _plan(self, rel: str, journal: list[_Entry], exact: bool = False) -> list[tuple[_Entry, str | None, str | None]]:
+        """Each edit of `journal` merged onto the branch's content of `rel`, in turn: (edit, base, new). An
+        agent's queued edit that does not merge is left out (the next ones are merged without it); Diverged
+        when none merges, or one that must not be left out does not: a hand edit, a part of a several-file
+        edit, an edit whose caller waits for it."""
+        theirs, plan, refused = self.head_blob(rel), [], None
         for entry in journal:
-            merged = self._merged(rel, entry, theirs, exact)
-            plan.append((theirs, merged))
+            try:
+                merged = self._merged(rel, entry, theirs, exact)
+            except Diverged as exc:
+                if exact or entry.hand_edit or entry.group or len(journal) == 1:
+                    raise
+                refused = exc
+                continue
+            plan.append((entry, theirs, merged))
             theirs = merged
+        if not plan:
+            assert refused is not None
+            raise refused
         return plan
 
     def _moved_on(self, rel: str, entry: _Entry) -> bool:
@@ -567,7 +585,7 @@ class Committer:
         moved_on = bool(journal) and journal[0].base != head and self._moved_on(rel, journal[0])
         if moved_on and disk_blob != journal[-1].new:  # the merge may be in the file already (`pull --autostash`)
             try:
-                in_file = self._plan(rel, journal)[-1][1] == disk_blob
+                in_file = self._plan(rel, journal)[-1][2] == disk_blob
             except Diverged:
                 in_file = False
             if not in_file and not unwritten and disk_blob not in (head, None):

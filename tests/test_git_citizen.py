@@ -2050,3 +2050,21 @@ def test_an_edit_made_against_a_version_is_refused_not_merged_when_a_persons_com
         ws_path / rel).read_text()
     assert git(ws_path, "log", "-1", "--format=%an").strip() == PERSON_NAME
     assert_clean_repo(ws_path)
+
+
+def test_of_queued_waiting_edits_only_the_one_that_does_not_merge_with_a_persons_commit_is_dropped(
+        store: Store, ws_path: Path) -> None:
+    actor, rel = _lines_store(store)
+    lock = ws_path / ".git/index.lock"
+    lock.write_bytes(b"")
+    assert store.memory_replace("org", "line 4", "line 4 by the agent", actor=actor).pending
+    assert store.memory_replace("org", "line 2", "line 2 by the agent", actor=actor).pending  # queued behind it
+    _persons_plumbing_commit(ws_path, rel, git(ws_path, "show", f"HEAD:{rel}").replace("line 4", "line 4 by Pat"))
+    lock.unlink()
+    reopened = Store.open(ws_path)
+    assert reopened.commits.pending_files() == []
+    assert reopened.get_block("org").value == "Org: Letta\nline 2 by the agent\nline 3\nline 4 by Pat"
+    assert git(ws_path, "log", "-2", "--format=%an|%s").splitlines() == ["agent1|memory_replace org",
+                                                                         f"{PERSON_NAME}|Pat's"]
+    assert (ws_path / rel).read_text() == git(ws_path, "show", f"HEAD:{rel}")
+    assert_clean_repo(ws_path)
