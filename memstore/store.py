@@ -305,7 +305,7 @@ class Store:
         another writer made since it was chosen."""
         folder, name = os.path.split(rel)
         return self.commits.head_blob(rel) is not None or any(
-            other.lower() == name.lower() != other for other in os.listdir(self.ws.root / folder))
+            other != name and other.lower() == name.lower() for other in os.listdir(self.ws.root / folder))
 
     def _new_block_files(self, blocks: list[Block]) -> dict[str, Block]:
         """A free file for each new block (no file, nor one on the branch), the block named after it.
