@@ -181,15 +181,15 @@ class Committer:
     def write(self, rel: str, content: bytes | None, current: bytes | None, author: Ident, message: str,
               exact: bool = False) -> Saved:
         """Write `content` (None: delete) and commit it. Callers hold `locked(rel)`."""
-        return self.write_files({rel: (content, current)}, author, message, exact)
+        return self.write_files({rel: (content, current)}, author, message, {rel} if exact else ())
 
     def write_files(self, files: Mapping[str, tuple[bytes | None, bytes | None]], author: Ident,
-                    message: str, exact: bool = False) -> Saved:
+                    message: str, exact: Iterable[str] = ()) -> Saved:
         """Write each file's new content (None: delete) over its current one, and commit them all as one
         commit. Callers hold the files' locks (`locked_files`). All or nothing: a refusal or a disk
         error puts every file back; a commit that must wait leaves every file written and pending. `exact`:
-        made against a version (If-Match): a git command's commit of a file landing meanwhile is StaleVersion
-        (nothing written), not merged onto."""
+        the files written against a version (If-Match): a git command's commit of one landing meanwhile is
+        StaleVersion (nothing written), not merged onto."""
         changed = {rel: (new, cur) for rel, (new, cur) in files.items() if new != cur}
         if not changed:  # nothing to commit: the version is the last commit, unless one is pending
             waiting = [rel for rel in files if self.has_pending(rel)]
@@ -220,7 +220,7 @@ class Committer:
             return Saved(None, pending=f"{', '.join(earlier)}: earlier edits are still waiting for their commit")
         mine = {rel: journals[rel][-1] for rel in changed}  # merged onto a git command's commit: changed in place
         try:
-            version = self._commit_journal(journals, wait=None, written=written, exact=exact)
+            version = self._commit_journal(journals, wait=None, written=written, exact=frozenset(exact))
             return Saved(version, merged=any(entry.new != blobs[rel] for rel, entry in mine.items()))
         except CommitPending as exc:
             return Saved(None, pending=str(exc))
@@ -402,7 +402,7 @@ class Committer:
 
     def _commit_journal(self, journals: dict[str, list[_Entry]], wait: float | None,
                         written: Mapping[str, os.stat_result | None] | None = None, steps: int | None = None,
-                        exact: bool = False) -> str:
+                        exact: frozenset[str] = frozenset()) -> str:
         """Commit journal entries in order, clearing each once its commit exists; the last commit.
 
         One file's journal: each entry, one commit each. Several files' journals (one write of
@@ -439,28 +439,30 @@ class Committer:
                 self._made.commits = getattr(self._made, "commits", 0) + 1
         return version
 
-    def _rebase(self, journals: dict[str, list[_Entry]], exact: bool = False) -> bool:
+    def _rebase(self, journals: dict[str, list[_Entry]], exact: frozenset[str] = frozenset()) -> bool:
         """Carry waiting edits over a git command's commit that changed their files on the branch after they
         were made (a person's commit, a pull): each edit 3-way merged onto the branch's content, as
         `git rebase` would, and the file rewritten to match, so the commit keeps the person's change;
         whether any was. Diverged, with nothing changed, when an edit does not merge. A branch that went
-        back past the edits (a reset) is not merged onto: they are committed as they are. `exact`: an edit
-        made against a version (If-Match) whose caller waits for it: StaleVersion instead of a merge.
+        back past the edits (a reset) is not merged onto: they are committed as they are. `exact`: the files
+        of an edit made against a version (If-Match) whose caller waits for it: StaleVersion, not a merge.
+        A person's hand edit that does not merge stops the merge there: it stays in the file, theirs.
         """
-        plans = {rel: self._plan(rel, journal, exact) for rel, journal in journals.items()
+        plans = {rel: self._plan(rel, journal, rel in exact) for rel, journal in journals.items()
                  if journal[0].base != self.head_blob(rel) and self._moved_on(rel, journal[0])}
         for rel, plan in plans.items():
             journal = journals[rel]
-            holds = self._disk_blob(rel) == journal[-1].new  # not when a person saved the file since: theirs stays
+            left = [entry for entry in journal if all(entry is not kept for kept, _, _ in plan)]
+            for entry in left:
+                log.warning("%s: the waiting edit by %s does not merge with a git commit of the file; dropped",
+                            rel, entry.name)
+            # not when a person saved the file since, or their hand edit stays in it: theirs stays
+            holds = self._disk_blob(rel) == journal[-1].new and not any(entry.hand_edit for entry in left)
             was = journal[-1].was or journal[-1].new
-            for entry in journal:
-                if all(entry is not kept for kept, _, _ in plan):
-                    log.warning("%s: the waiting edit by %s does not merge with a git commit of the file; dropped",
-                                rel, entry.name)
             journal[:] = [entry for entry, _, _ in plan]  # in place: the caller commits from these lists
             for entry, base, new in plan:
                 entry.base, entry.new = base, new
-            journal[-1].was = was
+            journal[-1].was = was if holds else None
             self._save_journal(rel, journal)  # first: killed before the file is written, `_finish` writes it
             if holds:
                 self._put(rel, self.git.read_blob(plan[-1][2]) if plan[-1][2] else None)
@@ -478,8 +480,10 @@ class Committer:
             try:
                 merged = self._merged(rel, entry, theirs, exact)
             except Diverged as exc:
-                if exact or entry.hand_edit or entry.group or len(journal) == 1:
+                if exact or entry.group or len(journal) == 1 or (entry.hand_edit and not plan):
                     raise
+                if entry.hand_edit:  # the person's text stays in the file, a hand edit again; what follows too
+                    break
                 refused = exc
                 continue
             plan.append((entry, theirs, merged))
@@ -617,8 +621,9 @@ class Committer:
         """Finish a write of several files that a blocked or killed writer left (the caller holds them all):
         as one commit, its files that were not written yet written from the blobs stored before it began.
 
-        When its files no longer all stand where it left them (a person's change since, a reset, a
-        later edit queued behind it), each file's part is finished on its own, as a one-file edit is.
+        When its files no longer all stand where it left them (a reset, a later edit queued behind it),
+        each file's part is finished on its own, as a one-file edit is. A person's commit of some of them
+        since is merged onto, the write whole (`_rebase`), or it is dropped whole.
         """
         journals = {rel: self._journal(rel) for rel in group}
         entries = {rel: journal[0] if journal else None for rel, journal in journals.items()}
@@ -638,7 +643,8 @@ class Committer:
             for rel, journal in journals.items():  # committed; its writer died before clearing the journals
                 self._save_journal(rel, journal[1:])
             return
-        if not whole or any(heads[rel] != e.base for rel, e in entries.items() if e is not None):
+        moved = [rel for rel, e in entries.items() if e is not None and heads[rel] != e.base]
+        if not whole or any(not self._moved_on(rel, entries[rel]) for rel in moved):  # type: ignore[arg-type]
             for rel, journal in journals.items():  # from here on, each file's part is its own edit
                 for entry in journal:
                     if entry.group == group:

@@ -228,10 +228,11 @@ class Locks:
 
     @contextmanager
     def files(self, rels: Iterable[str]) -> Iterator[None]:
-        """Hold the locks of several workspace files, in sorted order (so no two holders wait for each other)."""
+        """Hold the locks of several workspace files, in their locks' order (so no two holders wait for each
+        other); case twins share one lock, taken once."""
         with ExitStack() as stack:
-            for rel in sorted(set(rels)):
-                stack.enter_context(self.hold(self.file(rel), rel))
+            for name, rel in sorted({self.file(rel): rel for rel in rels}.items()):
+                stack.enter_context(self.hold(name, rel))
             yield
 
     def file(self, rel: str) -> str:

@@ -413,7 +413,7 @@ class Store:
                         detached = agent.model_copy(update={"blocks": [i for i in agent.blocks if i != block.id]})
                         files[path] = (render_agent(detached), now[path])
                 saved = self.commits.write_files(files, _ident(actor), self._message("delete_block", block, actor),
-                                                 exact=expected_version not in (None, "*"))
+                                                 exact={rel} if expected_version not in (None, "*") else ())
             self.catalog.bump()
             return block.model_copy(update={"version": saved.version, "pending": saved.pending})
         raise ConflictError(f"Agents kept attaching block '{name}' while it was being deleted; try again.")

@@ -2068,3 +2068,68 @@ def test_of_queued_waiting_edits_only_the_one_that_does_not_merge_with_a_persons
                                                                          f"{PERSON_NAME}|Pat's"]
     assert (ws_path / rel).read_text() == git(ws_path, "show", f"HEAD:{rel}")
     assert_clean_repo(ws_path)
+
+
+def test_a_writer_holding_two_case_twin_files_takes_their_one_lock_once(store: Store, ws_path: Path) -> None:
+    """`blocks/Org.md` and `blocks/org.md` (made by hand on Linux) share a lock; an agent listing both still
+    gets made, not left waiting for itself."""
+    import threading
+
+    first = store.create_block("Org", "upper")
+    second = store.create_block("orgs", "lower")
+    git(ws_path, "mv", f"blocks/{second.name}.md", "blocks/org.md")
+    git(ws_path, "commit", "-qm", "a case twin, by hand")
+    reopened = Store.open(ws_path)
+    made = threading.Thread(target=reopened.create_agent, args=("agent1", "openai/gpt-4o-mini"),
+                            kwargs={"block_ids": [first.id, second.id]}, daemon=True)
+    made.start()
+    made.join(30)
+    assert not made.is_alive(), "the writer waits for its own lock"
+    assert reopened.get_agent("agent1").blocks == [first.id, second.id]
+
+
+def test_a_delete_made_against_a_version_is_not_refused_for_a_persons_commit_of_another_file(
+        store: Store, ws_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, rel = _lines_store(store)
+    version = store.get_block("org").version
+    _lands_mid_commit(monkeypatch, ws_path, "agents/agent1.md",
+                      lambda text: text.replace("description: null", "description: Pat's agent"))
+    store.delete_block("org", expected_version=version)  # the block is still at that version
+    assert not (ws_path / rel).exists() and "Pat's agent" in git(ws_path, "show", "HEAD:agents/agent1.md")
+    assert_clean_repo(ws_path)
+
+
+def test_a_waiting_several_file_edit_meeting_a_persons_commit_it_does_not_merge_with_is_dropped_whole(
+        store: Store, ws_path: Path) -> None:
+    _lines_store(store)
+    org, other = store.get_block("org"), store.create_block("other", "x")
+    lock = ws_path / ".git/index.lock"
+    lock.write_bytes(b"")
+    assert store.delete_block("org").pending  # the block's file, and its line in the agent's list
+    agent = git(ws_path, "show", "HEAD:agents/agent1.md")
+    _persons_plumbing_commit(ws_path, "agents/agent1.md", agent.replace(f"- {org.id}\n", f"- {org.id}\n- {other.id}\n"))
+    lock.unlink()
+    reopened = Store.open(ws_path)
+    assert reopened.commits.pending_files() == []
+    assert (ws_path / "blocks/org.md").exists() and reopened.get_agent("agent1").blocks == [org.id, other.id]
+    assert_clean_repo(ws_path)
+
+
+def test_an_agents_waiting_edit_under_a_hand_edit_that_does_not_merge_stays_the_agents(
+        store: Store, ws_path: Path) -> None:
+    actor, rel = _lines_store(store)
+    lock = ws_path / ".git/index.lock"
+    lock.write_bytes(b"")
+    assert store.memory_replace("org", "line 2", "line 2 by the agent", actor=actor).pending  # merges
+    path = ws_path / rel
+    path.write_text(path.read_text().replace("line 4", "line 4 (hand)"))  # does not
+    store.get_block("org")  # taken as the person's, behind the agent's
+    _persons_plumbing_commit(ws_path, rel, git(ws_path, "show", f"HEAD:{rel}").replace("line 4", "line 4 by Pat"))
+    lock.unlink()
+    reopened = Store.open(ws_path)
+    assert git(ws_path, "log", "-2", "--format=%an|%s").splitlines() == ["agent1|memory_replace org",
+                                                                         f"{PERSON_NAME}|Pat's"]
+    assert "line 4 (hand)" in path.read_text()  # the person's text stays in the file, theirs to commit
+    reopened.get_block("org")
+    assert git(ws_path, "log", "-1", "--format=%an").strip() == PERSON_NAME
+    assert_clean_repo(ws_path)
