@@ -2133,3 +2133,29 @@ def test_an_agents_waiting_edit_under_a_hand_edit_that_does_not_merge_stays_the_
     reopened.get_block("org")
     assert git(ws_path, "log", "-1", "--format=%an").strip() == PERSON_NAME
     assert_clean_repo(ws_path)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="shell hooks")
+def test_a_refused_edit_whose_files_cannot_be_put_back_is_an_error_not_pending(
+        store: Store, ws_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from memstore.commits import Committer
+
+    store, actor = agent_store(store)
+    _hook(ws_path, "pre-commit", "echo 'no secrets' >&2\nexit 1\n")
+    before = (ws_path / "blocks/org.md").read_bytes()
+    real = Committer._put
+    calls: list[int] = []
+
+    def full_after_the_write(self: Committer, rel: str, content: bytes | None) -> object:
+        calls.append(1)
+        if len(calls) > 1:  # the put-back
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, rel, content)
+
+    monkeypatch.setattr(Committer, "_put", full_after_the_write)
+    with pytest.raises(ConflictError, match="no secrets.*refused to put the files back"):
+        store.memory_insert("org", "secret", actor=actor)
+    monkeypatch.setattr(Committer, "_put", real)
+    reopened = Store.open(ws_path)  # retried, refused again: taken out
+    assert (ws_path / "blocks/org.md").read_bytes() == before and reopened.commits.pending_files() == []
+    assert "secret" not in git(ws_path, "log", "-p", "-1")
