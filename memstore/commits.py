@@ -233,9 +233,9 @@ class Committer:
                 if not isinstance(exc, (HookRefused, Diverged)):  # unmerged: committed once the person resolves it
                     return Saved(None, pending=f"{', '.join(changed)}: the commit waits (the files are unmerged) "
                                  "and the files could not be put back")
-                exc.args = (f"{exc} The disk refused to put the files back: they hold the edit until memstore's "
-                            "next operation, which tries its commit once more and takes it out if it is refused "
-                            "again.",)
+                exc.args = ((f"{exc} The disk refused to put the files back: they hold the edit until memstore's "
+                             "next operation, which tries its commit once more and takes it out if it is refused "
+                             "again."),)
             raise
         except OSError as exc:
             if not self._undo_all(changed, journals, list(changed), written):
