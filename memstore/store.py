@@ -184,8 +184,9 @@ class Store:
         if by_person or not rel.startswith("blocks/"):
             return
         name = rel[len("blocks/"):-len(".md")]
-        if self._load(merged, rel, name)[0].read_only and not self._load(base, rel, name)[0].read_only:
-            raise ReadOnlyError(self._load(merged, rel, name)[0].label)
+        block = self._load(merged, rel, name)[0]
+        if block.read_only and not self._load(base, rel, name)[0].read_only:
+            raise ReadOnlyError(block.label)
 
     def _load(self, data: bytes, rel: str, name: str) -> tuple[Block, dict[str, Any]]:
         """Parse a block file, remembering recent results: an edit reads the same bytes twice."""
@@ -711,27 +712,11 @@ class Store:
             api_base=check_optional_text(api_base),
         )
         log_rel = _log_rel(agent)
-        with self.commits.locks.hold(self.commits.locks.file(f"agents/{name.lower()}.name"), f"agent name {name}"):
-            self._check_agent_name_free(name)  # again, now that no writer can make its case twin meanwhile
-            return self._create_agent_files(agent, name, log_rel, new_blocks or [], existing, actor)
-
-    def _check_agent_name_free(self, name: str) -> None:
-        """Refuse a name taken, also in another case: the files would collide on macOS and Windows."""
-        taken = next((n for n in self._agent_file_names() if n.lower() == name.lower()), None)
-        if taken is not None:
-            raise ConflictError(f"An agent named '{name}' already exists." if taken == name else
-                                f"An agent named '{taken}' exists; names that differ only in case would collide "
-                                "on macOS and Windows.")
-
-    def _create_agent_files(self, agent: Agent, name: str, log_rel: str, new_blocks: list[Block],
-                            existing: list[Block], actor: Actor) -> Agent:
-        """Write a new agent's file, its new blocks and its empty log as one commit (the name's lock held)."""
         for _ in range(_NAME_TRIES):  # a name chosen for a new block may be taken before its lock is held
-            made = self._new_block_files(new_blocks)
+            made = self._new_block_files(new_blocks or [])
             rels = [agent.path, log_rel, *made, *(b.path for b in existing)]
             with self.commits.locked_files(rels) as now:  # the agent's file first, then its blocks'
-                if now[agent.path] is not None:
-                    raise ConflictError(f"An agent named '{name}' already exists.")
+                self._check_agent_name_free(name)  # again: the file's lock is its case twin's too
                 if any(now[rel] is not None or self._taken(rel) for rel in made):
                     continue
                 held = self._fresh_blocks(existing)
@@ -748,6 +733,14 @@ class Store:
                 self.catalog.bump()
             return agent.model_copy(update={"version": saved.version, "pending": saved.pending})
         raise ConflictError(f"Other writers kept taking the file names for agent '{name}'s new blocks; try again.")
+
+    def _check_agent_name_free(self, name: str) -> None:
+        """Refuse a name taken, also in another case: the files would collide on macOS and Windows."""
+        taken = next((n for n in self._agent_file_names() if n.lower() == name.lower()), None)
+        if taken is not None:
+            raise ConflictError(f"An agent named '{name}' already exists." if taken == name else
+                                f"An agent named '{taken}' exists; names that differ only in case would collide "
+                                "on macOS and Windows.")
 
     @contextlib.contextmanager
     def _holding_blocks(self, blocks: list[Block]) -> Iterator[list[Block]]:

@@ -1765,8 +1765,7 @@ def test_a_waiting_edit_whose_block_a_person_commits_meanwhile_is_merged_or_drop
     frees: merged onto it under the agent's name, or, when they touch the same lines, dropped with the
     file put to what the person committed; never committed over the person's change."""
     actor, rel = _lines_store(store)
-    lock = ws_path / ".git/index.lock"
-    lock.write_bytes(b"")
+    lock = _git_holds_index(ws_path)
     assert store.memory_insert("org", "agent line", actor=actor).pending
     _persons_plumbing_commit(ws_path, rel, git(ws_path, "show", f"HEAD:{rel}").replace(
         "Org: Letta" if merges else "line 4", "Org: Letta (by Pat)" if merges else "line 4 (by Pat)"))
@@ -1839,10 +1838,16 @@ def _lands_mid_commit(monkeypatch: pytest.MonkeyPatch, ws_path: Path, rel: str, 
     monkeypatch.setattr(gitrepo.GitRepo, "_build", lands)
 
 
+def _git_holds_index(ws_path: Path) -> Path:
+    """git's index lock, held as a person's `git add -p` holds it: the lock, to let go."""
+    lock = ws_path / ".git/index.lock"
+    lock.write_bytes(b"")
+    return lock
+
+
 def _wait_for_git(store: Store, actor: object) -> Path:
     """An agent's edit that waits for git's index lock (the person staging): the lock, to let go."""
-    lock = store.ws.root / ".git/index.lock"
-    lock.write_bytes(b"")
+    lock = _git_holds_index(store.ws.root)
     assert store.memory_insert("org", "agent line", actor=actor).pending
     return lock
 
@@ -1913,8 +1918,7 @@ def test_a_persons_waiting_hand_edit_is_never_wiped_by_a_commit_it_does_not_merg
 
     _lines_store(store)
     rel = "blocks/org.md"
-    lock = ws_path / ".git/index.lock"
-    lock.write_bytes(b"")
+    lock = _git_holds_index(ws_path)
     path = ws_path / rel
     path.write_text(path.read_text().replace("line 4", "line 4 (my hand edit)"))
     handedits.pick_up(store, rel)  # what the watcher does: it waits for git, under the person's name
@@ -2055,8 +2059,7 @@ def test_an_edit_made_against_a_version_is_refused_not_merged_when_a_persons_com
 def test_of_queued_waiting_edits_only_the_one_that_does_not_merge_with_a_persons_commit_is_dropped(
         store: Store, ws_path: Path) -> None:
     actor, rel = _lines_store(store)
-    lock = ws_path / ".git/index.lock"
-    lock.write_bytes(b"")
+    lock = _git_holds_index(ws_path)
     assert store.memory_replace("org", "line 4", "line 4 by the agent", actor=actor).pending
     assert store.memory_replace("org", "line 2", "line 2 by the agent", actor=actor).pending  # queued behind it
     _persons_plumbing_commit(ws_path, rel, git(ws_path, "show", f"HEAD:{rel}").replace("line 4", "line 4 by Pat"))
@@ -2103,8 +2106,7 @@ def test_a_waiting_several_file_edit_meeting_a_persons_commit_it_does_not_merge_
         store: Store, ws_path: Path) -> None:
     _lines_store(store)
     org, other = store.get_block("org"), store.create_block("other", "x")
-    lock = ws_path / ".git/index.lock"
-    lock.write_bytes(b"")
+    lock = _git_holds_index(ws_path)
     assert store.delete_block("org").pending  # the block's file, and its line in the agent's list
     agent = git(ws_path, "show", "HEAD:agents/agent1.md")
     _persons_plumbing_commit(ws_path, "agents/agent1.md", agent.replace(f"- {org.id}\n", f"- {org.id}\n- {other.id}\n"))
@@ -2118,8 +2120,7 @@ def test_a_waiting_several_file_edit_meeting_a_persons_commit_it_does_not_merge_
 def test_an_agents_waiting_edit_under_a_hand_edit_that_does_not_merge_stays_the_agents(
         store: Store, ws_path: Path) -> None:
     actor, rel = _lines_store(store)
-    lock = ws_path / ".git/index.lock"
-    lock.write_bytes(b"")
+    lock = _git_holds_index(ws_path)
     assert store.memory_replace("org", "line 2", "line 2 by the agent", actor=actor).pending  # merges
     path = ws_path / rel
     path.write_text(path.read_text().replace("line 4", "line 4 (hand)"))  # does not
