@@ -146,6 +146,7 @@ class Committer:
         """
         before = self.made()
         with self.locks.files(rels):
+            self.git.refresh()  # attributes, hooks or signing set up since the last change: once per operation
             yield
         if self.on_commit is not None and self.made() != before:
             self.on_commit()
@@ -163,7 +164,6 @@ class Committer:
         rels = sorted(set(rels))
         with self._holding(rels):
             self.ws.check_state()
-            self.git.refresh()  # attributes, hooks or signing set up since the last change
             for rel in rels:
                 self._finish(rel, wait=0.0, held=rels)
                 if self.git.unmerged(rel):

@@ -400,7 +400,8 @@ class GitRepo:
         is still that one, its index entry carries the stat, else git re-reads the file (a
         person may have saved it since). Raises CommitPending when a git command holds a
         lock past `wait` seconds (default LOCK_WAIT), ConflictError when a path is unmerged.
-        The caller holds the workspace's repository lock (`commits.REPO_LOCK`).
+        The caller holds the workspace's repository lock (`commits.REPO_LOCK`) and has called
+        `refresh` since the files' locks were taken.
         """
         wait = LOCK_WAIT if wait is None else wait
         written = written or {}
@@ -409,7 +410,6 @@ class GitRepo:
             if not self._tidied:
                 self._remove_dead_temps()
                 self._tidied = True
-            self.refresh()  # hooks installed or signing turned on since the last commit
             index = self._read_index()
             for rel, _ in changes:
                 if self.unmerged(rel, index):
