@@ -26,6 +26,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE
 from pydantic_core import to_jsonable_python
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -100,6 +101,7 @@ def create_app(store: Store, *, endpoints_allowed: bool = False) -> FastAPI:
     """
     app = FastAPI(title="memstore: Letta's API", version=memstore.__version__,
                   openapi_url=f"{PREFIX}/openapi.json", docs_url=f"{PREFIX}/docs", redoc_url=None)
+    app.add_middleware(BodyLimit)
     _add_error_handlers(app)
     _add_block_routes(app, store)
     _add_agent_routes(app, store, endpoints_allowed)
@@ -111,6 +113,49 @@ def create_app(store: Store, *, endpoints_allowed: bool = False) -> FastAPI:
         return {"status": "ok", "version": memstore.__version__}
 
     return app
+
+
+class BodyLimit:
+    """ASGI: a request body over `limit` bytes (MCP's own limit at /mcp) gets 413 with a JSON `detail`,
+    before any of it is parsed. A declared length is checked up front (the server delivers no more than
+    it); a chunked body, whose length is not declared, is read up to the limit and then handed on."""
+
+    def __init__(self, app: Callable[..., Any], limit: int = DEFAULT_MAX_REQUEST_BODY_SIZE) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.strip().isdigit():
+            if int(declared) > self.limit:
+                await self._too_large(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+            return
+        chunks: list[dict[str, Any]] = []
+        size, more = 0, True
+        while more:
+            message = await receive()
+            chunks.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                await self._too_large(scope, receive, send)
+                return
+            more = message.get("more_body", False)
+
+        async def replay() -> dict[str, Any]:
+            return chunks.pop(0) if chunks else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        detail = f"The request body is over {self.limit // (1024 * 1024)} MiB, the most this server reads."
+        await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
 
 
 # -- who is calling ------------------------------------------------------------------------

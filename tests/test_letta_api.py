@@ -325,6 +325,31 @@ def test_odd_bodies_and_headers_get_clear_answers_never_a_500(client: Letta, ser
     assert git(ws_path, "log", "-1", "--format=%an").strip() == "Zoë Ümlaut"  # UTF-8 in a header, as sent
 
 
+def test_a_body_over_the_limit_gets_413_declared_or_chunked_and_writes_nothing(server: str, ws_path: Path) -> None:
+    before = commit_count(ws_path)
+    http = httpx.Client(base_url=server, headers={"Authorization": f"Bearer {TOKEN}",
+                                                  "Content-Type": "application/json"}, timeout=60)
+    big = b'{"label": "big", "limit": 1000000, "value": "' + b"\\ud83d\\ude00" * 500_000 + b'"}'  # 6 MB
+    assert len(big) > 4 * 1024 * 1024
+    answer = http.post("/v1/blocks/", content=big)
+    assert answer.status_code == 413 and "4 MiB" in answer.json()["detail"], answer.text
+
+    def chunked() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        for start in range(0, len(big), 65536):
+            yield big[start:start + 65536]
+
+    answer = http.post("/v1/blocks/", content=chunked())
+    assert answer.status_code == 413 and "4 MiB" in answer.json()["detail"], answer.text
+    assert commit_count(ws_path) == before and not list((ws_path / "blocks").glob("big*"))
+
+    def small() -> Iterator[bytes]:  # a chunked body under the limit is read whole and served
+        yield b'{"label": "small", '
+        yield b'"value": "fits"}'
+
+    answer = http.post("/v1/blocks/", content=small())
+    assert answer.status_code == 200 and answer.json()["value"] == "fits", answer.text
+
+
 def test_if_match_takes_a_list_of_versions(client: Letta, ws_path: Path) -> None:
     block = client.blocks.create(label="organization", value="Org")
     etag = client.blocks.with_raw_response.retrieve(block.id).headers["etag"]
