@@ -15,7 +15,8 @@ from pathlib import Path
 import anyio
 import httpx2
 import pytest
-from mcp import Client, StdioServerParameters
+from mcp import Client, ClientSession, StdioServerParameters
+from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import Implementation
 
@@ -107,6 +108,22 @@ async def test_stdio_server_as_an_agent_is_bound_by_its_blocks(store: Store, ws_
         assert "Block field policies does not exist" in await error(client, "memory_insert", label="policies",
                                                                     new_str="x")
     assert git(ws_path, "log", "-1", "--format=%ae").strip() == f"{agent.id}@agents.memstore"
+
+
+async def test_a_host_closing_a_stdio_session_leaves_nothing_on_stderr(store: Store, ws_path: Path,
+                                                                        tmp_path: Path) -> None:
+    """A host logs a server's stderr as its errors: a session that ends normally leaves it empty (watchdog
+    logged an error of its own at every stop that raced a read of the watched folders)."""
+    store.create_block("organization", "Org")
+    for run in range(3):
+        log_path = tmp_path / f"stderr-{run}.txt"
+        with log_path.open("w") as errlog:
+            async with stdio_client(stdio_params(ws_path), errlog=errlog) as (read, write):
+                async with ClientSession(read, write) as session:
+                    await session.initialize()
+                    await session.call_tool("memory_insert", {"label": "organization", "new_str": f"line {run}"})
+        assert log_path.read_text() == "", log_path.read_text()
+    assert store.get_block("organization").value == "Org\nline 0\nline 1\nline 2"
 
 
 def test_stdio_stdout_carries_only_protocol_messages(store: Store, ws_path: Path) -> None:
