@@ -40,10 +40,13 @@ def serve(use_http: bool, host: str, port: int, token: str | None, as_agent: str
         check_http_options(host, token)
     store = Store.open(workspace)
     config = ServerConfig(as_agent=as_agent, admin=admin)
-    if use_http:
-        serve_http(store, config, host=host, port=port, token=token, watch=not no_watch)
-    else:
-        serve_stdio(store, config, watch=not no_watch)
+    try:
+        if use_http:
+            serve_http(store, config, host=host, port=port, token=token, watch=not no_watch)
+        else:
+            serve_stdio(store, config, watch=not no_watch)
+    except KeyboardInterrupt:  # Ctrl-C is how a person stops a server: a normal end, not "Aborted!"
+        pass
 
 
 HOST_NAMES = {"claude-desktop": "Claude Desktop", "claude-code": "Claude Code", "cursor": "Cursor",

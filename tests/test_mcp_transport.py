@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -124,6 +125,21 @@ async def test_a_host_closing_a_stdio_session_leaves_nothing_on_stderr(store: St
                     await session.call_tool("memory_insert", {"label": "organization", "new_str": f"line {run}"})
         assert log_path.read_text() == "", log_path.read_text()
     assert store.get_block("organization").value == "Org\nline 0\nline 1\nline 2"
+
+
+def test_ctrl_c_stops_an_http_server_cleanly(store: Store, ws_path: Path) -> None:
+    proc = subprocess.Popen([MEMSTORE, "serve", "--http", "--port", "0", "-w", str(ws_path)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=host_env(), text=True)
+    try:
+        assert "serving MCP on " in _read_line(proc)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=STARTUP_TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and err == "", err
 
 
 def test_stdio_stdout_carries_only_protocol_messages(store: Store, ws_path: Path) -> None:
