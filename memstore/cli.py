@@ -28,7 +28,7 @@ _WORKSPACE_HELP = (f"The workspace folder (default: ${ENV_WORKSPACE}, else the w
 def workspace_option(func: F) -> F:
     """Give a command `--workspace DIR`; also accepted before the command (`memstore -w DIR block list`)."""
     return click.option(
-        "--workspace", "-w", "workspace", envvar=ENV_WORKSPACE, type=click.Path(file_okay=False),
+        "--workspace", "-w", "workspace", type=click.Path(file_okay=False),  # $MEMSTORE_WORKSPACE: read by the core
         help=_WORKSPACE_HELP, callback=_workspace_value,
     )(func)
 
@@ -388,7 +388,9 @@ def block_history(ref: str, limit: int, workspace: str | None, as_json: bool) ->
 @handle_errors
 def block_diff(ref: str, from_version: str, to_version: str | None, workspace: str | None) -> None:
     """Show what changed in a block between two versions (default: up to now)."""
-    click.echo(Store.open(workspace).block_diff(ref, from_version, to_version), nl=False)
+    text = Store.open(workspace).block_diff(ref, from_version, to_version)
+    if text:  # git's diff as GitPython gives it, without its last newline: the shell's prompt starts a line
+        click.echo(text.rstrip("\n"))
 
 
 @block.command("revert")

@@ -116,14 +116,15 @@ def resolve_root(path: str | os.PathLike[str] | None) -> Path:
 def open_workspace(path: str | os.PathLike[str] | None = None) -> Workspace:
     """Open an existing workspace, or raise WorkspaceError saying why it is not one."""
     root = resolve_root(path)
+    named = f"{root} (${ENV_WORKSPACE})" if not path and os.environ.get(ENV_WORKSPACE) else str(root)
     if not root.is_dir():
-        raise WorkspaceError(f"{root} does not exist. Create a workspace with `memstore init {root}`.")
+        raise WorkspaceError(f"{named} does not exist. Create a workspace with `memstore init {root}`.")
     if not (root / ".git").exists():
         raise WorkspaceError(
-            f"{root} is not a memstore workspace (no git repository). Run `memstore init DIR` to make one."
+            f"{named} is not a memstore workspace (no git repository). Run `memstore init DIR` to make one."
         )
     if not (root / "blocks").is_dir():
-        raise WorkspaceError(f"{root} is not a memstore workspace (no blocks/ folder). Run `memstore init DIR`.")
+        raise WorkspaceError(f"{named} is not a memstore workspace (no blocks/ folder). Run `memstore init DIR`.")
     store = GitRepo(root)
     if store.tip() is None:
         raise WorkspaceError(f"{root}: the repository has no commits yet. Run `memstore init` on a new folder.")

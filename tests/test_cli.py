@@ -65,7 +65,9 @@ def test_cli_history_diff_revert_update_delete(run, ws_path: Path) -> None:
     run("block", "create", "notes", "one")
     first = json.loads(run("block", "insert", "notes", "two", "--json"))["version"]
     run("block", "replace", "notes", "two", "three")
-    assert "-two\n+three" in run("block", "diff", "notes", first)
+    diff = run("block", "diff", "notes", first)
+    assert "-two\n+three" in diff and diff.endswith("\n")  # a whole last line: the prompt starts its own
+    assert run("block", "diff", "notes", "HEAD", "HEAD") == ""
     run("block", "revert", "notes", first[:8])
     assert run("block", "show", "notes").endswith("---\none\ntwo\n")
     history = json.loads(run("block", "history", "notes", "--json"))
@@ -130,6 +132,20 @@ def test_workspace_before_the_command_and_found_from_a_subfolder(run, ws_path: P
     monkeypatch.delenv("MEMSTORE_WORKSPACE", raising=False)
     out = runner.invoke(main, ["block", "show", "organization"])
     assert out.exit_code == 0 and "Org" in out.output
+
+
+def test_a_workspace_from_the_environment_is_named_so_in_errors(ws_path: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = runner.invoke(main, ["block", "list"], env={"MEMSTORE_WORKSPACE": str(tmp_path / "nope")})
+    assert out.exit_code == 1 and f"{tmp_path / 'nope'} ($MEMSTORE_WORKSPACE) does not exist" in out.output
+    out = runner.invoke(main, ["block", "list", "-w", str(tmp_path / "given")],
+                        env={"MEMSTORE_WORKSPACE": str(tmp_path / "nope")})
+    assert out.exit_code == 1 and f"{tmp_path / 'given'} does not exist" in out.output  # -w wins, named as given
+    out = runner.invoke(main, ["block", "list"], env={"MEMSTORE_WORKSPACE": str(tmp_path)})
+    assert out.exit_code == 1 and "($MEMSTORE_WORKSPACE) is not a memstore workspace" in out.output
+    Store.init(ws_path).create_block("organization", "Org")
+    out = runner.invoke(main, ["block", "list"], env={"MEMSTORE_WORKSPACE": str(ws_path)})
+    assert out.exit_code == 0 and "organization" in out.output
 
 
 def test_expected_version_on_the_cli(run, ws_path: Path) -> None:
