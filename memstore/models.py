@@ -35,7 +35,8 @@ def validate_name(name: object, kind: str = "label") -> str:
     if any(unicodedata.category(c).startswith("C") for c in name):
         raise InvalidNameError(f"Invalid {kind} {shown!r}: it contains control characters.")
     if "/" in name or "\\" in name or ".." in name:
-        raise InvalidNameError(f"Invalid {kind} '{shown}': a {kind} is never a path (no '/', '\\' or '..').")
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise InvalidNameError(f"Invalid {kind} '{shown}': {article} {kind} is never a path (no '/', '\\' or '..').")
     if not _NAME_RE.fullmatch(name):
         raise InvalidNameError(
             f"Invalid {kind} '{shown}': use letters, digits, '_', '-' or '.', "

@@ -158,6 +158,8 @@ def test_agent_names_are_never_paths_md_files_or_reserved(store: Store) -> None:
     for bad in ("evil.md", "Evil.MD", "con", "nul.txt", "COM1", "../x", "a/b"):
         with pytest.raises(InvalidNameError):
             store.create_agent(bad, "openai/gpt-4o-mini")
+    with pytest.raises(InvalidNameError, match="'a/b': an agent name is never a path"):
+        store.create_agent("a/b", "openai/gpt-4o-mini")
     store.create_agent("agent1", "openai/gpt-4o-mini")
     with pytest.raises(ConflictError, match="differ only in case"):
         store.create_agent("Agent1", "openai/gpt-4o-mini")
