@@ -6,6 +6,7 @@ SDK itself is imported only when `serve` runs, so other commands start fast.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -49,6 +50,44 @@ def serve(use_http: bool, host: str, port: int, token: str | None, as_agent: str
         pass
 
 
+@main.command("demo-server")
+@click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--port", default=8283, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on (8283: where Letta's clients look by default).")
+@handle_errors
+def demo_server(directory: Path | None, port: int) -> None:
+    """Serve Letta's API on a new workspace (DIRECTORY, default a temp folder) with the agents' model
+    scripted offline, for Letta's tutorial programs in examples/.
+
+    \b
+    Then, in another terminal:
+      python examples/letta_tutorial_v1.py     (letta-client 1.x)
+      python examples/letta_tutorial.py        (letta-client 0.1.x)
+    With a provider key, `memstore serve --http --port 8283` runs them on the real model.
+    """
+    from memstore.agents.demo import TUTORIAL_MODEL, new_demo_folder, tutorial_replies
+    from memstore.agents.scripted import ScriptedModel
+
+    from .run import serve_http
+    from .server import ServerConfig
+
+    store = Store.init(new_demo_folder(directory))
+    with ScriptedModel() as model:
+        model.enqueue(TUTORIAL_MODEL, *tutorial_replies())
+        # litellm reaches it as the provider of openai/ models; no key leaves this process
+        os.environ.update(OPENAI_API_BASE=model.api_base, OPENAI_API_KEY="scripted-local-model")
+        where = "" if port == 8283 else f"LETTA_BASE_URL=http://127.0.0.1:{port or '<port below>'} "
+        click.echo(f"Workspace: {store.ws.root}\n"
+                   f"The agents' model (openai/{TUTORIAL_MODEL}) is a scripted local model: it plays the three turns "
+                   "of Letta's tutorial once, in order.\n"
+                   f"Run the tutorial in another terminal: {where}python examples/letta_tutorial_v1.py\n"
+                   "Ctrl-C stops the server.")
+        try:
+            serve_http(store, ServerConfig(), host="127.0.0.1", port=port, token=None)
+        except KeyboardInterrupt:
+            pass
+
+
 HOST_NAMES = {"claude-desktop": "Claude Desktop", "claude-code": "Claude Code", "cursor": "Cursor",
               "vscode": "VS Code"}
 
@@ -90,4 +129,4 @@ def setup_command(host: str, as_agent: str | None, name: str, folder: str | None
         click.echo(f"Restart {HOST_NAMES[host]} (or reload its MCP servers) to start using memstore.")
 
 
-__all__ = ["main", "serve", "setup_command"]
+__all__ = ["demo_server", "main", "serve", "setup_command"]

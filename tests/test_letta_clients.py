@@ -11,6 +11,7 @@ MEMSTORE_REQUIRE_LETTA_CLIENTS is set, which turns a missing client into a failu
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,10 +20,11 @@ from pathlib import Path
 import pytest
 
 from memstore import Store
+from memstore.agents.demo import TUTORIAL_LINE1, TUTORIAL_LINE2, TUTORIAL_MODEL, tutorial_replies
 from memstore.agents.scripted import ScriptedModel, text, tool_calls
 
 from .conftest import git
-from .test_mcp_transport import http_server
+from .test_mcp_transport import MEMSTORE, _read_line, http_server
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -32,9 +34,8 @@ PY01_DIR = os.environ.get("MEMSTORE_LETTA_PY01_DIR", str(ROOT / ".ci/letta-py01"
 NODE_DIR = os.environ.get("MEMSTORE_INSPECTOR_DIR", str(ROOT / ".ci/inspector"))
 REQUIRE = bool(os.environ.get("MEMSTORE_REQUIRE_LETTA_CLIENTS"))
 
-AGENT1_LINE = "Agent1: Letta agents keep memory blocks in their context window and edit them with tools."
-AGENT2_LINE = "Agent2: Letta grew out of the MemGPT research project at UC Berkeley."
-MODEL = "gpt-4o-mini"  # the tutorial's model: openai/gpt-4o-mini
+AGENT1_LINE, AGENT2_LINE = TUTORIAL_LINE1, TUTORIAL_LINE2
+MODEL = TUTORIAL_MODEL  # the tutorial's model: openai/gpt-4o-mini
 
 
 def missing(what: str) -> None:
@@ -46,15 +47,7 @@ def missing(what: str) -> None:
 @pytest.fixture
 def scripted() -> Iterator[ScriptedModel]:
     with ScriptedModel() as model:
-        model.enqueue(
-            MODEL,
-            tool_calls(("memory_insert", {"label": "organization", "new_str": AGENT1_LINE})),
-            text("I inserted what I learned into the organization block."),
-            tool_calls(("memory_insert", {"label": "organization", "new_str": AGENT2_LINE})),
-            text("I added the origin of Letta."),
-            tool_calls(("memory_insert", {"label": "policies", "new_str": "Be concise."})),
-            text("The policies block is read-only, so I could not add the policy."),
-        )
+        model.enqueue(MODEL, *tutorial_replies())
         yield model
 
 
@@ -75,8 +68,9 @@ def run_example(command: list[str], url: str, tmp_path: Path, **env: str) -> str
     return result.stdout
 
 
-def check_tutorial(ws: Path, out: str, scripted: ScriptedModel, client: str) -> None:
-    """What the tutorial promises, read from the workspace and git rather than from the client."""
+def check_tutorial(ws: Path, out: str, scripted: ScriptedModel | None, client: str) -> None:
+    """What the tutorial promises, read from the workspace and git rather than from the client (and, given the
+    scripted model, from the prompts it was sent)."""
     store = Store.open(ws)
     assert store.get_block("organization").value == f"Organization: Letta\n{AGENT1_LINE}\n{AGENT2_LINE}"
     authors = git(ws, "log", "--reverse", "--format=%an|%ae|%s", "--", "blocks/organization.md").splitlines()
@@ -90,9 +84,9 @@ def check_tutorial(ws: Path, out: str, scripted: ScriptedModel, client: str) -> 
     assert "This block is read-only and cannot be edited." in out
     assert store.get_block("policies").value == "Company policies: cite a source for every fact."
     assert git(ws, "log", "--format=%s", "--", "blocks/policies.md").splitlines() == ["create_block policies"]
-    # agent2 saw agent1's line in its memory before it wrote its own
-    assert AGENT1_LINE in scripted.requests[MODEL][2]["messages"][0]["content"]
-    assert scripted.pending(MODEL) == 0
+    if scripted is not None:  # agent2 saw agent1's line in its memory before it wrote its own
+        assert AGENT1_LINE in scripted.requests[MODEL][2]["messages"][0]["content"]
+        assert scripted.pending(MODEL) == 0
     assert store.get_agent("agent1").tools == ["memory_insert", "memory_replace", "conversation_search", "web_search"]
 
 
@@ -112,6 +106,29 @@ def test_tutorial_through_the_python_client_1x(letta_url: str, ws_path: Path, sc
     out = run_example([sys.executable, str(EXAMPLES / "letta_tutorial_v1.py")], letta_url, tmp_path)
     assert "Attached block to agent2: ['organization']" in out
     check_tutorial(ws_path, out, scripted, "Letta")
+
+
+def test_demo_server_runs_the_tutorial_programs_offline(tmp_path: Path) -> None:
+    """`memstore demo-server`: a new workspace and the scripted model, in one command, for a person trying the
+    examples without a provider key."""
+    ws = tmp_path / "demo"
+    proc = subprocess.Popen([MEMSTORE, "demo-server", str(ws), "--port", "0"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")})
+    try:
+        line = _read_line(proc)
+        assert "Letta's API on " in line, line
+        url = line.split("Letta's API on ", 1)[1].split()[0].removesuffix("/v1")
+        out = run_example([sys.executable, str(EXAMPLES / "letta_tutorial_v1.py")], url, tmp_path)
+        proc.send_signal(signal.SIGINT)
+        said, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert f"Workspace: {ws}" in said and "python examples/letta_tutorial_v1.py" in said
+    check_tutorial(ws, out, None, "Letta")
 
 
 def test_tutorial_through_the_python_client_0_1(letta_url: str, ws_path: Path, scripted: ScriptedModel,

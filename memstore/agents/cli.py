@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import click
 
 from ..cli import agent, handle_errors, json_option, main, workspace_option
-from ..errors import AgentTurnError, WorkspaceError
+from ..errors import AgentTurnError
 from ..store import Store
 from .messages import TurnResult
 from .runtime import DEFAULT_MAX_STEPS
@@ -85,11 +84,9 @@ def agent_messages(name: str, limit: int, workspace: str | None, as_json: bool) 
 @handle_errors
 def demo(directory: Path | None, model: str | None) -> None:
     """Run Letta's shared-memory tutorial in a new workspace (DIRECTORY, default a temp folder)."""
-    from .demo import choose_model, run_demo
+    from .demo import choose_model, new_demo_folder, run_demo
 
-    folder = directory or Path(tempfile.mkdtemp(prefix="memstore-demo-")) / "workspace"
-    if folder.exists() and any(folder.iterdir()):
-        raise WorkspaceError(f"{folder} is not empty; the demo needs a new folder.")
+    folder = new_demo_folder(directory)
     try:
         run_demo(folder, choose_model(model), click.echo, lambda name, turn: click.echo(turn_text(name, turn)))
     except AgentTurnError as exc:

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import WorkspaceError
 from ..store import Store
 from .messages import TurnResult
-from .scripted import ScriptedModel, text, tool_calls
+from .scripted import Reply, ScriptedModel, text, tool_calls
 
 ENV_MODEL = "MEMSTORE_DEMO_MODEL"
 DEFAULT_REAL_MODEL = "openai/gpt-4o-mini"
@@ -29,6 +31,11 @@ AGENT2_TASK = ("Read the `organization` block, then insert one fact about Letta'
                "that starts with 'agent2: '. Then add the line 'agent2 was here' to the `policies` block.")
 FACT1 = "agent1: Letta was founded in 2023 by the researchers behind MemGPT at UC Berkeley."
 FACT2 = "agent2: Letta's platform builds stateful agents whose memory persists between conversations."
+
+# Letta's tutorial programs (examples/): the model their agents use, and what the scripted one has them write
+TUTORIAL_MODEL = "gpt-4o-mini"
+TUTORIAL_LINE1 = "Agent1: Letta agents keep memory blocks in their context window and edit them with tools."
+TUTORIAL_LINE2 = "Agent2: Letta grew out of the MemGPT research project at UC Berkeley."
 
 
 @dataclass
@@ -71,6 +78,25 @@ def demo_model(model: str | None) -> Iterator[DemoModel]:
         finally:
             if not key_was_set:
                 os.environ.pop("OPENAI_API_KEY", None)
+
+
+def tutorial_replies() -> list[Reply]:
+    """The scripted model's replies to the three turns of Letta's tutorial programs, in their order: agent1 and
+    agent2 each insert a line into `organization`; agent3 tries the read-only `policies` block."""
+    return [tool_calls(("memory_insert", {"label": "organization", "new_str": TUTORIAL_LINE1})),
+            text("I inserted what I learned into the organization block."),
+            tool_calls(("memory_insert", {"label": "organization", "new_str": TUTORIAL_LINE2})),
+            text("I added the origin of Letta."),
+            tool_calls(("memory_insert", {"label": "policies", "new_str": "Be concise."})),
+            text("The policies block is read-only, so I could not add the policy.")]
+
+
+def new_demo_folder(directory: Path | None) -> Path:
+    """Where a demo's workspace goes: `directory` if it is new or empty, else a new temp folder."""
+    folder = directory or Path(tempfile.mkdtemp(prefix="memstore-demo-")) / "workspace"
+    if folder.exists() and any(folder.iterdir()):
+        raise WorkspaceError(f"{folder} is not empty; the demo needs a new folder.")
+    return folder
 
 
 def run_demo(folder: Path, model: str | None, say: Callable[[str], None],
