@@ -498,11 +498,13 @@ class Committer:
         return plan
 
     def _moved_on(self, rel: str, entry: _Entry) -> bool:
-        """Whether the branch moved forward since `entry` was made (not back past it: a reset)."""
+        """Whether the branch moved since `entry` was made, forward (a commit, a pull) or sideways (a rebasing
+        pull, a switch, a reset onto another line), rather than back into the edit's own past (`git reset
+        --soft HEAD~`, which leaves the file holding the edit, as `git commit` would commit it)."""
         if entry.on is not None:
             tip = self.git.tip()
             # the same commit: one landed between the edit's read of the file and its look at the branch
-            return tip is not None and (tip == entry.on or self.git.descends(tip, entry.on))
+            return tip is not None and (tip == entry.on or not self.git.descends(entry.on, tip))
         # journals of versions before 5 Dec: the file's content the edit was made on is in the branch's past
         return any(before == entry.base for _, before, _ in self.git.changes_of(rel, limit=64))
 

@@ -2160,3 +2160,69 @@ def test_a_refused_edit_whose_files_cannot_be_put_back_is_an_error_not_pending(
     reopened = Store.open(ws_path)  # retried, refused again: taken out
     assert (ws_path / "blocks/org.md").read_bytes() == before and reopened.commits.pending_files() == []
     assert "secret" not in git(ws_path, "log", "-p", "-1")
+
+
+@pytest.mark.parametrize("cmd", [["pull", "-q", "--rebase", ".", "side"], ["switch", "-q", "side"],
+                                 ["reset", "-q", "--hard", "side"]], ids=["pull-rebase", "switch", "reset-hard"])
+def test_a_sideways_branch_move_landing_mid_edit_is_merged_onto_never_reverted(
+        store: Store, ws_path: Path, monkeypatch: pytest.MonkeyPatch, cmd: list[str]) -> None:
+    """A person's command that moves the branch to another line of history (a rebasing pull, a switch, a reset
+    onto another branch) after the edit read the file and before it wrote it: the agent's commit holds its line
+    and the other line's change (it used to commit the whole old file on the new tip, taking that change out)."""
+    from memstore import commits
+
+    block = store.create_block("org", "Org: Letta\nline two\nline three")
+    actor = store.create_agent("agent1", "openai/gpt-4o-mini", block_ids=[block.id]).actor()
+    git(ws_path, "switch", "-qc", "side")
+    path = ws_path / "blocks/org.md"
+    path.write_text(path.read_text().replace("line three", "line three (side's fix)"))
+    git(ws_path, "commit", "-qam", "side's fix")
+    git(ws_path, "switch", "-q", "main")
+    (ws_path / "notes.txt").write_text("main's own work\n")
+    git(ws_path, "add", "notes.txt")
+    git(ws_path, "commit", "-qm", "main's notes")  # the two lines diverge
+    original, ran = commits.Committer._save_journal, []
+
+    def save_journal(self: commits.Committer, rel: str, journal: list) -> None:
+        if journal and not ran:  # after the edit read the file and the tip, before it writes the file
+            ran.append(subprocess.run(["git", *cmd], cwd=ws_path, capture_output=True, text=True))
+        original(self, rel, journal)
+
+    monkeypatch.setattr(commits.Committer, "_save_journal", save_journal)
+    result = store.memory_insert("org", "agent line", actor=actor, insert_line=0)
+    assert ran[0].returncode == 0, ran[0].stderr
+    assert result.version == git(ws_path, "rev-parse", "HEAD").strip()
+    assert git(ws_path, "show", "HEAD:blocks/org.md") == path.read_text()
+    assert "agent line" in path.read_text() and "side's fix" in path.read_text()
+    assert git(ws_path, "log", "-1", "--format=%an %s").strip() == "agent1 memory_insert org"
+    assert store.get_block("org").value == "agent line\nOrg: Letta\nline two\nline three (side's fix)"
+    assert_clean_repo(ws_path)
+
+
+def test_a_waiting_edit_carried_by_a_rebasing_pull_with_autostash_stays_the_agents(store: Store, ws_path: Path,
+                                                                                 tmp_path: Path) -> None:
+    """`git pull` with pull.rebase and rebase.autoStash while an agent's commit is not pushed yet: the rebase
+    rewrites that commit (the branch moves sideways), and the waiting edit, which the autostash carried over in
+    the file, is committed as the agent's, merged, never dropped or taken for the person's hand edit."""
+    block = store.create_block("org", "Org: Letta\nline 2\nline 3\nline 4")
+    notes = store.create_block("notes", "n")
+    actor = store.create_agent("agent1", "openai/gpt-4o-mini", block_ids=[block.id, notes.id]).actor()
+    upstream = tmp_path / "upstream"
+    git(tmp_path, "clone", "-q", str(ws_path), str(upstream))
+    rel = "blocks/org.md"
+    (upstream / rel).write_text((upstream / rel).read_text().replace("Org: Letta", "Org: Letta (by Pat)"))
+    git(upstream, "commit", "-qam", "upstream")
+    store.memory_insert("notes", "unpushed agent note", actor=actor)  # a local commit, not pushed yet
+    lock = ws_path / ".git/index.lock"
+    lock.write_bytes(b"")  # the person's commit in its editor
+    assert store.memory_insert("org", "agent line", actor=actor).pending
+    lock.unlink()
+    git(ws_path, "config", "pull.rebase", "true")
+    git(ws_path, "config", "rebase.autoStash", "true")
+    git(ws_path, "pull", "-q", str(upstream), "HEAD")
+    status = subprocess.run([MEMSTORE, "status"], cwd=ws_path, capture_output=True, text=True)
+    assert "discarded" not in status.stderr, status.stderr
+    assert git(ws_path, "log", "-1", "--format=%an|%s", "--", rel).strip() == "agent1|memory_insert org"
+    assert git(ws_path, "show", f"HEAD:{rel}") == (ws_path / rel).read_text()
+    assert Store.open(ws_path).get_block("org").value == "Org: Letta (by Pat)\nline 2\nline 3\nline 4\nagent line"
+    assert_clean_repo(ws_path)
