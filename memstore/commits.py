@@ -574,6 +574,9 @@ class Committer:
             journal = self._revived(rel)
             if not journal:
                 return None
+        journal = self._kept(rel, journal)
+        if not journal:
+            return None
         disk = self.read(rel)
         disk_blob = blob_id(disk) if disk is not None else None
         if journal[-1].was is not None and disk_blob == journal[-1].was != journal[-1].new:
@@ -623,6 +626,31 @@ class Committer:
             log.warning("%s: waiting edits not committed yet: %s", rel, os_error_text(exc))
             return None
 
+    def _kept(self, rel: str, journal: list[_Entry]) -> list[_Entry]:
+        """The waiting edits of `rel`, each with its content in git's object store. Nothing in git refers to a
+        waiting edit's blob, so `git gc --prune=now` or `git prune` removes it: it is stored again from the file
+        when the file holds it; else its change goes into the next edit's commit (the last one's stays in the
+        file, for the person), with a warning, rather than a commit naming a missing object."""
+        gone = [entry for entry in journal if entry.new is not None and not self.git.has_object(entry.new)]
+        if not gone:
+            return journal
+        disk = self.read(rel)
+        if disk is not None and blob_id(disk) in {entry.new for entry in gone}:
+            self._store_blob(disk)
+        kept: list[_Entry] = []
+        for at, entry in enumerate(journal):
+            if entry.new is None or entry.new == (blob_id(disk) if disk is not None else None) \
+                    or self.git.has_object(entry.new):
+                kept.append(entry)
+                continue
+            log.warning("%s: the content of the waiting edit by %s was removed from git's object store (a git gc "
+                        "or prune); its change is committed with the next one, or stays in the file", rel, entry.name)
+            if at + 1 < len(journal):
+                journal[at + 1].base = entry.base
+        if len(kept) != len(journal):
+            self._save_journal(rel, kept)
+        return kept
+
     def _finish_group(self, group: list[str], wait: float | None) -> None:
         """Finish a write of several files that a blocked or killed writer left (the caller holds them all):
         as one commit, its files that were not written yet written from the blobs stored before it began.
@@ -636,6 +664,10 @@ class Committer:
         first = entries[group[0]]
         heads = {rel: self.head_blob(rel) for rel in group}
         disks = {rel: self._disk_blob(rel) for rel in group}
+        for rel, entry in entries.items():  # content a `git prune` removed, still in the file: stored again
+            if entry is not None and entry.new is not None and disks[rel] == entry.new \
+                    and not self.git.has_object(entry.new):
+                self._store_blob(self.read(rel))
         written = [journals[rel][1].base == e.new if len(journals[rel]) > 1 else disks[rel] == e.new
                    for rel, e in entries.items() if e is not None]  # (a later edit made on top of it: written)
         whole = first is not None and all(

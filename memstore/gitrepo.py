@@ -299,6 +299,16 @@ class GitRepo:
             missing = "the repository is a shallow clone; " if self.shallow else ""
             raise WorkspaceError(f"git object {oid} is missing ({missing}run `git fsck`).") from None
 
+    def has_object(self, oid: str) -> bool:
+        """Whether git's object store holds `oid` now, as the disk says (libgit2's cache would still hold one a
+        `git prune` removed): loose, else in a pack (read afresh)."""
+        if os.path.exists(os.path.join(self.common_dir, "objects", oid[:2], oid[2:])):
+            return True
+        try:
+            return pygit2.Odb(str(self.common_dir / "objects")).exists(oid)
+        except (pygit2.GitError, ValueError):
+            return False
+
     def files_in(self, folders: tuple[str, ...]) -> list[str]:
         """The paths of the files directly in these folders on the branch."""
         tip = self.tip()
@@ -405,6 +415,10 @@ class GitRepo:
         """
         wait = LOCK_WAIT if wait is None else wait
         written = written or {}
+        for rel, blob in changes:  # a commit never names an object git does not hold (`git fsck`: missing blob)
+            if blob is not None and not self.has_object(blob):
+                raise WorkspaceError(f"{rel}: the content to commit ({blob[:12]}) is no longer in git's object store "
+                                     "(`git gc --prune=now` or `git prune` removed it); nothing was committed.")
         with self.git_lock(self.git_dir / "index.lock", "interactive staging, or a commit in an editor?",
                            wait) as claim:
             if not self._tidied:

@@ -2226,3 +2226,47 @@ def test_a_waiting_edit_carried_by_a_rebasing_pull_with_autostash_stays_the_agen
     assert git(ws_path, "show", f"HEAD:{rel}") == (ws_path / rel).read_text()
     assert Store.open(ws_path).get_block("org").value == "Org: Letta (by Pat)\nline 2\nline 3\nline 4\nagent line"
     assert_clean_repo(ws_path)
+
+
+@pytest.mark.parametrize("cmd", [["gc", "--prune=now"], ["prune"]])
+def test_a_git_prune_while_edits_wait_never_makes_a_commit_name_a_missing_object(store: Store, ws_path: Path,
+                                                                                cmd: list[str]) -> None:
+    """Nothing in git refers to a waiting edit's content, so a `git gc --prune=now` removes it. The edit is
+    committed from the file that still holds it; one whose content is gone from the file too goes into the
+    next edit's commit. No commit names a missing blob (memstore used to commit it, and `git fsck` failed)."""
+    block = store.create_block("org", "Org: Letta")
+    agent1 = store.create_agent("agent1", "openai/gpt-4o-mini", block_ids=[block.id]).actor()
+    agent2 = store.create_agent("agent2", "openai/gpt-4o-mini", block_ids=[block.id]).actor()
+    lock = ws_path / ".git/index.lock"
+    lock.write_bytes(b"")  # the person's `git commit` waits in its editor
+    assert store.memory_insert("org", "agent1 line", actor=agent1).pending
+    assert store.memory_insert("org", "agent2 line", actor=agent2).pending
+    git(ws_path, *cmd)  # in another terminal: both waiting edits' blobs go, the file keeps the second
+    lock.unlink()
+    status = subprocess.run([MEMSTORE, "status"], cwd=ws_path, capture_output=True, text=True)
+    assert status.returncode == 0, status.stderr
+    assert "removed from git's object store" in status.stderr
+    assert git(ws_path, "log", "-1", "--format=%an|%s").strip() == "agent2|memory_insert org"
+    assert git(ws_path, "show", "HEAD:blocks/org.md") == (ws_path / "blocks/org.md").read_text()
+    assert Store.open(ws_path).get_block("org").value == "Org: Letta\nagent1 line\nagent2 line"
+    assert_clean_repo(ws_path)
+    # the one edit whose content the file holds is committed as it is
+    lock.write_bytes(b"")
+    assert store.memory_insert("org", "agent1 again", actor=agent1).pending
+    git(ws_path, *cmd)
+    lock.unlink()
+    assert store.memory_insert("org", "agent2 again", actor=agent2).version
+    assert git(ws_path, "log", "-2", "--format=%an|%s").splitlines() == ["agent2|memory_insert org",
+                                                                         "agent1|memory_insert org"]
+    assert_clean_repo(ws_path)
+
+
+def test_a_commit_of_an_object_git_no_longer_holds_is_refused(store: Store, ws_path: Path) -> None:
+    """The last guard: a change naming a blob the object store lacks is refused before anything is written."""
+    store.create_block("org", "Org: Letta")
+    head = git(ws_path, "rev-parse", "HEAD").strip()
+    gone = "1" * 40
+    with pytest.raises(WorkspaceError, match="no longer in git's object store"):
+        store.ws.git.commit([("blocks/org.md", gone)], gitrepo.Ident("a", "a@x"), "m", gitrepo.Ident("b", "b@x"))
+    assert git(ws_path, "rev-parse", "HEAD").strip() == head
+    assert_clean_repo(ws_path)
