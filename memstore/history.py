@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 import git
 from filelock import lock_descriptor
 
-from .errors import NotFoundError
+from .errors import NotFoundError, WorkspaceError
 from .gitrepo import GitRepo
 from .maintain import MAINTAIN_LOCK
 from .models import AuthorKind, BlameLine, HistoryEntry
@@ -30,11 +30,14 @@ _FIELDS = ["%H", "%an", "%ae", "%aI", "%s",
            "%(trailers:key=Memstore-Block,valueonly,separator=%x2C)",
            "%(trailers:key=Memstore-Author-Kind,valueonly,separator=%x2C)"]
 _FORMAT = "%x1f".join(_FIELDS) + "%x1e"
+# only the format asked for, whatever the person's configuration adds (`log.showSignature` prints the
+# signature check before each record)
+_PLAIN_LOG = ("--no-show-signature", "--no-color")
 
 
 def file_history(store: GitRepo, rel: str, limit: int = 20, block_id: str | None = None) -> list[HistoryEntry]:
     """Commits that changed `rel`, newest first; stops at the creation of `block_id`."""
-    out = _git(store).log(f"-n{limit}", f"--format={_FORMAT}", "--", rel)
+    out = _git(store).log(f"-n{limit}", f"--format={_FORMAT}", *_PLAIN_LOG, "--", rel)
     entries = []
     for record in out.split("\x1e"):
         parts = record.strip("\n").split("\x1f")
@@ -64,8 +67,12 @@ def blame(store: GitRepo, rel: str, first_line: int) -> list[BlameLine]:
     """
     try:
         out = _git(store).blame("--line-porcelain", "--", rel)
-    except git.GitCommandError:  # not committed at all yet (its creation waits for a git command)
-        return []
+    except git.GitCommandError as exc:
+        if store.head_blob(rel) is None:  # not committed at all yet (its creation waits for a git command)
+            return []
+        # git's own refusal, which the person's `git blame` meets too (a `blame.ignoreRevsFile` this
+        # repository lacks): said, never shown as "not committed yet"
+        raise WorkspaceError(f"git blame of {rel} failed: {_stderr(exc)}") from None
     lines: list[BlameLine] = []
     info: dict[str, str] = {}
     for raw in out.split("\n"):  # not splitlines: a value may hold U+2028, \f or a lone \r
@@ -92,8 +99,8 @@ def blame(store: GitRepo, rel: str, first_line: int) -> list[BlameLine]:
 def _kinds(store: GitRepo, versions: set[str]) -> dict[str, AuthorKind]:
     if not versions:
         return {}
-    out = _git(store).show("-s", "--format=%H %(trailers:key=Memstore-Author-Kind,valueonly,separator=%x2C)",
-                           *sorted(versions))
+    kind = "%(trailers:key=Memstore-Author-Kind,valueonly,separator=%x2C)"
+    out = _git(store).show("-s", *_PLAIN_LOG, f"--format=%H {kind}", *sorted(versions))
     return {line.split(" ", 1)[0]: author_kind(line.partition(" ")[2].strip()) for line in out.splitlines() if line}
 
 
@@ -104,6 +111,11 @@ def _blame_fields(line: BlameLine, kinds: dict[str, AuthorKind]) -> dict[str, ob
     stamp = int(line.date) if line.date and line.date.isdigit() else None
     date = datetime.fromtimestamp(stamp, UTC).isoformat() if stamp is not None else None
     return {"author_kind": kinds.get(line.version, "person"), "date": date}
+
+
+def _stderr(exc: git.GitCommandError) -> str:
+    text = exc.stderr if isinstance(exc.stderr, str) else str(exc)
+    return text.strip().removeprefix("stderr:").strip().strip("'").strip() or str(exc)
 
 
 def _git(store: GitRepo) -> git.Git:
@@ -132,7 +144,7 @@ def content_at(store: GitRepo, rel: str, version: str) -> bytes:
 
 def last_version(store: GitRepo, rel: str) -> str | None:
     """The commit that last changed `rel`."""
-    out = _git(store).log("-n1", "--format=%H", "--", rel).strip()
+    out = _git(store).log("-n1", "--format=%H", *_PLAIN_LOG, "--", rel).strip()
     return out or None
 
 
@@ -188,7 +200,7 @@ def diff(store: GitRepo, rel: str, from_version: str, to_version: str | None = N
     revs = [resolve_version(store, from_version)]
     if to_version is not None:
         revs.append(resolve_version(store, to_version))
-    return str(_git(store).diff(*revs, "--", rel))
+    return str(_git(store).diff("--no-ext-diff", "--no-color", *revs, "--", rel))
 
 
 def since_maintenance(workdir: str) -> float:

@@ -2270,3 +2270,34 @@ def test_a_commit_of_an_object_git_no_longer_holds_is_refused(store: Store, ws_p
         store.ws.git.commit([("blocks/org.md", gone)], gitrepo.Ident("a", "a@x"), "m", gitrepo.Ident("b", "b@x"))
     assert git(ws_path, "rev-parse", "HEAD").strip() == head
     assert_clean_repo(ws_path)
+
+
+def test_history_and_blame_read_plain_answers_whatever_the_persons_git_configuration(
+        store: Store, ws_path: Path, tmp_path: Path) -> None:
+    """`log.showSignature` (common where commits are signed) prints the signature check before each record, and
+    an external diff tool or colours would change a diff: versions stay commit ids and the diff git's own. A
+    blame git refuses (a `blame.ignoreRevsFile` this repository lacks) is an error saying so, never every line
+    "not committed yet"."""
+    store, actor = agent_store(store)
+    fake = tmp_path / "fake-gpg"  # signs with a stand-in signature; its verdict on one is a bad one
+    fake.write_text("#!/bin/sh\ncat >/dev/null\necho '[GNUPG:] SIG_CREATED D 1 8 00 0 X' >&2\n"
+                    "printf -- '-----BEGIN PGP SIGNATURE-----\\nstand-in\\n-----END PGP SIGNATURE-----\\n'\n")
+    fake.chmod(0o755)
+    for key, value in (("gpg.program", str(fake)), ("user.signingkey", "memstore-test"), ("commit.gpgsign", "true"),
+                       ("log.showSignature", "true"), ("color.ui", "always"), ("diff.external", "false")):
+        git(ws_path, "config", "--global", key, value)
+    made = store.memory_insert("org", "signed line", actor=actor).version
+    assert made == git(ws_path, "rev-parse", "HEAD").strip()
+    assert [h.version for h in store.block_history("org")][0] == made
+    assert store.memory_rethink("org", store.get_block("org").value, actor=actor).version == made  # no change
+    shown = subprocess.run([MEMSTORE, "log", "org"], cwd=ws_path, capture_output=True, text=True)
+    assert shown.stdout.startswith(made[:12]), shown.stdout + shown.stderr
+    assert "+signed line" in store.block_diff("org", "HEAD~1") and "\x1b[" not in store.block_diff("org", "HEAD~1")
+    assert [line.author_name for line in store.block_blame("org")] == [PERSON_NAME, "agent1"]
+    git(ws_path, "config", "--global", "blame.ignoreRevsFile", ".git-blame-ignore-revs")
+    with pytest.raises(WorkspaceError, match="git blame of blocks/org.md failed: .*could not open object name list"):
+        store.block_blame("org")
+    blamed = subprocess.run([MEMSTORE, "blame", "org"], cwd=ws_path, capture_output=True, text=True)
+    assert blamed.returncode == 1 and "not committed yet" not in blamed.stdout, blamed.stdout
+    (ws_path / ".git-blame-ignore-revs").write_text("")  # the file the person's configuration names
+    assert [line.version for line in store.block_blame("org")][1] == made
