@@ -51,6 +51,7 @@ _NO_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EM
 LOCK_WAIT = 5.0  # seconds memstore waits for a lock a git command holds before the edit is left pending
 _HOOKS = ("pre-commit", "prepare-commit-msg", "commit-msg", "post-commit")
 _IndexKey = tuple[int, int, int, bytes]
+_NO_CHECKSUM = bytes(20)  # an index's trailer when git skips its checksum (`index.skipHash`)
 
 
 @dataclass(frozen=True)
@@ -683,7 +684,7 @@ class GitRepo:
         """Which version of the index is in place: (inode, size, mtime, its trailing checksum); None: no index.
 
         The checksum tells two versions apart even when a reused inode and a coarse clock
-        give them the same stat.
+        give them the same stat (not when git skipped it: `_read_index` reads those again).
         """
         try:
             fd = os.open(self.git_dir / "index", os.O_RDONLY | getattr(os, "O_BINARY", 0))
@@ -705,7 +706,8 @@ class GitRepo:
         if key is None:
             return None
         cached = self._index_cache
-        if cached is not None and cached[0] == key:
+        # an index git wrote without its checksum (`index.skipHash`) is told apart only by its stat: read again
+        if cached is not None and cached[0] == key and key[3] != _NO_CHECKSUM:
             return cached[1]
         try:
             data = (self.git_dir / "index").read_bytes()

@@ -17,7 +17,7 @@ import pytest
 
 from memstore import Store
 from memstore import fsutil, gitrepo, gittree
-from memstore.errors import ConflictError, WorkspaceError
+from memstore.errors import ConflictError, ReadOnlyError, WorkspaceError
 
 from .conftest import PERSON_NAME, assert_clean_repo, git
 
@@ -2301,3 +2301,38 @@ def test_history_and_blame_read_plain_answers_whatever_the_persons_git_configura
     assert blamed.returncode == 1 and "not committed yet" not in blamed.stdout, blamed.stdout
     (ws_path / ".git-blame-ignore-revs").write_text("")  # the file the person's configuration names
     assert [line.version for line in store.block_blame("org")][1] == made
+
+
+def test_an_index_git_wrote_without_a_checksum_is_never_taken_for_an_older_one(store: Store, ws_path: Path) -> None:
+    """`index.skipHash` (git 2.40+, part of `feature.manyFiles`) writes the index with a zero checksum, which then
+    no longer tells two versions apart: with a reused inode and a coarse clock (two writes in one tick), memstore
+    took the person's newer staging for the index it had read before, and put the older one back."""
+    store, actor = agent_store(store)
+    store.create_block("policy", "fixed", read_only=True)
+    store.attach_block("agent1", "policy")
+    index = ws_path / ".git/index"
+
+    def stage(text: str, into: Path) -> None:  # `git add` as git 2.40 writes it with skipHash, into `into`'s inode
+        (ws_path / "notes.txt").write_text(text)
+        git(ws_path, "add", "notes.txt")
+        data = index.read_bytes()
+        with open(into, "r+b") as out:
+            out.write(data[:-20] + bytes(20))
+            out.truncate()
+
+    (ws_path / "notes.txt").write_text("n0\n")
+    git(ws_path, "add", "notes.txt")
+    git(ws_path, "commit", "-qm", "notes")
+    stage("n1\n", index)
+    with pytest.raises(ReadOnlyError):  # any memstore operation that reads the index (and keeps it)
+        store.memory_insert("policy", "x", actor=actor)
+    first = os.stat(index)
+    os.link(index, ws_path / ".git/index-first")  # its inode, for git's next index to reuse
+    stage("n3\n", ws_path / ".git/index-first")  # the person stages n3: same size, the same inode again
+    os.utime(ws_path / ".git/index-first", ns=(first.st_atime_ns, first.st_mtime_ns))  # within one clock tick
+    os.replace(ws_path / ".git/index-first", index)
+    staged = git(ws_path, "ls-files", "-s", "notes.txt")
+    assert git(ws_path, "show", ":notes.txt") == "n3\n"
+    assert store.memory_insert("org", "agent line", actor=actor).version
+    assert git(ws_path, "ls-files", "-s", "notes.txt") == staged  # the person's staging of n3 stays
+    assert git(ws_path, "show", ":notes.txt") == "n3\n"
