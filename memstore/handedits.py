@@ -104,6 +104,9 @@ def require_valid(store: Store, rel: str, data: bytes) -> None:
 
 def find_problem(store: Store, rel: str, data: bytes, *, has_head: bool) -> tuple[FileFormatError | None, bool]:
     kind, name = WATCHED.fullmatch(rel).groups()  # type: ignore[union-attr]
+    if store.ws.git.unmerged(rel):  # conflict markers are never memory: readers get the block as last committed
+        return FileFormatError(rel, None, "is unmerged (a merge, rebase or `git stash pop` left conflict markers in "
+                                          f"it): resolve it, `git add {rel}` and commit"), False
     try:
         if kind == "agents":
             return _agent_problem(store, rel, name, data, has_head), False

@@ -148,7 +148,7 @@ class Store:
             data = self.commits.read(rel)
         except FileFormatError:  # a file memstore does not read (a symbolic link…): _read_block says so
             data = _UNREAD
-        if isinstance(data, bytes) and self.commits.hand_edited(rel, data):
+        if isinstance(data, bytes) and self.commits.hand_edited(rel, data) and not self.ws.git.unmerged(rel):
             handedits.pick_up(self, rel)  # a person's valid edit is committed, as the watcher would, so the
             data = _UNREAD  # version given is the commit that holds what is read (an invalid one is not read)
         block = self._read_block(name, strict=True, data=data)

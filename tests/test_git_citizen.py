@@ -2336,3 +2336,23 @@ def test_an_index_git_wrote_without_a_checksum_is_never_taken_for_an_older_one(s
     assert store.memory_insert("org", "agent line", actor=actor).version
     assert git(ws_path, "ls-files", "-s", "notes.txt") == staged  # the person's staging of n3 stays
     assert git(ws_path, "show", ":notes.txt") == "n3\n"
+
+
+def test_an_unmerged_block_is_never_served_as_memory(store: Store, ws_path: Path) -> None:
+    """While a block is unmerged, lists, an agent's memory and `memstore status` give it as last committed and say
+    why, as for any invalid hand edit: conflict markers are never memory."""
+    store, actor = agent_store(store)
+    path = ws_path / "blocks/org.md"
+    path.write_text(path.read_text().replace("Org: Letta", "Org: Letta (person)"))
+    git(ws_path, "stash")
+    store.memory_replace("org", "Org: Letta", "Org: Letta Inc", actor=actor)
+    assert subprocess.run(["git", "stash", "pop"], cwd=ws_path, capture_output=True).returncode != 0
+    assert "<<<<<<<" in path.read_text()
+    assert [b.value for b in store.list_blocks()] == ["Org: Letta Inc"]
+    assert store.get_block("org").value == "Org: Letta Inc"
+    assert store.get_block("org").version == git(ws_path, "rev-parse", "HEAD").strip()
+    assert [b.value for b in store.agent_blocks("agent1")] == ["Org: Letta Inc"]
+    assert "<<<<<<<" not in store.memory_context("agent1")
+    status = subprocess.run([MEMSTORE, "status"], cwd=ws_path, capture_output=True, text=True)
+    assert "blocks/org.md" in status.stdout and "is unmerged" in status.stdout, status.stdout
+    assert "<<<<<<<" not in git(ws_path, "show", "HEAD:blocks/org.md")
