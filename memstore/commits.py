@@ -147,6 +147,7 @@ class Committer:
         before = self.made()
         with self.locks.files(rels):
             self.git.refresh()  # attributes, hooks or signing set up since the last change: once per operation
+            self.git.check_tip()
             yield
         if self.on_commit is not None and self.made() != before:
             self.on_commit()

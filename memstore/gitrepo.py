@@ -274,6 +274,15 @@ class GitRepo:
             return None
         return str(ref.target) if ref is not None else None
 
+    def check_tip(self) -> None:
+        """Refuse a branch whose commit git's object store does not hold (every read and commit would fail)."""
+        tip = self.tip()
+        if tip is not None and tip not in self.repo:
+            raise WorkspaceError(f"{self.root}: the branch {self.branch().removeprefix('refs/heads/')} points at "
+                                 f"commit {tip[:12]}, which git's object store does not hold (a `git gc --prune=now` "
+                                 "that ran while commits were made, or a damaged clone). Run `git fsck`, and reset "
+                                 "the branch to a commit that is there.")
+
     def head_blob(self, rel: str) -> str | None:
         tip = self.tip()
         return self.blob_at(tip, rel) if tip else None

@@ -128,6 +128,7 @@ def open_workspace(path: str | os.PathLike[str] | None = None) -> Workspace:
     store = GitRepo(root)
     if store.tip() is None:
         raise WorkspaceError(f"{root}: the repository has no commits yet. Run `memstore init` on a new folder.")
+    store.check_tip()
     ws = Workspace(root=root, git=store, person=person_ident(store.config))
     for folder in (ws.locks_dir, ws.tmp_dir, ws.pending_dir, ws.agents_dir):
         folder.mkdir(parents=True, exist_ok=True)

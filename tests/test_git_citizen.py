@@ -2356,3 +2356,21 @@ def test_an_unmerged_block_is_never_served_as_memory(store: Store, ws_path: Path
     status = subprocess.run([MEMSTORE, "status"], cwd=ws_path, capture_output=True, text=True)
     assert "blocks/org.md" in status.stdout and "is unmerged" in status.stdout, status.stdout
     assert "<<<<<<<" not in git(ws_path, "show", "HEAD:blocks/org.md")
+
+
+def test_a_branch_pointing_at_a_missing_commit_is_one_clear_error(store: Store, ws_path: Path) -> None:
+    """A branch whose commit a `git gc --prune=now` removed (or a damaged clone): every operation says so, and the
+    CLI prints one line (it was a bare KeyError)."""
+    store, actor = agent_store(store)
+    branch = ws_path / ".git/refs/heads/main"
+    good = branch.read_text()
+    branch.write_text("1" * 40 + "\n")
+    with pytest.raises(WorkspaceError, match="points at commit 111111111111, which git's object store does not hold"):
+        store.memory_insert("org", "x", actor=actor)
+    with pytest.raises(WorkspaceError, match="does not hold"):
+        Store.open(ws_path)
+    shown = subprocess.run([MEMSTORE, "block", "list"], cwd=ws_path, capture_output=True, text=True)
+    assert shown.returncode == 1 and shown.stderr.startswith("memstore: error:") and "Traceback" not in shown.stderr
+    branch.write_text(good)  # the person resets the branch to a commit that is there
+    assert store.memory_insert("org", "x", actor=actor).version
+    assert_clean_repo(ws_path)
