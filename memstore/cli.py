@@ -263,8 +263,13 @@ def block_create(label: str, value: str | None, file: Any, limit: int | None, re
     store = Store.open(workspace)
     created = store.create_block(label, _read_value(value, file), limit=limit, read_only=read_only,
                                  description=description, metadata=_json_arg(metadata))
+    twins = [f"blocks/{name}.md" for name in store.catalog.snapshot().by_label.get(created.label, [])
+             if f"blocks/{name}.md" != created.path]
+    shared = (f"\nnote: {', '.join(sorted(twins))} {'has' if len(twins) == 1 else 'have'} the label "
+              f"{created.label!r} too; name this block by its id or its file name "
+              f"({created.path[len('blocks/'):-len('.md')]})" if twins else "")
     _emit(created.model_dump(), as_json, lambda: f"created {created.label} ({created.id}) in {created.path}: "
-                                             f"{_commit_text(created.version, created.pending)}")
+                                             f"{_commit_text(created.version, created.pending)}{shared}")
 
 
 def _json_arg(raw: str | None) -> Any:

@@ -148,6 +148,15 @@ def test_a_workspace_from_the_environment_is_named_so_in_errors(ws_path: Path, t
     assert out.exit_code == 0 and "organization" in out.output
 
 
+def test_creating_a_block_whose_label_another_block_has_says_how_to_name_it(run) -> None:
+    assert "note:" not in run("block", "create", "organization", "Org")
+    out = run("block", "create", "organization", "Another org")
+    assert "in blocks/organization-2.md" in out
+    assert out.splitlines()[1] == ("note: blocks/organization.md has the label 'organization' too; name this block "
+                                   "by its id or its file name (organization-2)")
+    assert run("block", "show", "organization-2").rstrip().endswith("Another org")
+
+
 def test_expected_version_on_the_cli(run, ws_path: Path) -> None:
     run("block", "create", "notes", "one")
     version = json.loads(run("block", "show", "notes", "--json"))["version"]
