@@ -83,6 +83,11 @@ class _Entry:
         return "Memstore-Op: hand_edit" in self.message
 
 
+class SavedMeanwhile(ConflictError):
+    """A file changed on disk between the edit's read of it (under its lock) and its write: a person's editor,
+    which takes no lock, saved it. Nothing was written; the caller applies the edit again to what is there."""
+
+
 class Diverged(ConflictError):
     """A git command's commit changed a file on the branch after an edit of it was made, and the two do not merge."""
 
@@ -211,8 +216,11 @@ class Committer:
             for rel in changed:
                 journaled.append(rel)
                 self._save_journal(rel, journals[rel])
-            for rel, (new, _) in changed.items():
-                written[rel] = self._put(rel, new)
+            for rel, (new, cur) in changed.items():
+                written[rel] = self._put(rel, new, still=blob_id(cur) if cur is not None else None)
+        except SavedMeanwhile:
+            self._undo_all(changed, journals, journaled, written)
+            raise
         except OSError as exc:
             if not self._undo_all(changed, journals, journaled, written) and written:
                 return Saved(None, pending=f"{rel}: {_disk_error(rel, exc)}; the edit is in the files written")
@@ -380,14 +388,23 @@ class Committer:
         except OSError as exc:
             raise _disk_error("the git object store", exc) from None
 
-    def _put(self, rel: str, content: bytes | None) -> os.stat_result | None:
-        """Write (or delete) the file; the stat of the file written."""
+    def _put(self, rel: str, content: bytes | None, still: str | None | object = ...) -> os.stat_result | None:
+        """Write (or delete) the file; the stat of the file written. `still`: the blob the file held when the
+        edit read it (None: no file), checked right before the rename: SavedMeanwhile if a person's editor saved
+        the file since (the rename would have thrown their save away)."""
         target = self.ws.root / rel
+
+        def unchanged() -> None:
+            if still is not ... and self._disk_blob(rel) != still:
+                raise SavedMeanwhile(f"{rel} was saved by someone else while the edit was made; nothing was written. "
+                                     "Retry the edit on what the file holds now.")
+
         if content is None:
+            unchanged()
             target.unlink(missing_ok=True)
             return None
         return write_atomic(target, self.git.to_workdir(rel, content), self.ws.tmp_dir,
-                            flush="loose-object" in self.git.flush)
+                            flush="loose-object" in self.git.flush, before=unchanged)
 
     def _undo_all(self, changed: Mapping[str, tuple[bytes | None, bytes | None]], journals: dict[str, list[_Entry]],
                   journaled: list[str], written: dict[str, os.stat_result | None]) -> bool:

@@ -12,6 +12,7 @@ import secrets
 import stat
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 _REPLACE_TRIES = 50  # about a second of retries where Windows refuses a rename
@@ -42,11 +43,12 @@ def replace_file(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> No
 
 
 def write_atomic(path: Path, data: bytes, tmp_dir: Path, *, flush: bool = False,
-                 tmp_name: str | None = None) -> os.stat_result:
+                 tmp_name: str | None = None, before: Callable[[], None] | None = None) -> os.stat_result:
     """Replace `path` with `data` by writing a temp file and renaming it: never a torn file.
 
     The new file's stat, taken before it is in place (so it is this file's, whatever
     happens to `path` afterwards). The temp file is `<tmp_name or path's name>.<pid>.<random>`.
+    `before` runs right before the rename; what it raises leaves `path` untouched.
     """
     tmp = tmp_dir / f"{tmp_name or path.name}.{os.getpid()}.{secrets.token_hex(4)}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
@@ -61,6 +63,8 @@ def write_atomic(path: Path, data: bytes, tmp_dir: Path, *, flush: bool = False,
         raise
     os.close(fd)
     try:
+        if before is not None:
+            before()
         try:
             replace_file(tmp, path)
         except FileNotFoundError:  # a new folder (an agent's first conversation log)

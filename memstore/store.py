@@ -21,7 +21,7 @@ from .blockfile import (agent_from_file, block_from_file, block_meta, load_block
                         with_body)
 from .cache import LRU
 from .catalog import Catalog, CatalogEntry
-from .commits import Committer, commit_message
+from .commits import Committer, SavedMeanwhile, commit_message
 from .errors import (
     AmbiguousNameError,
     ConflictError,
@@ -68,6 +68,7 @@ _UNREAD = object()  # `_read_block`'s default: read the file itself
 _MAINTAIN_EVERY = 250
 _WAITING = "an edit is written and its commit waits (see `memstore status`); the next memstore operation makes it"
 _NAME_TRIES = 10  # a writer racing others for free file names (or for an agent list) tries again
+_SAVE_TRIES = 5  # an edit met by a person's save (`SavedMeanwhile`) is made again on top of it, this many times
 _MAINTAIN_GAP = 10.0  # seconds: housekeeping starts at most this often, however fast commits come
 _PARSED_CACHE = 512  # parsed block (and agent) files kept, by content
 
@@ -488,6 +489,22 @@ class Store:
                                   subject_suffix=f" to {version[:12]}", expected_version=expected_version)
 
     def _change_block(
+        self, ref: str, actor: Actor, op: str, change: Callable[[Block], Block], *,
+        enforce_read_only: bool, subject_suffix: str = "", expected_version: str | None = None,
+    ) -> EditResult:
+        """Apply `change` to the block as it is now, under its lock, and commit it. A person's editor, which takes
+        no lock, may save the file while the change is made: then the change is made again on top of their save
+        (committed first, as theirs), as if it had come a moment later."""
+        for attempt in range(_SAVE_TRIES):
+            try:
+                return self._change_block_once(ref, actor, op, change, enforce_read_only=enforce_read_only,
+                                               subject_suffix=subject_suffix, expected_version=expected_version)
+            except SavedMeanwhile:
+                if attempt == _SAVE_TRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _change_block_once(
         self, ref: str, actor: Actor, op: str, change: Callable[[Block], Block], *,
         enforce_read_only: bool, subject_suffix: str = "", expected_version: str | None = None,
     ) -> EditResult:

@@ -2147,11 +2147,11 @@ def test_a_refused_edit_whose_files_cannot_be_put_back_is_an_error_not_pending(
     real = Committer._put
     calls: list[int] = []
 
-    def full_after_the_write(self: Committer, rel: str, content: bytes | None) -> object:
+    def full_after_the_write(self: Committer, rel: str, content: bytes | None, **kwargs: object) -> object:
         calls.append(1)
         if len(calls) > 1:  # the put-back
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(self, rel, content)
+        return real(self, rel, content, **kwargs)
 
     monkeypatch.setattr(Committer, "_put", full_after_the_write)
     with pytest.raises(ConflictError, match="no secrets.*refused to put the files back"):
@@ -2374,3 +2374,53 @@ def test_a_branch_pointing_at_a_missing_commit_is_one_clear_error(store: Store, 
     branch.write_text(good)  # the person resets the branch to a commit that is there
     assert store.memory_insert("org", "x", actor=actor).version
     assert_clean_repo(ws_path)
+
+
+def test_a_persons_save_landing_while_an_agent_edits_the_block_is_kept_and_the_edit_made_on_top(
+        store: Store, ws_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An editor takes no lock: a person's save can land between the agent's read of the file (under its lock) and
+    its write. The edit is made again on top of the save, which is committed first as the person's; the save
+    used to be renamed over and lost, in no file and no commit."""
+    from memstore import commits
+
+    store, actor = agent_store(store)
+    path = ws_path / "blocks/org.md"
+    original, saves = commits.Committer._put, []
+
+    def put(self: commits.Committer, rel: str, content: bytes | None, *args: object, **kwargs: object) -> object:
+        if rel == "blocks/org.md" and not saves:  # the agent's write, right before it
+            tmp = path.with_name(".org.md.swp")  # what an editor does on save: a temp file renamed over the file
+            tmp.write_text(path.read_text() + "PERSON LINE\n")
+            os.replace(tmp, path)
+            saves.append(1)
+        return original(self, rel, content, *args, **kwargs)
+
+    monkeypatch.setattr(commits.Committer, "_put", put)
+    result = store.memory_insert("org", "AGENT LINE", actor=actor)
+    assert saves and result.version == git(ws_path, "rev-parse", "HEAD").strip()
+    assert store.get_block("org").value == "Org: Letta\nPERSON LINE\nAGENT LINE"
+    assert git(ws_path, "log", "-2", "--format=%an|%s").splitlines() == [
+        "agent1|memory_insert org", f"{PERSON_NAME}|Hand edit blocks/org.md"]
+    assert git(ws_path, "show", "HEAD:blocks/org.md") == path.read_text()
+    assert_clean_repo(ws_path)
+
+
+def test_a_persons_save_landing_during_every_try_of_an_edit_refuses_it_with_nothing_written(
+        store: Store, ws_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from memstore import commits
+
+    store, actor = agent_store(store)
+    path = ws_path / "blocks/org.md"
+    original = commits.Committer._put
+
+    def put(self: commits.Committer, rel: str, content: bytes | None, *args: object, **kwargs: object) -> object:
+        if rel == "blocks/org.md" and "still" in kwargs:  # a person saving again and again, before each write
+            path.write_text(path.read_text() + "more\n")
+        return original(self, rel, content, *args, **kwargs)
+
+    monkeypatch.setattr(commits.Committer, "_put", put)
+    with pytest.raises(ConflictError, match="saved by someone else while the edit was made; nothing was written"):
+        store.memory_insert("org", "AGENT LINE", actor=actor)
+    monkeypatch.undo()
+    assert path.read_text().endswith("Org: Letta\n" + "more\n" * 5)  # every save of theirs is there
+    assert store.commits.pending_files() == [] and "AGENT LINE" not in git(ws_path, "log", "-p")
