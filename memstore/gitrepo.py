@@ -51,6 +51,13 @@ _NO_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EM
 LOCK_WAIT = 5.0  # seconds memstore waits for a lock a git command holds before the edit is left pending
 _HOOKS = ("pre-commit", "prepare-commit-msg", "commit-msg", "post-commit")
 _IndexKey = tuple[int, int, int, bytes]
+_IN_PROGRESS = {  # git's multi-step operations, by the file in the git folder that says one is under way
+    "MERGE_HEAD": "a merge is in progress: finish it or run `git merge --abort`",
+    "rebase-merge": "a rebase is in progress: finish it or run `git rebase --abort`",
+    "rebase-apply": "a rebase or `git am` is in progress: finish it or abort it",
+    "CHERRY_PICK_HEAD": "a cherry-pick is in progress: finish it or run `git cherry-pick --abort`",
+    "REVERT_HEAD": "a revert is in progress: finish it or run `git revert --abort`",
+}
 _NO_CHECKSUM = bytes(20)  # an index's trailer when git skips its checksum (`index.skipHash`)
 
 
@@ -257,14 +264,22 @@ class GitRepo:
     # -- reading -------------------------------------------------------------------------
 
     def branch(self) -> str:
-        """The branch HEAD names (refs/heads/…); refuse a detached HEAD."""
+        """The branch HEAD names (refs/heads/…); refuse a detached HEAD, naming the operation under way if one is
+        (a rebase detaches HEAD while it runs: `git switch` would be the wrong advice)."""
         try:
             target = self.repo.references["HEAD"].target
         except (KeyError, pygit2.GitError) as exc:
             raise WorkspaceError(f"{self.root}: cannot read HEAD ({exc}).") from None
         if not isinstance(target, str):
-            raise WorkspaceError(f"{self.root}: HEAD is detached (not on a branch); run `git switch <branch>` first.")
+            problem = self.in_progress() or "HEAD is detached (not on a branch); run `git switch <branch>` first"
+            raise WorkspaceError(f"{self.root}: {problem}.")
         return target
+
+    def in_progress(self) -> str | None:
+        """The multi-step git operation under way (a merge, rebase, cherry-pick or revert), as a refusal; None."""
+        git_dir = str(self.git_dir)
+        return next((problem for marker, problem in _IN_PROGRESS.items()
+                     if os.path.exists(f"{git_dir}/{marker}")), None)
 
     def tip(self) -> str | None:
         """The commit the branch points at (None: no commit yet)."""
@@ -274,9 +289,19 @@ class GitRepo:
             return None
         return str(ref.target) if ref is not None else None
 
+    def head_commit(self) -> str | None:
+        """The commit HEAD names, on a branch or detached (a rebase under way); None: no commit yet."""
+        try:
+            return None if self.repo.head_is_unborn else str(self.repo.head.target)
+        except pygit2.GitError:
+            return None
+
     def check_tip(self) -> None:
         """Refuse a branch whose commit git's object store does not hold (every read and commit would fail)."""
-        tip = self.tip()
+        try:
+            tip = self.tip()
+        except WorkspaceError:  # no branch (a rebase under way): `Workspace.check_state` says which state it is
+            return
         if tip is not None and tip not in self.repo:
             raise WorkspaceError(f"{self.root}: the branch {self.branch().removeprefix('refs/heads/')} points at "
                                  f"commit {tip[:12]}, which git's object store does not hold (a `git gc --prune=now` "

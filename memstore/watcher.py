@@ -13,6 +13,7 @@ notifications.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -66,6 +67,8 @@ class Watcher:
         self.ready = threading.Event()  # set once the start-up scan is done
         self._cond = threading.Condition()
         self._stopping = False
+        self._error_of: str | None = None  # the file (or "(pending edits)") of the error recorded last
+        self._blocked: set[str] = set()  # files refused while a git operation was under way: looked at once it ends
         self._observer = Observer()
         self._worker = threading.Thread(target=self._run, name="memstore-watcher", daemon=True)
 
@@ -125,10 +128,7 @@ class Watcher:
 
     def _run(self) -> None:
         try:
-            for rel in self._pending_at_start():
-                self._touch(rel)
-        except Exception as exc:  # the watcher must keep running without its start-up scan  # noqa: BLE001
-            self._record_error("(start-up scan)", exc, detail=traceback.format_exc())
+            self._scan()
         finally:
             self.ready.set()
         while True:
@@ -147,6 +147,8 @@ class Watcher:
                 self._repair_index()
             if self._retry_due():
                 self._retry_pending()
+            if self._blocked and self.store.ws.git.in_progress() is None:
+                self._unblock()
 
     def _retry_due(self) -> bool:
         return time.monotonic() >= self._next_retry and bool(self.store.commits.pending_files())
@@ -160,6 +162,7 @@ class Watcher:
         except (MemstoreError, OSError) as exc:
             self._record_error("(pending edits)", exc)
             return
+        self._cleared("(pending edits)")
         for rel in waiting:
             if rel not in still:
                 log.info("%s: committed an edit that waited for its commit", rel)
@@ -172,6 +175,8 @@ class Watcher:
     def _wait_time(self) -> float | None:
         times = [*self._due.values(), *([self._index_due] if self._index_due is not None else [])]
         due = max(0.0, min(times) - time.monotonic()) if times else None
+        if self._blocked:  # is the git operation that refused them over yet?
+            due = RETRY_PENDING if due is None else min(due, RETRY_PENDING)
         if self.store.commits.pending_files():
             retry = max(0.0, self._next_retry - time.monotonic())
             due = retry if due is None else min(due, retry)
@@ -187,10 +192,37 @@ class Watcher:
                 if self.on_pick_up is not None:
                     self.on_pick_up(result)
             self._report(rel)
+            self._cleared(rel)
         except (MemstoreError, OSError) as exc:
             self._record_error(rel, exc)
+            self._block_if_git_busy(rel)
         except Exception as exc:  # the watcher must outlive any one file or callback  # noqa: BLE001
             self._record_error(rel, exc, detail=traceback.format_exc())
+
+    def _scan(self) -> None:
+        """Look at every file that differs from its last commit (at start, and after a git operation that
+        refused the look ends)."""
+        try:
+            for rel in self._pending_at_start():
+                self._touch(rel)
+            self._cleared("(start-up scan)")
+        except Exception as exc:  # the watcher must keep running without its start-up scan  # noqa: BLE001
+            self._record_error("(start-up scan)", exc, detail=traceback.format_exc())
+            self._block_if_git_busy("(start-up scan)")
+
+    def _block_if_git_busy(self, rel: str) -> None:
+        """A file refused while a git operation is under way (a rebase, a merge) is looked at again once it ends:
+        a hand edit saved meanwhile is committed then, not at the next change of that file."""
+        if self.store.ws.git.in_progress() is not None:
+            self._blocked.add(rel)
+
+    def _unblock(self) -> None:
+        blocked, self._blocked = self._blocked, set()
+        for rel in sorted(blocked):
+            if rel == "(start-up scan)":
+                self._scan()
+            else:
+                self._touch(rel)
 
     def _deletion_needs_grace(self, rel: str) -> bool:
         """A vanished file may be an editor's save in progress: it must stay gone DELETE_GRACE."""
@@ -224,13 +256,22 @@ class Watcher:
         log.error("%s%s", message, f"\n{detail}" if detail else "")
         try:
             self.store.ws.write_state("watcher-error", message)
+            self._error_of = rel
         except OSError:
             pass
+
+    def _cleared(self, rel: str) -> None:
+        """`rel` was handled fine: the error this watcher last recorded for it (`memstore status` shows it) is
+        over (a rebase that refused it has ended), so it is no longer shown."""
+        if self._error_of == rel:
+            self._error_of = None
+            with contextlib.suppress(OSError):
+                self.store.ws.write_state("watcher-error", None)
 
     def _remember_current(self) -> None:
         """Each file as committed at start: a hand edit waiting now is news once picked up."""
         git = self.store.ws.git
-        head = git.tip()
+        head = git.head_commit()  # also while HEAD is detached (a rebase under way when the watcher starts)
         for folder, kind in ((self.store.ws.blocks_dir, "blocks"), (self.store.ws.agents_dir, "agents")):
             for path in folder.glob("*.md"):
                 rel = f"{kind}/{path.name}"

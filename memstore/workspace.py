@@ -23,15 +23,6 @@ from .gitrepo import GitRepo, Ident, git_config
 
 ENV_WORKSPACE = "MEMSTORE_WORKSPACE"
 COMMITTER = Ident("memstore", "memstore@agents.memstore")
-_IN_PROGRESS = {
-    "MERGE_HEAD": "a merge is in progress: finish it or run `git merge --abort`",
-    "rebase-merge": "a rebase is in progress: finish it or run `git rebase --abort`",
-    "rebase-apply": "a rebase or `git am` is in progress: finish it or abort it",
-    "CHERRY_PICK_HEAD": "a cherry-pick is in progress: finish it or run `git cherry-pick --abort`",
-    "REVERT_HEAD": "a revert is in progress: finish it or run `git revert --abort`",
-}
-
-
 def template_dir() -> Path:
     """The workspace template: packaged with memstore, or beside it in a source checkout."""
     here = Path(__file__).resolve().parent
@@ -93,10 +84,9 @@ class Workspace:
 
     def check_state(self) -> None:
         """Refuse to commit while git is in the middle of a multi-step operation."""
-        git_dir = str(self.git.git_dir)
-        for marker, problem in _IN_PROGRESS.items():
-            if os.path.exists(f"{git_dir}/{marker}"):
-                raise WorkspaceError(f"{self.root}: {problem}.")
+        problem = self.git.in_progress()
+        if problem is not None:
+            raise WorkspaceError(f"{self.root}: {problem}.")
         self.git.branch()
 
 

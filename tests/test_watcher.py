@@ -8,7 +8,7 @@ import selectors
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -290,12 +290,58 @@ def test_the_watcher_outlives_a_failing_callback(store: Store, ws_path: Path) ->
     with Watcher(store, on_pick_up=flaky):
         path.write_text(path.read_text().replace("\na\n", "\nb\n"))
         path.write_text(path.read_text())  # no change: just an event
-        deadline = time.monotonic() + WAIT
-        while not calls and time.monotonic() < deadline:
-            time.sleep(0.02)
+        _wait_for(lambda: "callback bug" in (store.ws.read_state("watcher-error") or ""))  # `memstore status` shows it
         path.write_text(path.read_text().replace("\nb\n", "\nc\n"))
         assert picked.get(timeout=WAIT).action == "committed"
-    assert "callback bug" in (store.ws.read_state("watcher-error") or "")
+    assert store.ws.read_state("watcher-error") is None  # that file is handled fine again: the error is over
+
+
+def _wait_for(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_a_hand_edit_refused_during_a_merge_is_committed_once_the_merge_is(store: Store, ws_path: Path) -> None:
+    """A hand edit saved while a merge is under way is refused, saying so, and committed as soon as the person
+    commits the merge, without another save (it used to wait for the file's next change; the error stayed)."""
+    store.create_block("notes", "a")
+    git(ws_path, "switch", "-qc", "side")
+    (ws_path / "side.txt").write_text("side\n")
+    git(ws_path, "add", "side.txt")
+    git(ws_path, "commit", "-qm", "side")
+    git(ws_path, "switch", "-q", "main")
+    store.update_block("notes", value="b")
+    git(ws_path, "merge", "-q", "--no-ff", "--no-commit", "side")  # the person's merge, under way
+    path = ws_path / "blocks" / "notes.md"
+    with Watcher(store):
+        path.write_text(path.read_text() + "by hand\n")
+        _wait_for(lambda: "blocks/notes.md" in (store.ws.read_state("watcher-error") or ""))
+        error = store.ws.read_state("watcher-error") or ""
+        assert "a merge is in progress" in error, error
+        git(ws_path, "commit", "-qm", "merge side")  # the person concludes the merge; notes.md is not touched
+        _wait_for(lambda: git(ws_path, "log", "-1", "--format=%s").strip() == "Hand edit blocks/notes.md")
+        _wait_for(lambda: store.ws.read_state("watcher-error") is None)
+    assert git(ws_path, "log", "-1", "--format=%an").strip() == PERSON_NAME
+    assert store.get_block("notes").value == "b\nby hand"
+    assert status(store).watcher_error is None
+
+
+def test_a_watcher_started_during_a_rebase_names_it_and_looks_again_once_it_ends(store: Store, ws_path: Path) -> None:
+    store.create_block("notes", "a")
+    store.update_block("notes", value="b")
+    stopped = subprocess.run(["git", "rebase", "--exec", "false", "HEAD~1"], cwd=ws_path, capture_output=True)
+    assert stopped.returncode != 0 and (ws_path / ".git/rebase-merge").is_dir()  # HEAD detached while it runs
+    with Watcher(store) as watcher:
+        watcher.ready.wait(WAIT)
+        error = store.ws.read_state("watcher-error") or ""
+        assert "rebase is in progress" in error and "detached" not in error, error  # not advice that abandons it
+        git(ws_path, "rebase", "--abort")
+        _wait_for(lambda: store.ws.read_state("watcher-error") is None)
+    shown = subprocess.run([str(Path(sys.executable).with_name("memstore")), "status"], cwd=ws_path,
+                           capture_output=True, text=True)
+    assert shown.returncode == 0 and "Clean" in shown.stdout, shown.stdout + shown.stderr
 
 
 def test_a_hand_copy_never_takes_over_the_original_block(store: Store, ws_path: Path) -> None:
