@@ -471,7 +471,7 @@ class Committer:
         A person's hand edit that does not merge stops the merge there: it stays in the file, theirs.
         """
         plans = {rel: self._plan(rel, journal, rel in exact) for rel, journal in journals.items()
-                 if journal[0].base != self.head_blob(rel) and self._moved_on(rel, journal[0])}
+                 if journal[0].base != self.head_blob(rel) and self._moved_on(rel, journal)}
         for rel, plan in plans.items():
             journal = journals[rel]
             left = [entry for entry in journal if all(entry is not kept for kept, _, _ in plan)]
@@ -515,14 +515,21 @@ class Committer:
             raise refused
         return plan
 
-    def _moved_on(self, rel: str, entry: _Entry) -> bool:
-        """Whether the branch moved since `entry` was made, forward (a commit, a pull) or sideways (a rebasing
-        pull, a switch, a reset onto another line), rather than back into the edit's own past (`git reset
-        --soft HEAD~`, which leaves the file holding the edit, as `git commit` would commit it)."""
+    def _moved_on(self, rel: str, journal: list[_Entry]) -> bool:
+        """Whether the waiting edits of `rel` are merged onto the branch's content: it moved since the first was
+        made, forward (a commit, a pull) or sideways (a rebasing pull, a switch, a reset onto another line). A
+        move back into the edits' own past is merged onto only when the file no longer holds them as they are
+        (`rebase -i --autostash` dropping a commit under them); holding them (`git reset --soft HEAD~`), the
+        file is the truth and they are committed as they are, as `git commit` would."""
+        entry = journal[0]
         if entry.on is not None:
             tip = self.git.tip()
+            if tip is None:
+                return False
             # the same commit: one landed between the edit's read of the file and its look at the branch
-            return tip is not None and (tip == entry.on or not self.git.descends(entry.on, tip))
+            if tip == entry.on or not self.git.descends(entry.on, tip):
+                return True
+            return self._disk_blob(rel) != journal[-1].new
         # journals of versions before 5 Dec: the file's content the edit was made on is in the branch's past
         return any(before == entry.base for _, before, _ in self.git.changes_of(rel, limit=64))
 
@@ -542,11 +549,12 @@ class Committer:
         base, ours = entry.base, entry.new
         if ours == theirs or base == theirs:
             return ours
+        last = self.git.changes_of(rel, limit=1)
         if exact:
-            made = self.git.changes_of(rel, limit=1)[0][0]
-            raise StaleVersion(f"{rel}: a git commit ({made[:12]} by {self.git.commit_info(made)[0].name}) changed it "
-                               "after the version the edit was made against; nothing was written. Read it again and "
-                               "retry.")
+            raise StaleVersion(f"{rel}: {_by(self.git, last)} changed it after the version the edit was made "
+                               "against; nothing was written. Read it again and retry.")
+        if theirs is None and not last:  # the branch's line never had the file (a reset or rebase onto another
+            return ours  # line): nothing of its to keep, and the file is the block's only copy there
         if base == ours:
             return theirs
         why = "the two do not merge"
@@ -557,10 +565,8 @@ class Committer:
             except MemstoreError as exc:
                 merged, why = None, f"the two do not merge ({exc})"
         if merged is None:
-            made = self.git.changes_of(rel, limit=1)[0][0]
-            raise Diverged(f"{rel}: a git commit ({made[:12]} by {self.git.commit_info(made)[0].name}) changed it "
-                           f"on the branch after the edit by {entry.name} was made, and {why}. The edit was not "
-                           "applied; read it again and retry.")
+            raise Diverged(f"{rel}: {_by(self.git, last)} changed it on the branch after the edit by {entry.name} "
+                           f"was made, and {why}. The edit was not applied; read it again and retry.")
         return self._store_blob(merged)
 
     def _restore_undone(self, rel: str, base: str | None, wait: float | None) -> None:
@@ -613,7 +619,7 @@ class Committer:
             head = journal[0].base  # a racing git commit took it out: restored before the journal is committed
         while journal and journal[0].base != head and any(e.new == head for e in journal):
             journal.pop(0)  # committed; its writer died before clearing it
-        moved_on = bool(journal) and journal[0].base != head and self._moved_on(rel, journal[0])
+        moved_on = bool(journal) and journal[0].base != head and self._moved_on(rel, journal)
         if moved_on and disk_blob != journal[-1].new:  # the merge may be in the file already (`pull --autostash`)
             try:
                 in_file = self._plan(rel, journal)[-1][2] == disk_blob
@@ -622,7 +628,7 @@ class Committer:
             if not in_file and not unwritten and disk_blob not in (head, None):
                 return None  # a person's change on top: once taken as theirs (a hand edit), all are merged onto it
             moved_on = in_file
-        if not journal or (journal[0].base != head and not moved_on) or (
+        if not journal or (journal[0].base != head and not moved_on and disk_blob != journal[-1].new) or (
                 disk_blob == head and disk_blob != journal[-1].new):
             if journal:  # the person put the file back to the branch (`git reset --hard`, `git checkout`, `git stash`)
                 log.warning("%s: dropping %d pending edit(s) that a git reset, checkout or stash discarded",
@@ -682,10 +688,13 @@ class Committer:
         first = entries[group[0]]
         heads = {rel: self.head_blob(rel) for rel in group}
         disks = {rel: self._disk_blob(rel) for rel in group}
-        for rel, entry in entries.items():  # content a `git prune` removed, still in the file: stored again
-            if entry is not None and entry.new is not None and disks[rel] == entry.new \
-                    and not self.git.has_object(entry.new):
-                self._store_blob(self.read(rel))
+        gone = False  # content a `git prune` removed: stored again from the file, else each file's part on its own
+        for rel, entry in entries.items():
+            if entry is not None and entry.new is not None and not self.git.has_object(entry.new):
+                if disks[rel] == entry.new:
+                    self._store_blob(self.read(rel))
+                else:
+                    gone = True
         written = [journals[rel][1].base == e.new if len(journals[rel]) > 1 else disks[rel] == e.new
                    for rel, e in entries.items() if e is not None]  # (a later edit made on top of it: written)
         whole = first is not None and all(
@@ -700,7 +709,7 @@ class Committer:
                 self._save_journal(rel, journal[1:])
             return
         moved = [rel for rel, e in entries.items() if e is not None and heads[rel] != e.base]
-        if not whole or any(not self._moved_on(rel, entries[rel]) for rel in moved):  # type: ignore[arg-type]
+        if gone or not whole or any(not self._moved_on(rel, journals[rel]) for rel in moved):
             for rel, journal in journals.items():  # from here on, each file's part is its own edit
                 for entry in journal:
                     if entry.group == group:
@@ -828,6 +837,8 @@ class Committer:
                     self._finish(rel, wait=wait, held=held)
             except (MemstoreError, OSError) as exc:  # one file's trouble never stops the others, or an open
                 log.warning("%s: waiting edits not committed yet: %s", rel, exc)
+            except Exception:  # a defect in finishing one file: said, and it never stops every command  # noqa: BLE001
+                log.exception("%s: waiting edits not committed yet (a memstore defect; please report it)", rel)
             if self._journal(rel):
                 waiting.append(rel)
         return waiting
@@ -898,6 +909,13 @@ def _read_journal(path: Path) -> list[_Entry]:
         return [_Entry(**item) for item in json.JSONDecoder().raw_decode(raw)[0]]
     except (ValueError, TypeError):
         return []  # torn by a writer killed while writing it: that edit never reached the file
+
+
+def _by(git: GitRepo, last: list[tuple[str, str | None, str | None]]) -> str:
+    """Who changed a file on the branch: its last commit there (`changes_of`), else the move that brought it."""
+    if not last:
+        return "a git command (a reset or rebase onto another line)"
+    return f"a git commit ({last[0][0][:12]} by {git.commit_info(last[0][0])[0].name})"
 
 
 def _disk_error(where: str, exc: OSError) -> MemstoreError:

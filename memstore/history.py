@@ -60,13 +60,14 @@ def author_kind(trailer: str) -> AuthorKind:
     return trailer if trailer in ("agent", "host", "person") else "person"  # type: ignore[return-value]
 
 
-def blame(store: GitRepo, rel: str, first_line: int) -> list[BlameLine]:
+def blame(store: GitRepo, rel: str, first_line: int, *, committed: bool = False) -> list[BlameLine]:
     """Who last wrote each line of `rel` from `first_line` (1-based) on, as `git blame` says.
 
-    Lines of the working file not committed yet (a pending hand edit) have no version.
+    Lines of the working file not committed yet (a pending hand edit) have no version;
+    `committed`: the file as last committed instead (one with conflict markers is not memory).
     """
     try:
-        out = _git(store).blame("--line-porcelain", "--", rel)
+        out = _git(store).blame("--line-porcelain", *(["HEAD"] if committed else []), "--", rel)
     except git.GitCommandError as exc:
         if store.head_blob(rel) is None:  # not committed at all yet (its creation waits for a git command)
             return []

@@ -606,7 +606,10 @@ class Store:
         data = self.commits.read(rel)
         if data is None:
             raise NotFoundError(f"Block file {rel} no longer exists.")
-        blamed = history.blame(self.ws.git, rel, value_first_line(data))
+        unmerged = self.ws.git.unmerged(rel)  # conflict markers: the block as last committed, as every reader gets it
+        if unmerged:
+            data = self.commits.committed(rel) or b""
+        blamed = history.blame(self.ws.git, rel, value_first_line(data), committed=unmerged)
         if not blamed and data:  # never committed: every line is the file's own, not committed yet
             block = self.get_block(ref, actor=actor)
             return [BlameLine(line=n, text=text, version=None, author_name="(not committed yet)", author_email="",

@@ -162,6 +162,9 @@ class Watcher:
         except (MemstoreError, OSError) as exc:
             self._record_error("(pending edits)", exc)
             return
+        except Exception as exc:  # the watcher must outlive any one retry  # noqa: BLE001
+            self._record_error("(pending edits)", exc, detail=traceback.format_exc())
+            return
         self._cleared("(pending edits)")
         for rel in waiting:
             if rel not in still:

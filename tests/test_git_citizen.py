@@ -1900,7 +1900,8 @@ def test_a_waiting_edit_a_pull_with_autostash_carries_over_stays_the_agents(
 
 def test_a_person_going_back_past_a_waiting_edit_is_not_merged_onto(store: Store, ws_path: Path) -> None:
     """The edit's base content recurs in history; `git reset --soft` goes back to a commit after it: the branch
-    went back, so the edit is not merged onto it (a reset is the person's, as before)."""
+    went back and the file still holds the edit, so it is not merged onto the branch but committed as it is (the
+    file is the truth, as for `git commit`), the agent's."""
     actor, rel = _lines_store(store)
     store.memory_replace("org", "line 2", "line two", actor=actor)
     store.memory_replace("org", "line two", "line 2", actor=actor)
@@ -1909,7 +1910,9 @@ def test_a_person_going_back_past_a_waiting_edit_is_not_merged_onto(store: Store
     git(ws_path, "reset", "-q", "--soft", "HEAD~1")  # back to "line two"
     Store.open(ws_path)
     committed = git(ws_path, "show", f"HEAD:{rel}")
-    assert "line two" in committed and "agent line" not in committed, "merged onto a branch that went back"
+    assert "line two" not in committed, "merged onto a branch that went back"
+    assert committed == (ws_path / rel).read_text() and "agent line" in committed
+    assert git(ws_path, "log", "-1", "--format=%an").strip() == "agent1"
 
 
 def test_a_persons_waiting_hand_edit_is_never_wiped_by_a_commit_it_does_not_merge_with(
@@ -2424,3 +2427,92 @@ def test_a_persons_save_landing_during_every_try_of_an_edit_refuses_it_with_noth
     monkeypatch.undo()
     assert path.read_text().endswith("Org: Letta\n" + "more\n" * 5)  # every save of theirs is there
     assert store.commits.pending_files() == [] and "AGENT LINE" not in git(ws_path, "log", "-p")
+
+
+def _waiting_replace(store: Store, ws_path: Path, actor: object) -> None:
+    lock = ws_path / ".git/index.lock"
+    lock.write_bytes(b"")  # the person's `git commit` in its editor
+    assert store.memory_replace("org", "line 5", "line 5 E", actor=actor).pending  # type: ignore[arg-type]
+    lock.unlink()
+
+
+def test_a_waiting_edit_of_a_block_the_new_line_never_had_is_committed_as_it_is(store: Store, ws_path: Path,
+                                                                               tmp_path: Path) -> None:
+    """The person squashes local work onto an upstream that never had the block (`git reset --soft FETCH_HEAD`)
+    while an edit of it waits: nothing of the branch's to merge with, the file is the block's only copy there,
+    and it is committed as it is, the agent's (it crashed every command and the watcher's thread)."""
+    from memstore.watcher import Watcher
+
+    upstream = tmp_path / "upstream"
+    git(tmp_path, "clone", "-q", str(ws_path), str(upstream))
+    (upstream / "notes.txt").write_text("upstream\n")
+    git(upstream, "add", "notes.txt")
+    git(upstream, "commit", "-qm", "upstream work")
+    block = store.create_block("org", "Org: Letta\nline 2\nline 3\nline 4\nline 5\nline 6")
+    actor = store.create_agent("agent1", "openai/gpt-4o-mini", block_ids=[block.id]).actor()
+    _waiting_replace(store, ws_path, actor)
+    git(ws_path, "fetch", "-q", str(upstream), "main")
+    git(ws_path, "reset", "-q", "--soft", "FETCH_HEAD")
+    with Watcher(store) as watcher:
+        deadline = time.monotonic() + 15
+        while store.commits.pending_files() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert watcher._worker.is_alive()
+    assert store.commits.pending_files() == []
+    assert git(ws_path, "log", "-1", "--format=%an|%s", "--", "blocks/org.md").strip() == "agent1|memory_replace org"
+    assert "line 5 E" in git(ws_path, "show", "HEAD:blocks/org.md") == (ws_path / "blocks/org.md").read_text()
+    status = subprocess.run([MEMSTORE, "status"], cwd=ws_path, capture_output=True, text=True)
+    assert status.returncode == 0 and "Traceback" not in status.stderr, status.stderr[-400:]
+
+
+@pytest.mark.parametrize("how", ["reset --soft", "rebase -i --autostash"])
+def test_a_waiting_edit_whose_branch_went_back_past_its_base_stays_the_agents(store: Store, ws_path: Path,
+                                                                             how: str) -> None:
+    """The branch goes back past the commit a waiting edit was made on. `git reset --soft HEAD~` leaves the file
+    holding the edit: it is committed as it is. `git rebase -i --autostash` dropping that commit carries the edit
+    over in the file: it is merged onto the branch. Either way the agent's, never dropped as "discarded" and then
+    taken for the person's hand edit."""
+    block = store.create_block("org", "Org: Letta\nline 2\nline 3\nline 4\nline 5\nline 6")
+    actor = store.create_agent("agent1", "openai/gpt-4o-mini", block_ids=[block.id]).actor()
+    store.memory_replace("org", "line 2", "line 2 A", actor=actor)
+    _waiting_replace(store, ws_path, actor)
+    if how == "reset --soft":
+        git(ws_path, "reset", "-q", "--soft", "HEAD~1")
+    else:
+        env = {**os.environ, "GIT_SEQUENCE_EDITOR": "sed -i '1s/^pick/drop/'"}
+        subprocess.run(["git", "rebase", "-q", "-i", "--autostash", "HEAD~1"], cwd=ws_path, env=env, check=True,
+                       capture_output=True)
+    status = subprocess.run([MEMSTORE, "status"], cwd=ws_path, capture_output=True, text=True)
+    assert "discarded" not in status.stderr, status.stderr
+    assert git(ws_path, "log", "-1", "--format=%an", "--", "blocks/org.md").strip() == "agent1"
+    committed = git(ws_path, "show", "HEAD:blocks/org.md")
+    assert "line 5 E" in committed and committed == (ws_path / "blocks/org.md").read_text()
+    assert ("line 2 A" in committed) == (how == "reset --soft")  # the dropped commit's change stays dropped
+
+
+def test_a_prune_under_a_waiting_several_file_write_with_an_edit_queued_behind_it_leaves_nothing_stuck(
+        store: Store, ws_path: Path) -> None:
+    from memstore.store import new_block
+
+    lock = ws_path / ".git/index.lock"
+    lock.write_bytes(b"")
+    assert store.create_agent("agent1", "openai/gpt-4o-mini", new_blocks=[new_block("org", "Org: Letta")]).pending
+    actor = store.get_agent("agent1").actor()
+    assert store.memory_insert("org", "agent line", actor=actor).pending
+    git(ws_path, "gc", "--prune=now")
+    lock.unlink()
+    subprocess.run([MEMSTORE, "status"], cwd=ws_path, capture_output=True, text=True)
+    assert store.memory_insert("org", "second line", actor=actor).version
+    assert store.get_block("org").value == "Org: Letta\nagent line\nsecond line"
+    assert store.commits.pending_files() == []
+    assert_clean_repo(ws_path)
+
+
+def test_blame_of_an_unmerged_block_is_of_the_block_as_last_committed(store: Store, ws_path: Path) -> None:
+    store, actor = agent_store(store)
+    path = ws_path / "blocks/org.md"
+    path.write_text(path.read_text().replace("Org: Letta", "Org: Letta (person)"))
+    git(ws_path, "stash")
+    store.memory_replace("org", "Org: Letta", "Org: Letta Inc", actor=actor)
+    assert subprocess.run(["git", "stash", "pop"], cwd=ws_path, capture_output=True).returncode != 0
+    assert [(line.text, line.author_name) for line in store.block_blame("org")] == [("Org: Letta Inc", "agent1")]
