@@ -121,8 +121,10 @@ class Watcher:
     def _repair_index(self) -> None:
         try:
             self.store.commits.repair_index()
+            self._cleared("(git's index)")
         except (MemstoreError, OSError) as exc:  # a lock held long: the next change of the index tries again
             self._record_error("(git's index)", exc)
+            self._block_if_git_busy("(git's index)")
         except Exception as exc:  # the watcher must outlive any one look at the index  # noqa: BLE001
             self._record_error("(git's index)", exc, detail=traceback.format_exc())
 
@@ -224,6 +226,8 @@ class Watcher:
         for rel in sorted(blocked):
             if rel == "(start-up scan)":
                 self._scan()
+            elif rel == "(git's index)":
+                self._repair_index()
             else:
                 self._touch(rel)
 

@@ -384,3 +384,20 @@ def test_a_delete_stays_pending_through_repeated_events(store: Store, seen: Seen
     path.write_text(text.replace("one", "two"))
     assert seen.next_pick_up().action == "committed"
     assert commit_count(ws_path) == before + 1
+
+
+def test_the_watchers_error_about_gits_index_during_a_rebase_ends_with_it(store: Store, ws_path: Path) -> None:
+    """git writes its index while a rebase is under way; the watcher's look at it is refused, saying so, and
+    `memstore status` stops showing that error once the rebase ends (it used to show it for good)."""
+    store.create_block("notes", "a")
+    store.update_block("notes", value="b")
+    with Watcher(store) as watcher:
+        assert watcher.ready.wait(WAIT)
+        stopped = subprocess.run(["git", "rebase", "--exec", "false", "HEAD~1"], cwd=ws_path, capture_output=True)
+        assert stopped.returncode != 0 and (ws_path / ".git/rebase-merge").is_dir()
+        git(ws_path, "reset", "-q", "--", "blocks/notes.md")  # git writes its index mid-rebase
+        _wait_for(lambda: "(git's index)" in (store.ws.read_state("watcher-error") or ""))
+        assert "rebase is in progress" in (store.ws.read_state("watcher-error") or "")
+        git(ws_path, "rebase", "--abort")
+        _wait_for(lambda: store.ws.read_state("watcher-error") is None)
+    assert status(store).watcher_error is None
