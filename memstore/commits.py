@@ -359,6 +359,68 @@ class Committer:
                         "commit; the entry is set to the branch's again, so no later commit undoes that edit", rel)
         return repaired
 
+    def restore_aborted(self) -> list[str]:
+        """Make again the memstore commits a `git rebase --abort` took off the branch; the paths.
+
+        A rebase (`git pull --rebase`) reads the branch, and only later marks itself under way;
+        a memstore commit in between makes its last step fail ("cannot lock ref … is at <the
+        agent's commit> but expected …"), and `git rebase --abort` then returns the branch to
+        what it read, before that commit: git's own race between two committers. Only commits
+        memstore made, between the two, are made again on top, each merged onto the branch's
+        content under its author; a file changed since is left to the person, with a warning.
+        """
+        move = self.git.last_move()
+        if move is None or not move[2].startswith("rebase (abort)") or move[0] == move[1]:
+            return []
+        seen = f"{move[0]} {move[1]}"
+        if self.ws.read_state("restored-abort") == seen:
+            return []
+        dropped, commit = [], move[0]  # newest first, from the abort's "from" back to its "to"
+        while commit != move[1] and len(dropped) <= _RACE_COMMITS:
+            if self.git.commit_info(commit)[1] != COMMITTER or not self.git.parents(commit):
+                dropped = []  # a commit of the person's own (or an unrelated line): the abort stands as it is
+                break
+            dropped.append(commit)
+            commit = self.git.parents(commit)[0]
+        restored: list[str] = []
+        if commit == move[1]:
+            for made in reversed(dropped):
+                restored += self._restore_commit(made)
+        self.ws.write_state("restored-abort", seen)
+        return restored
+
+    def _restore_commit(self, made: str) -> list[str]:
+        """One memstore commit made again on the branch (see `restore_aborted`); its paths restored."""
+        author, _, original, _ = self.git.commit_info(made)
+        parent = self.git.parents(made)[0]
+        rels = [rel for rel in self.git.changed_paths(made) if rel.startswith(("blocks/", "agents/"))]
+        with self.locked_files(rels) as now:
+            files: dict[str, tuple[bytes | None, bytes | None]] = {}
+            for rel in rels:
+                base, ours, theirs = self.git.blob_at(parent, rel), self.git.blob_at(made, rel), self.head_blob(rel)
+                disk = blob_id(now[rel]) if now[rel] is not None else None
+                if ours == theirs:
+                    continue
+                merged = ours if theirs == base else (None if None in (base, ours, theirs)
+                                                      else self.git.merge3(rel, base, ours, theirs))  # type: ignore[arg-type]
+                if disk != theirs or (merged is None and ours is not None):
+                    log.warning("%s: commit %s, which a git rebase --abort took off the branch, is not made again: "
+                                "the file changed since, or the two do not merge", rel, made[:12])
+                    continue
+                files[rel] = (merged if isinstance(merged, bytes) else self.git.read_blob(merged) if merged else None,
+                              now[rel])
+            if not files:
+                return []
+            subject, _, body = original.partition("\n")
+            trailers = {key: value for key, _, value in (line.partition(": ") for line in body.splitlines())
+                        if key.startswith("Memstore-")}
+            self.write_files(files, author, commit_message(
+                f"Restore {subject} (a git rebase --abort took commit {made[:12]} off the branch)",
+                {**trailers, "Memstore-Restores": made}))
+        log.warning("%s: made commit %s again, which a git rebase --abort took off the branch", ", ".join(files),
+                    made[:12])
+        return list(files)
+
     def _stale_entries(self) -> dict[str, tuple[str | None, str | None]]:
         """The index entries `repair_index` puts back: path -> (the stale blob, the branch's)."""
         stale: dict[str, tuple[str | None, str | None]] = {}
@@ -829,6 +891,8 @@ class Committer:
         self._remove_empty_journals()
         with contextlib.suppress(MemstoreError, OSError):  # a busy lock or repository: tried again next time
             self.repair_index()
+        with contextlib.suppress(MemstoreError, OSError):
+            self.restore_aborted()
         waiting = []
         for rel in sorted({*self.pending_files(), *self._files_with(".dropped")}):  # dropped ones may be back
             try:

@@ -388,6 +388,25 @@ class GitRepo:
             commit = parent
         return found
 
+    def last_move(self) -> tuple[str, str, str] | None:
+        """The branch's last move as its reflog says: (from, to, message); None without a reflog line."""
+        try:
+            with open(self.common_dir / "logs" / self.branch(), "rb") as log_file:
+                log_file.seek(max(0, os.fstat(log_file.fileno()).st_size - 4096))
+                lines = log_file.read().decode("utf-8", "replace").splitlines()
+        except (OSError, WorkspaceError):
+            return None
+        head, _, message = (lines[-1] if lines else "").partition("\t")
+        ids = head.split(" ")
+        return (ids[0], ids[1], message) if len(ids) > 2 and len(ids[0]) == len(ids[1]) == 40 else None
+
+    def changed_paths(self, commit: str) -> list[str]:
+        """The paths `commit` changed from its first parent."""
+        new = self.repo[commit].peel(pygit2.Commit)
+        old = new.parents[0].tree if new.parents else None
+        deltas = self.repo.diff(old, new.tree).deltas if old is not None else new.tree.diff_to_tree(swap=True).deltas
+        return [d.new_file.path if d.status != DeltaStatus.DELETED else d.old_file.path for d in deltas]
+
     def commit_info(self, commit: str) -> tuple[Ident, Ident, str, int]:
         """A commit's (author, committer, message, commit time)."""
         made = self.repo[commit].peel(pygit2.Commit)

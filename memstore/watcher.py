@@ -121,6 +121,8 @@ class Watcher:
     def _repair_index(self) -> None:
         try:
             self.store.commits.repair_index()
+            for rel in self.store.commits.restore_aborted():  # a `git rebase --abort` writes the index too
+                self._report(rel)
             self._cleared("(git's index)")
         except (MemstoreError, OSError) as exc:  # a lock held long: the next change of the index tries again
             self._record_error("(git's index)", exc)

@@ -2516,3 +2516,66 @@ def test_blame_of_an_unmerged_block_is_of_the_block_as_last_committed(store: Sto
     store.memory_replace("org", "Org: Letta", "Org: Letta Inc", actor=actor)
     assert subprocess.run(["git", "stash", "pop"], cwd=ws_path, capture_output=True).returncode != 0
     assert [(line.text, line.author_name) for line in store.block_blame("org")] == [("Org: Letta Inc", "agent1")]
+
+
+@pytest.mark.parametrize("by", ["the next operation", "a running watcher"])
+def test_an_agents_commit_a_rebase_abort_takes_off_the_branch_is_made_again(store: Store, ws_path: Path,
+                                                                            by: str) -> None:
+    """`git pull --rebase` reads the branch, and an agent commits before the rebase marks itself under way: the
+    rebase's last step fails ("cannot lock ref"), and `git rebase --abort` returns the branch to before the
+    agent's commit. Its edit, whose result named that commit, is made again on top under the agent (it was in no
+    file and off the branch). A `pre-rebase` hook stands for that moment: git has read the branch, nothing else."""
+    store, actor = agent_store(store)
+    store.memory_insert("org", "before", actor=actor)
+    git(ws_path, "branch", "up", "HEAD~1")
+    git(ws_path, "switch", "-q", "up")
+    (ws_path / "upstream.txt").write_text("upstream\n")
+    git(ws_path, "add", "upstream.txt")
+    git(ws_path, "commit", "-qm", "upstream work")
+    git(ws_path, "switch", "-q", "main")
+    out = ws_path.parent / "made.txt"
+    hook = ws_path / ".git/hooks/pre-rebase"
+    hook.write_text("#!/bin/sh\nunset GIT_DIR GIT_WORK_TREE GIT_INDEX_FILE\n"
+                    f"PYTHONPATH={os.pathsep.join(sys.path)} {sys.executable} -c '"
+                    f"from memstore import Store; s = Store.open(\"{ws_path}\"); a = s.get_agent(\"agent1\").actor(); "
+                    f"open(\"{out}\", \"w\").write(s.memory_insert(\"org\", \"AGENT LINE\", actor=a).version)'\n")
+    hook.chmod(0o755)
+    rebase = subprocess.run(["git", "rebase", "up"], cwd=ws_path, capture_output=True, text=True)
+    hook.unlink()
+    made = out.read_text()
+    assert rebase.returncode != 0 and "cannot lock ref" in rebase.stderr, rebase.stderr
+    if by == "a running watcher":
+        from memstore.watcher import Watcher
+
+        with Watcher(store) as watcher:
+            assert watcher.ready.wait(15)
+            git(ws_path, "rebase", "--abort")  # the person's way out: the branch goes back before the agent's commit
+            deadline = time.monotonic() + 15
+            while "Restore" not in git(ws_path, "log", "-1", "--format=%s") and time.monotonic() < deadline:
+                time.sleep(0.05)
+    else:
+        git(ws_path, "rebase", "--abort")
+        assert subprocess.run(["git", "merge-base", "--is-ancestor", made, "HEAD"], cwd=ws_path).returncode != 0
+        Store.open(ws_path)  # the next memstore operation of any kind
+    assert git(ws_path, "log", "-1", "--format=%an|%s").strip() == (
+        f"agent1|Restore memory_insert org (a git rebase --abort took commit {made[:12]} off the branch)")
+    assert store.get_block("org").value == "Org: Letta\nbefore\nAGENT LINE"
+    Store.open(ws_path)  # once only
+    assert git(ws_path, "log", "--format=%s").count("Restore memory_insert org") == 1
+    assert_clean_repo(ws_path)
+
+
+def test_a_rebase_abort_that_drops_a_persons_commit_is_left_as_it_is(store: Store, ws_path: Path) -> None:
+    """Only memstore's own commits are made again: a person's `git reset` or an abort over their own work stands."""
+    store, actor = agent_store(store)
+    store.memory_insert("org", "agent line", actor=actor)
+    before = git(ws_path, "rev-parse", "HEAD").strip()
+    path = ws_path / "blocks/org.md"
+    path.write_text(path.read_text() + "person line\n")
+    git(ws_path, "commit", "-qam", "person's work")
+    after = git(ws_path, "rev-parse", "HEAD").strip()
+    git(ws_path, "update-ref", "-m", "rebase (abort): returning to refs/heads/main", "refs/heads/main", before, after)
+    git(ws_path, "reset", "-q", "--hard")
+    Store.open(ws_path)
+    assert git(ws_path, "rev-parse", "HEAD").strip() == before
+    assert "person line" not in path.read_text()
