@@ -457,7 +457,10 @@ class Committer:
         target = self.ws.root / rel
 
         def unchanged() -> None:
-            if still is not ... and self._disk_blob(rel) != still:
+            if still is ...:
+                return
+            seen = _stat_of(target)  # the file read next; stat'ed again last, so only a save in the moment
+            if self._disk_blob(rel) != still or _stat_of(target) != seen:  # between that stat and the rename is missed
                 raise SavedMeanwhile(f"{rel} was saved by someone else while the edit was made; nothing was written. "
                                      "Retry the edit on what the file holds now.")
 
@@ -973,6 +976,15 @@ def _read_journal(path: Path) -> list[_Entry]:
         return [_Entry(**item) for item in json.JSONDecoder().raw_decode(raw)[0]]
     except (ValueError, TypeError):
         return []  # torn by a writer killed while writing it: that edit never reached the file
+
+
+def _stat_of(path: Path) -> tuple[int, int, int] | None:
+    """Which file is at `path`: (inode, size, mtime); None: none. A save by rename changes it."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _by(git: GitRepo, last: list[tuple[str, str | None, str | None]]) -> str:

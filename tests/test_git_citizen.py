@@ -2579,3 +2579,28 @@ def test_a_rebase_abort_that_drops_a_persons_commit_is_left_as_it_is(store: Stor
     Store.open(ws_path)
     assert git(ws_path, "rev-parse", "HEAD").strip() == before
     assert "person line" not in path.read_text()
+
+
+def test_a_save_landing_while_the_file_is_looked_at_before_the_rename_is_kept(
+        store: Store, ws_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The look before the rename reads and hashes the file; a save renamed in while it does is seen too (the file
+    is stat'ed before and after), so only the moment between the last stat and the rename is left."""
+    from memstore import commits
+
+    store, actor = agent_store(store)
+    path = ws_path / "blocks/org.md"
+    original, saves = commits.Committer._disk_blob, []
+
+    def disk_blob(self: commits.Committer, rel: str) -> str | None:
+        blob = original(self, rel)
+        if rel == "blocks/org.md" and not saves and sys._getframe(1).f_code.co_name == "unchanged":
+            tmp = path.with_name(".org.md.swp")  # the editor's save, right after the file was read and hashed
+            tmp.write_text(path.read_text() + "PERSON LINE\n")
+            os.replace(tmp, path)
+            saves.append(1)
+        return blob
+
+    monkeypatch.setattr(commits.Committer, "_disk_blob", disk_blob)
+    assert store.memory_insert("org", "AGENT LINE", actor=actor).version
+    assert saves and store.get_block("org").value == "Org: Letta\nPERSON LINE\nAGENT LINE"
+    assert_clean_repo(ws_path)
