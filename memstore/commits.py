@@ -414,11 +414,11 @@ class Committer:
             subject, _, body = original.partition("\n")
             trailers = {key: value for key, _, value in (line.partition(": ") for line in body.splitlines())
                         if key.startswith("Memstore-")}
-            self.write_files(files, author, commit_message(
+            saved = self.write_files(files, author, commit_message(
                 f"Restore {subject} (a git rebase --abort took commit {made[:12]} off the branch)",
                 {**trailers, "Memstore-Restores": made}))
-        log.warning("%s: made commit %s again, which a git rebase --abort took off the branch", ", ".join(files),
-                    made[:12])
+        log.warning("%s: commit %s, which a git rebase --abort took off the branch, is made again%s", ", ".join(files),
+                    made[:12], f" (its commit waits: {saved.pending})" if saved.pending else f": {saved.version}")
         return list(files)
 
     def _stale_entries(self) -> dict[str, tuple[str | None, str | None]]:

@@ -36,13 +36,20 @@ def agent_store(store: Store) -> tuple[Store, object]:
     return store, agent.actor()
 
 
-def test_stash_pop_conflict_is_refused_until_resolved(store: Store, ws_path: Path) -> None:
-    store, actor = agent_store(store)
+def _stash_pop_conflict(store: Store, ws_path: Path, actor: object) -> Path:
+    """The person's change of blocks/org.md stashed, the agent's edit of the same line, `git stash pop`: the file is
+    left unmerged, with conflict markers; its path."""
     path = ws_path / "blocks/org.md"
     path.write_text(path.read_text().replace("Org: Letta", "Org: Letta (person)"))
     git(ws_path, "stash")
-    store.memory_replace("org", "Org: Letta", "Org: Letta Inc", actor=actor)
+    store.memory_replace("org", "Org: Letta", "Org: Letta Inc", actor=actor)  # type: ignore[arg-type]
     assert subprocess.run(["git", "stash", "pop"], cwd=ws_path, capture_output=True).returncode != 0
+    return path
+
+
+def test_stash_pop_conflict_is_refused_until_resolved(store: Store, ws_path: Path) -> None:
+    store, actor = agent_store(store)
+    path = _stash_pop_conflict(store, ws_path, actor)
     assert "<<<<<<<" in path.read_text()
     with pytest.raises(ConflictError, match="unmerged"):
         store.memory_insert("org", "more", actor=actor)
@@ -2345,11 +2352,7 @@ def test_an_unmerged_block_is_never_served_as_memory(store: Store, ws_path: Path
     """While a block is unmerged, lists, an agent's memory and `memstore status` give it as last committed and say
     why, as for any invalid hand edit: conflict markers are never memory."""
     store, actor = agent_store(store)
-    path = ws_path / "blocks/org.md"
-    path.write_text(path.read_text().replace("Org: Letta", "Org: Letta (person)"))
-    git(ws_path, "stash")
-    store.memory_replace("org", "Org: Letta", "Org: Letta Inc", actor=actor)
-    assert subprocess.run(["git", "stash", "pop"], cwd=ws_path, capture_output=True).returncode != 0
+    path = _stash_pop_conflict(store, ws_path, actor)
     assert "<<<<<<<" in path.read_text()
     assert [b.value for b in store.list_blocks()] == ["Org: Letta Inc"]
     assert store.get_block("org").value == "Org: Letta Inc"
@@ -2510,11 +2513,7 @@ def test_a_prune_under_a_waiting_several_file_write_with_an_edit_queued_behind_i
 
 def test_blame_of_an_unmerged_block_is_of_the_block_as_last_committed(store: Store, ws_path: Path) -> None:
     store, actor = agent_store(store)
-    path = ws_path / "blocks/org.md"
-    path.write_text(path.read_text().replace("Org: Letta", "Org: Letta (person)"))
-    git(ws_path, "stash")
-    store.memory_replace("org", "Org: Letta", "Org: Letta Inc", actor=actor)
-    assert subprocess.run(["git", "stash", "pop"], cwd=ws_path, capture_output=True).returncode != 0
+    _stash_pop_conflict(store, ws_path, actor)
     assert [(line.text, line.author_name) for line in store.block_blame("org")] == [("Org: Letta Inc", "agent1")]
 
 
