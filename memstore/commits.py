@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
@@ -40,6 +41,7 @@ REPO_LOCK = "repo.lock"
 _RACE_SECONDS = 3
 _RACE_WALK = 64
 _RACE_COMMITS = 8  # memstore commits one racing `git commit` may take out at once
+_ABORT_WINDOW = 3600  # seconds: a `git rebase --abort` this recent is looked at (`Committer.restore_aborted`)
 MAX_MD = 8 * 1024 * 1024  # bytes of a block or agent file: a value of 1,000,000 characters and its front matter
 
 
@@ -150,6 +152,8 @@ class Committer:
         next writer.
         """
         before = self.made()
+        with contextlib.suppress(MemstoreError, OSError):  # before any lock is held: it takes the files' own
+            self.restore_aborted()
         with self.locks.files(rels):
             self.git.refresh()  # attributes, hooks or signing set up since the last change: once per operation
             self.git.check_tip()
@@ -366,27 +370,34 @@ class Committer:
         a memstore commit in between makes its last step fail ("cannot lock ref … is at <the
         agent's commit> but expected …"), and `git rebase --abort` then returns the branch to
         what it read, before that commit: git's own race between two committers. Only commits
-        memstore made, between the two, are made again on top, each merged onto the branch's
-        content under its author; a file changed since is left to the person, with a warning.
+        memstore made, between the two, are made again on top (of waiting edits too), each
+        merged under its author and whole (a several-file one with a file changed since is
+        left, with a warning). Looked at before every operation takes its locks, for aborts of
+        the last `_ABORT_WINDOW` seconds, the newest once.
         """
-        move = self.git.last_move()
-        if move is None or not move[2].startswith("rebase (abort)") or move[0] == move[1]:
+        if getattr(self._made, "restoring", False):  # its own writes
             return []
-        seen = f"{move[0]} {move[1]}"
-        if self.ws.read_state("restored-abort") == seen:
+        aborts = self.git.rebase_aborts(since=time.time() - _ABORT_WINDOW)
+        if not aborts or aborts[-1][0] == aborts[-1][1]:
             return []
-        dropped, commit = [], move[0]  # newest first, from the abort's "from" back to its "to"
-        while commit != move[1] and len(dropped) <= _RACE_COMMITS:
+        old, new = aborts[-1]
+        if self.ws.read_state("restored-abort") == f"{old} {new}":
+            return []
+        dropped, commit = [], old  # newest first, from the abort's "from" back to its "to"
+        while commit != new and len(dropped) <= _RACE_COMMITS:
             if self.git.commit_info(commit)[1] != COMMITTER or not self.git.parents(commit):
                 dropped = []  # a commit of the person's own (or an unrelated line): the abort stands as it is
                 break
             dropped.append(commit)
             commit = self.git.parents(commit)[0]
         restored: list[str] = []
-        if commit == move[1]:
-            for made in reversed(dropped):
+        self._made.restoring = True
+        try:
+            for made in reversed(dropped if commit == new else []):
                 restored += self._restore_commit(made)
-        self.ws.write_state("restored-abort", seen)
+        finally:
+            self._made.restoring = False
+        self.ws.write_state("restored-abort", f"{old} {new}")
         return restored
 
     def _restore_commit(self, made: str) -> list[str]:
@@ -397,16 +408,17 @@ class Committer:
         with self.locked_files(rels) as now:
             files: dict[str, tuple[bytes | None, bytes | None]] = {}
             for rel in rels:
-                base, ours, theirs = self.git.blob_at(parent, rel), self.git.blob_at(made, rel), self.head_blob(rel)
-                disk = blob_id(now[rel]) if now[rel] is not None else None
+                waiting = self._journal(rel)  # on top of edits still waiting for their commit
+                base, ours = self.git.blob_at(parent, rel), self.git.blob_at(made, rel)
+                theirs = waiting[-1].new if waiting else self.head_blob(rel)
                 if ours == theirs:
                     continue
                 merged = ours if theirs == base else (None if None in (base, ours, theirs)
                                                       else self.git.merge3(rel, base, ours, theirs))  # type: ignore[arg-type]
-                if disk != theirs or (merged is None and ours is not None):
+                if (blob_id(now[rel]) if now[rel] is not None else None) != theirs or (merged is None and ours):
                     log.warning("%s: commit %s, which a git rebase --abort took off the branch, is not made again: "
                                 "the file changed since, or the two do not merge", rel, made[:12])
-                    continue
+                    return []  # whole or not at all, as it was made
                 files[rel] = (merged if isinstance(merged, bytes) else self.git.read_blob(merged) if merged else None,
                               now[rel])
             if not files:
@@ -416,7 +428,7 @@ class Committer:
                         if key.startswith("Memstore-")}
             saved = self.write_files(files, author, commit_message(
                 f"Restore {subject} (a git rebase --abort took commit {made[:12]} off the branch)",
-                {**trailers, "Memstore-Restores": made}))
+                {**trailers, "Memstore-Op": "restore", "Memstore-Restores": made}))
         log.warning("%s: commit %s, which a git rebase --abort took off the branch, is made again%s", ", ".join(files),
                     made[:12], f" (its commit waits: {saved.pending})" if saved.pending else f": {saved.version}")
         return list(files)

@@ -388,17 +388,25 @@ class GitRepo:
             commit = parent
         return found
 
-    def last_move(self) -> tuple[str, str, str] | None:
-        """The branch's last move as its reflog says: (from, to, message); None without a reflog line."""
+    def rebase_aborts(self, since: float) -> list[tuple[str, str]]:
+        """The branch's moves by `git rebase --abort` since time `since`, as its reflog's last lines say: (from,
+        to), oldest first. Cheap when there is none: one read of the reflog's tail."""
         try:
             with open(self.common_dir / "logs" / self.branch(), "rb") as log_file:
                 log_file.seek(max(0, os.fstat(log_file.fileno()).st_size - 4096))
-                lines = log_file.read().decode("utf-8", "replace").splitlines()
+                tail = log_file.read()
         except (OSError, WorkspaceError):
-            return None
-        head, _, message = (lines[-1] if lines else "").partition("\t")
-        ids = head.split(" ")
-        return (ids[0], ids[1], message) if len(ids) > 2 and len(ids[0]) == len(ids[1]) == 40 else None
+            return []
+        if b"\trebase (abort)" not in tail:
+            return []
+        found = []
+        for line in tail.decode("utf-8", "replace").splitlines():
+            head, _, message = line.partition("\t")
+            fields = head.split(" ")
+            if (message.startswith("rebase (abort)") and len(fields) > 3 and len(fields[0]) == len(fields[1]) == 40
+                    and fields[-2].isdigit() and int(fields[-2]) >= since):
+                found.append((fields[0], fields[1]))
+        return found
 
     def changed_paths(self, commit: str) -> list[str]:
         """The paths `commit` changed from its first parent."""

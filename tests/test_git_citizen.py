@@ -2517,15 +2517,11 @@ def test_blame_of_an_unmerged_block_is_of_the_block_as_last_committed(store: Sto
     assert [(line.text, line.author_name) for line in store.block_blame("org")] == [("Org: Letta Inc", "agent1")]
 
 
-@pytest.mark.parametrize("by", ["the next operation", "a running watcher"])
-def test_an_agents_commit_a_rebase_abort_takes_off_the_branch_is_made_again(store: Store, ws_path: Path,
-                                                                            by: str) -> None:
-    """`git pull --rebase` reads the branch, and an agent commits before the rebase marks itself under way: the
-    rebase's last step fails ("cannot lock ref"), and `git rebase --abort` returns the branch to before the
-    agent's commit. Its edit, whose result named that commit, is made again on top under the agent (it was in no
-    file and off the branch). A `pre-rebase` hook stands for that moment: git has read the branch, nothing else."""
-    store, actor = agent_store(store)
-    store.memory_insert("org", "before", actor=actor)
+def _race_then_abort(store: Store, ws_path: Path, actor: object) -> str:
+    """`git rebase up` reads the branch, an agent commits (a `pre-rebase` hook stands for that moment: git has read
+    the branch, nothing else), the rebase's last step fails ("cannot lock ref"), the person runs `git rebase
+    --abort`, which returns the branch to before the agent's commit. That commit."""
+    store.memory_insert("org", "before", actor=actor)  # type: ignore[arg-type]
     git(ws_path, "branch", "up", "HEAD~1")
     git(ws_path, "switch", "-q", "up")
     (ws_path / "upstream.txt").write_text("upstream\n")
@@ -2541,27 +2537,80 @@ def test_an_agents_commit_a_rebase_abort_takes_off_the_branch_is_made_again(stor
     hook.chmod(0o755)
     rebase = subprocess.run(["git", "rebase", "up"], cwd=ws_path, capture_output=True, text=True)
     hook.unlink()
-    made = out.read_text()
     assert rebase.returncode != 0 and "cannot lock ref" in rebase.stderr, rebase.stderr
+    return out.read_text()
+
+
+def _fake_abort(ws_path: Path, to: str) -> None:
+    """The branch goes back to `to` with an abort's reflog line, and the files follow (as `git rebase --abort`)."""
+    git(ws_path, "update-ref", "-m", "rebase (abort): returning to refs/heads/main", "refs/heads/main", to,
+        git(ws_path, "rev-parse", "HEAD").strip())
+    git(ws_path, "reset", "-q", "--hard")
+
+
+@pytest.mark.parametrize("by", ["the next operation", "a running watcher", "the same store's next edit",
+                                "the person's rebase again"])
+def test_an_agents_commit_a_rebase_abort_takes_off_the_branch_is_made_again(store: Store, ws_path: Path,
+                                                                            by: str) -> None:
+    """The agent's edit, whose result named the commit the abort took off the branch, is made again on top under
+    the agent, once: by the next operation of any kind (a store kept open included, before its own edit), by a
+    running watcher within a moment, and also after the person ran the rebase again first."""
+    store, actor = agent_store(store)
+    made = _race_then_abort(store, ws_path, actor)
+    restored = f"Restore memory_insert org (a git rebase --abort took commit {made[:12]} off the branch)"
     if by == "a running watcher":
         from memstore.watcher import Watcher
 
         with Watcher(store) as watcher:
             assert watcher.ready.wait(15)
-            git(ws_path, "rebase", "--abort")  # the person's way out: the branch goes back before the agent's commit
+            git(ws_path, "rebase", "--abort")
             deadline = time.monotonic() + 15
-            while "Restore" not in git(ws_path, "log", "-1", "--format=%s") and time.monotonic() < deadline:
+            while restored not in git(ws_path, "log", "--format=%s") and time.monotonic() < deadline:
                 time.sleep(0.05)
     else:
         git(ws_path, "rebase", "--abort")
         assert subprocess.run(["git", "merge-base", "--is-ancestor", made, "HEAD"], cwd=ws_path).returncode != 0
-        Store.open(ws_path)  # the next memstore operation of any kind
-    assert git(ws_path, "log", "-1", "--format=%an|%s").strip() == (
-        f"agent1|Restore memory_insert org (a git rebase --abort took commit {made[:12]} off the branch)")
-    assert store.get_block("org").value == "Org: Letta\nbefore\nAGENT LINE"
+        if by == "the same store's next edit":
+            store.memory_insert("org", "NEXT", actor=actor)
+        elif by == "the person's rebase again":
+            git(ws_path, "rebase", "-q", "up")
+        Store.open(ws_path)
+    value = store.get_block("org").value
+    assert value.startswith("Org: Letta\nbefore\nAGENT LINE"), value
+    log = git(ws_path, "log", "--format=%an|%s").splitlines()
+    assert log.count(f"agent1|{restored}") == 1, log
     Store.open(ws_path)  # once only
-    assert git(ws_path, "log", "--format=%s").count("Restore memory_insert org") == 1
+    assert git(ws_path, "log", "--format=%s").count(restored) == 1
     assert_clean_repo(ws_path)
+
+
+def test_memstore_commits_a_rebase_abort_takes_off_are_made_again_in_order_on_top_of_waiting_edits(
+        store: Store, ws_path: Path) -> None:
+    store, actor = agent_store(store)
+    first = git(ws_path, "rev-parse", "HEAD").strip()
+    store.memory_insert("org", "ONE", actor=actor)
+    store.memory_insert("org", "TWO", actor=actor)
+    _fake_abort(ws_path, first)
+    lock = _git_holds_index(ws_path)  # the first restore must wait: the second goes on top of it
+    Store.open(ws_path)
+    lock.unlink()
+    assert Store.open(ws_path).get_block("org").value == "Org: Letta\nONE\nTWO"
+    assert git(ws_path, "log", "-2", "--format=%an").split() == ["agent1", "agent1"]
+    assert_clean_repo(ws_path)
+
+
+def test_a_several_file_commit_a_rebase_abort_takes_off_is_made_again_whole_or_not_at_all(
+        store: Store, ws_path: Path) -> None:
+    store, actor = agent_store(store)
+    first = git(ws_path, "rev-parse", "HEAD").strip()
+    block_id = store.get_block("org").id
+    store.delete_block("org")  # one commit of blocks/org.md and agents/agent1.md
+    _fake_abort(ws_path, first)
+    agent_file = ws_path / "agents/agent1.md"
+    agent_file.write_text(agent_file.read_text().replace("description: null", "description: person's"))
+    Store.open(ws_path)
+    assert (ws_path / "blocks/org.md").exists() and block_id in agent_file.read_text()  # neither part alone
+    assert "Restore" not in git(ws_path, "log", "-1", "--format=%s")
 
 
 def test_a_rebase_abort_that_drops_a_persons_commit_is_left_as_it_is(store: Store, ws_path: Path) -> None:
