@@ -151,13 +151,18 @@ class Committer:
         The hook (housekeeping) runs after the locks are let go, so it never holds up a file's
         next writer.
         """
-        before = self.made()
-        with contextlib.suppress(MemstoreError, OSError):  # before any lock is held: it takes the files' own
-            self.restore_aborted()
-        with self.locks.files(rels):
-            self.git.refresh()  # attributes, hooks or signing set up since the last change: once per operation
-            self.git.check_tip()
-            yield
+        before, depth = self.made(), getattr(self._made, "depth", 0)
+        if not depth:  # only while this thread holds no file's lock: the restore takes the files' own
+            with contextlib.suppress(MemstoreError, OSError):
+                self.restore_aborted()
+        self._made.depth = depth + 1
+        try:
+            with self.locks.files(rels):
+                self.git.refresh()  # attributes, hooks or signing set up since the last change: once per operation
+                self.git.check_tip()
+                yield
+        finally:
+            self._made.depth = depth
         if self.on_commit is not None and self.made() != before:
             self.on_commit()
 
